@@ -1,0 +1,634 @@
+//! The config server's commands: the sharding administration that routers forward
+//! (`addShard`, `listShards`, `removeShard`, `enableSharding`, `shardCollection`, `split`,
+//! `moveChunk`, `balancerStatus`) and the internal ones routers use (`_shoalGetRoutingTable`,
+//! `_shoalEnsureDatabase`, `_shoalDropCollection`, `_shoalDropDatabase`).
+//!
+//! Metadata writes are serialized by one lock and each is a single atomic engine batch that also
+//! bumps the routing-metadata version, which is how routers learn that their cache is old.
+
+use std::{sync::Arc, time::Duration};
+
+use bson::{Bson, Document, doc, oid::ObjectId};
+use shoal_common::{
+    CollectionUuid, CommandError, Epoch, ErrorCode, Namespace, ShardId,
+    chunks::{Chunk, ChunkMap, ShardKeyPattern},
+    failpoint, ids,
+};
+use shoal_docstore::AtomicOp;
+use shoal_member::{Extension, MemberCore, ReplyFuture, StartFuture};
+
+use crate::{
+    catalog::{self, ShardConnection, ShardedCollection, coll},
+    store,
+};
+
+/// How long the config server waits for a shard to answer during `addShard` or `moveChunk`.
+const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The config server's command extension.
+#[derive(Debug, Default)]
+pub struct ConfigServer {
+    /// Serializes metadata changes: each reads, decides and writes without interleaving.
+    metadata_lock: tokio::sync::Mutex<()>,
+}
+
+const COMMANDS: &[&str] = &[
+    "addShard",
+    "listShards",
+    "removeShard",
+    "enableSharding",
+    "shardCollection",
+    "split",
+    "moveChunk",
+    "balancerStatus",
+    "balancerStart",
+    "balancerStop",
+    "_shoalEnsureDatabase",
+    "_shoalGetRoutingTable",
+    "_shoalDropCollection",
+    "_shoalDropDatabase",
+];
+
+impl Extension for ConfigServer {
+    fn handle<'a>(
+        &'a self,
+        member: &'a Arc<MemberCore>,
+        db: &'a str,
+        command: &'a Document,
+    ) -> Option<ReplyFuture<'a>> {
+        let name = command.keys().next()?.as_str();
+        if !COMMANDS.contains(&name) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let span = tracing::info_span!("metadata", command = name);
+            let _entered = span.enter();
+            match self.run(member, db, name, command).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    tracing::info!(code = error.code.0, error = %error.errmsg, "metadata command failed");
+                    error.to_document()
+                }
+            }
+        }))
+    }
+
+    fn on_start<'a>(&'a self, member: &'a Arc<MemberCore>) -> StartFuture<'a> {
+        Box::pin(async move {
+            self.initialise(member).await.map_err(|e| anyhow::anyhow!("initialising config: {e}"))
+        })
+    }
+}
+
+impl ConfigServer {
+    /// Creates `config.version` (the cluster id), the balancer setting and the routing version
+    /// on first start.
+    async fn initialise(&self, core: &Arc<MemberCore>) -> Result<(), CommandError> {
+        let _guard = self.metadata_lock.lock().await;
+        if store::find_one(core, coll::VERSION, 1).await?.is_some() {
+            return Ok(());
+        }
+        let ops = vec![
+            put(coll::VERSION, doc! {"_id": 1, "clusterId": ObjectId::new()}),
+            put(coll::SETTINGS, doc! {"_id": "balancer", "mode": "off", "stopped": true}),
+            put(coll::SHOAL_METADATA, doc! {"_id": "routing", "version": 1_i64}),
+        ];
+        store::apply(core, ops).await
+    }
+
+    async fn run(
+        &self,
+        core: &Arc<MemberCore>,
+        db: &str,
+        name: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        if !name.starts_with("_shoal") && db != "admin" {
+            return Err(CommandError::new(
+                ErrorCode::UNAUTHORIZED,
+                format!("{name} may only be run against the admin database."),
+            ));
+        }
+        match name {
+            "listShards" => self.list_shards(core).await,
+            "balancerStatus" => Ok(doc! {
+                "mode": "off", "inBalancerRound": false, "numBalancerRounds": 0_i64,
+                "note": "Shoal has no balancer yet: chunks move only with moveChunk", "ok": 1.0,
+            }),
+            "balancerStart" | "balancerStop" => Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                "Shoal has no balancer yet: chunks move only with moveChunk",
+            )),
+            "_shoalGetRoutingTable" => self.routing_table(core, command).await,
+            _ => {
+                let _guard = self.metadata_lock.lock().await;
+                self.run_locked(core, name, command).await
+            }
+        }
+    }
+
+    async fn run_locked(
+        &self,
+        core: &Arc<MemberCore>,
+        name: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        match name {
+            "addShard" => self.add_shard(core, command).await,
+            "removeShard" => self.remove_shard(core, command).await,
+            "enableSharding" => self.enable_sharding(core, command).await,
+            "shardCollection" => self.shard_collection(core, command).await,
+            "split" => self.split(core, command).await,
+            "moveChunk" => self.move_chunk(core, command).await,
+            "_shoalEnsureDatabase" => self.ensure_database_command(core, command).await,
+            "_shoalDropCollection" => self.drop_collection(core, command).await,
+            "_shoalDropDatabase" => self.drop_database(core, command).await,
+            other => Err(CommandError::internal(format!("unrouted metadata command {other}"))),
+        }
+    }
+
+    async fn list_shards(&self, core: &Arc<MemberCore>) -> Result<Document, CommandError> {
+        let shards = store::find_all(core, coll::SHARDS, doc! {}).await?;
+        Ok(doc! {"shards": shards, "ok": 1.0})
+    }
+
+    async fn add_shard(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let text = string_field(command, "addShard")?;
+        let connection = ShardConnection::parse(text)?;
+        if command.contains_key("maxSize") {
+            return Err(CommandError::new(ErrorCode::INVALID_OPTIONS, "maxSize is no longer supported"));
+        }
+        let id = match command.get("name") {
+            Some(Bson::String(name)) => ShardId::new(name)?,
+            Some(other) => return Err(CommandError::type_mismatch("name", "string", other)),
+            None => ShardId::new(&connection.replset)?,
+        };
+        let existing = store::find_all(core, coll::SHARDS, doc! {}).await?;
+        for shard in &existing {
+            let same_id = shard.get_str("_id") == Ok(id.as_str());
+            let same_host = shard.get_str("host") == Ok(connection.to_host_string().as_str());
+            if same_id && same_host {
+                return Ok(doc! {"shardAdded": id.as_str(), "ok": 1.0});
+            }
+            if same_id || same_host {
+                return Err(CommandError::new(
+                    ErrorCode::ILLEGAL_OPERATION,
+                    format!("a shard named '{id}' or with host '{text}' already exists"),
+                ));
+            }
+        }
+        self.verify_shard(core, &connection).await?;
+        failpoint::hit("addShard.beforeCommit");
+        self.commit(core, vec![put(coll::SHARDS, catalog::shard_document(&id, &connection))]).await?;
+        tracing::info!(shard = %id, host = %connection.to_host_string(), "shard added");
+        Ok(doc! {"shardAdded": id.as_str(), "ok": 1.0})
+    }
+
+    /// Checks that the first reachable host of a new shard is a shard member of the named set.
+    async fn verify_shard(
+        &self,
+        core: &Arc<MemberCore>,
+        connection: &ShardConnection,
+    ) -> Result<(), CommandError> {
+        let mut last_error = None;
+        for host in &connection.hosts {
+            let reply = match core.rpc.call(host, doc! {"hello": 1, "$db": "admin"}, SHARD_CALL_TIMEOUT).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    last_error = Some(CommandError::from(error));
+                    continue;
+                }
+            };
+            if reply.contains_key("configsvr") {
+                return Err(CommandError::bad_value(format!(
+                    "{host} is a config server member and cannot be added as a shard"
+                )));
+            }
+            let set_name = reply.get_str("setName").unwrap_or("");
+            if set_name != connection.replset {
+                return Err(CommandError::new(
+                    ErrorCode::OPERATION_FAILED,
+                    format!(
+                        "in seed list {}, host {host} does not belong to replica set {} (it reports '{set_name}')",
+                        connection.to_host_string(),
+                        connection.replset
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let cause = last_error.map(|e| e.errmsg).unwrap_or_default();
+        Err(CommandError::new(
+            ErrorCode::OPERATION_FAILED,
+            format!("failed to reach shard {}: {cause}", connection.to_host_string()),
+        ))
+    }
+
+    async fn remove_shard(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let id = ShardId::new(string_field(command, "removeShard")?)?;
+        if store::find_one(core, coll::SHARDS, id.as_str()).await?.is_none() {
+            return Err(CommandError::new(ErrorCode::SHARD_NOT_FOUND, format!("Shard {id} does not exist")));
+        }
+        let chunks = store::find_all(core, coll::CHUNKS, doc! {"shard": id.as_str()}).await?;
+        let databases = store::find_all(core, coll::DATABASES, doc! {"primary": id.as_str()}).await?;
+        if !chunks.is_empty() || !databases.is_empty() {
+            let names: Vec<Bson> = databases.iter().filter_map(|d| d.get("_id").cloned()).collect();
+            let mut error = CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!(
+                    "shard {id} still owns {} chunks and is primary for {} databases; move them \
+                     first (draining a shard with data is not available yet)",
+                    chunks.len(),
+                    databases.len()
+                ),
+            );
+            error.extra.insert("dbsToMove", names);
+            return Err(error);
+        }
+        failpoint::hit("removeShard.beforeCommit");
+        self.commit(core, vec![AtomicOp::Delete { coll: coll::SHARDS.into(), id: id.as_str().into() }])
+            .await?;
+        tracing::info!(shard = %id, "shard removed");
+        Ok(doc! {
+            "msg": "removeshard completed successfully", "state": "completed",
+            "shard": id.as_str(), "ok": 1.0,
+        })
+    }
+
+    async fn enable_sharding(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let db = string_field(command, "enableSharding")?;
+        let requested = match command.get("primaryShard") {
+            Some(Bson::String(shard)) => Some(ShardId::new(shard)?),
+            Some(other) => return Err(CommandError::type_mismatch("primaryShard", "string", other)),
+            None => None,
+        };
+        let (primary, _) = self.ensure_database(core, db, requested.as_ref()).await?;
+        if let Some(requested) = requested {
+            if requested != primary {
+                return Err(CommandError::new(
+                    ErrorCode::NAMESPACE_EXISTS,
+                    format!("database {db} already exists with primary shard {primary}"),
+                ));
+            }
+        }
+        Ok(doc! {"ok": 1.0})
+    }
+
+    async fn ensure_database_command(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let db = string_field(command, "_shoalEnsureDatabase")?;
+        let (primary, created) = self.ensure_database(core, db, None).await?;
+        Ok(doc! {"primary": primary.as_str(), "created": created, "ok": 1.0})
+    }
+
+    /// Returns the database's primary shard, creating the database entry if it is new.
+    async fn ensure_database(
+        &self,
+        core: &Arc<MemberCore>,
+        db: &str,
+        requested_primary: Option<&ShardId>,
+    ) -> Result<(ShardId, bool), CommandError> {
+        ids::validate_db_name(db)?;
+        if matches!(db, "admin" | "config" | "local") {
+            return Err(CommandError::new(
+                ErrorCode::INVALID_OPTIONS,
+                format!("database '{db}' is internal and cannot hold user collections"),
+            ));
+        }
+        if let Some(existing) = store::find_one(core, coll::DATABASES, db).await? {
+            let primary = existing.get_str("primary").map_err(|_| {
+                CommandError::internal(format!("config.databases entry for {db} has no primary"))
+            })?;
+            return Ok((ShardId::new(primary)?, false));
+        }
+        let shard_docs = store::find_all(core, coll::SHARDS, doc! {}).await?;
+        let shards: Vec<ShardId> =
+            shard_docs.iter().filter_map(|s| s.get_str("_id").ok()).filter_map(|s| ShardId::new(s).ok()).collect();
+        let primary = match requested_primary {
+            Some(requested) if shards.contains(requested) => requested.clone(),
+            Some(requested) => {
+                return Err(CommandError::new(
+                    ErrorCode::SHARD_NOT_FOUND,
+                    format!("Shard {requested} not found"),
+                ));
+            }
+            None => {
+                let primaries: Vec<ShardId> = store::find_all(core, coll::DATABASES, doc! {})
+                    .await?
+                    .iter()
+                    .filter_map(|d| d.get_str("primary").ok())
+                    .filter_map(|s| ShardId::new(s).ok())
+                    .collect();
+                catalog::choose_primary_shard(&shards, &primaries).ok_or_else(|| {
+                    CommandError::new(
+                        ErrorCode::SHARD_NOT_FOUND,
+                        format!("Database {db} could not be created :: caused by :: No shards found"),
+                    )
+                })?
+            }
+        };
+        self.commit(core, vec![put(coll::DATABASES, catalog::database_document(db, &primary))]).await?;
+        tracing::info!(db, primary = %primary, "database created");
+        Ok((primary, true))
+    }
+
+    async fn shard_collection(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = Namespace::parse(string_field(command, "shardCollection")?)?;
+        let key_doc = match command.get("key") {
+            Some(Bson::Document(key)) => key,
+            Some(other) => return Err(CommandError::type_mismatch("key", "object", other)),
+            None => return Err(CommandError::bad_value("shardCollection needs a 'key'")),
+        };
+        let key = ShardKeyPattern::parse(key_doc)?;
+        let unique = matches!(command.get("unique"), Some(Bson::Boolean(true)));
+        if let Some(existing) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await? {
+            if existing.get_document("key").ok() == Some(&key.to_document()) {
+                return Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": existing.get("uuid").cloned().unwrap_or(Bson::Null), "ok": 1.0});
+            }
+            return Err(CommandError::new(
+                ErrorCode(23),
+                format!("sharding already enabled for collection {ns} with a different key"),
+            ));
+        }
+        let (primary, _) = self.ensure_database(core, &ns.db, None).await?;
+        failpoint::hit("shardCollection.afterEnsureDatabase");
+        let uuid = CollectionUuid::random();
+        let epoch = Epoch(ObjectId::new());
+        let chunk = Chunk {
+            min: key.global_min(),
+            max: key.global_max(),
+            shard: primary,
+            version: shoal_common::ChunkVersion::initial(epoch),
+        };
+        let ops = vec![
+            put(coll::COLLECTIONS, catalog::collection_document(&ns, uuid, epoch, &key, unique)),
+            put(coll::CHUNKS, catalog::chunk_document(&catalog::new_chunk_id(), &ns, uuid, &chunk)),
+        ];
+        self.commit(core, ops).await?;
+        tracing::info!(ns = %ns, key = %key.to_document(), "collection sharded");
+        Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": uuid.to_bson(), "ok": 1.0})
+    }
+
+    async fn load_collection(
+        &self,
+        core: &Arc<MemberCore>,
+        ns: &Namespace,
+    ) -> Result<ShardedCollection, CommandError> {
+        let Some(collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await? else {
+            return Err(CommandError::new(
+                ErrorCode::NAMESPACE_NOT_SHARDED,
+                format!("collection {ns} is not sharded"),
+            ));
+        };
+        let uuid = collection.get("uuid").cloned().unwrap_or(Bson::Null);
+        let chunks = store::find_all(core, coll::CHUNKS, doc! {"uuid": uuid}).await?;
+        ShardedCollection::from_documents(&collection, &chunks)
+    }
+
+    async fn split(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = Namespace::parse(string_field(command, "split")?)?;
+        let middle = match command.get("middle") {
+            Some(Bson::Document(middle)) => middle.clone(),
+            Some(other) => return Err(CommandError::type_mismatch("middle", "object", other)),
+            None if command.contains_key("find") || command.contains_key("bounds") => {
+                return Err(CommandError::new(
+                    ErrorCode::INVALID_OPTIONS,
+                    "split by 'find' or 'bounds' needs chunk statistics, which come with automatic \
+                     splitting; give the split point with 'middle'",
+                ));
+            }
+            None => return Err(CommandError::bad_value("split needs 'middle'")),
+        };
+        let mut collection = self.load_collection(core, &ns).await?;
+        let index = collection.map.chunk_index_for_key(&middle);
+        collection.map.split_at(&middle)?;
+        let lower = &collection.map.chunks[index];
+        let upper = &collection.map.chunks[index + 1];
+        let ops = vec![
+            put(coll::CHUNKS, catalog::chunk_document(&collection.chunk_ids[index], &ns, collection.uuid, lower)),
+            put(coll::CHUNKS, catalog::chunk_document(&catalog::new_chunk_id(), &ns, collection.uuid, upper)),
+        ];
+        failpoint::hit("split.beforeCommit");
+        self.commit(core, ops).await?;
+        tracing::info!(ns = %ns, at = %middle, "chunk split");
+        Ok(doc! {"ok": 1.0})
+    }
+
+    async fn move_chunk(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let started = std::time::Instant::now();
+        let ns = Namespace::parse(string_field(command, "moveChunk")?)?;
+        let to = ShardId::new(string_field(command, "to")?)?;
+        let mut collection = self.load_collection(core, &ns).await?;
+        let key = chunk_key_from_command(&collection.map, command)?;
+        let Some(to_shard) = store::find_one(core, coll::SHARDS, to.as_str()).await? else {
+            return Err(CommandError::new(ErrorCode::SHARD_NOT_FOUND, format!("Shard {to} not found")));
+        };
+        let _ = to_shard;
+        let index = collection.map.chunk_index_for_key(&key);
+        let chunk = collection.map.chunks[index].clone();
+        self.require_empty_chunk(core, &ns, &collection.map.key, &chunk).await?;
+        collection.map.move_chunk(&key, &to)?;
+        let moved = &collection.map.chunks[index];
+        let ops = vec![put(
+            coll::CHUNKS,
+            catalog::chunk_document(&collection.chunk_ids[index], &ns, collection.uuid, moved),
+        )];
+        failpoint::hit("moveChunk.beforeCommit");
+        self.commit(core, ops).await?;
+        tracing::info!(ns = %ns, min = %chunk.min, from = %chunk.shard, to = %to, "chunk moved");
+        let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        Ok(doc! {"millis": millis, "ok": 1.0})
+    }
+
+    /// Moving a chunk that holds documents needs the online migration protocol; until then only
+    /// empty chunks move, and a chunk with documents is refused rather than orphaned.
+    async fn require_empty_chunk(
+        &self,
+        core: &Arc<MemberCore>,
+        ns: &Namespace,
+        key: &ShardKeyPattern,
+        chunk: &Chunk,
+    ) -> Result<(), CommandError> {
+        let donor_host = self.shard_host(core, &chunk.shard).await?;
+        let request = doc! {
+            "_shoalCountRange": ns.to_string(), "$db": "admin",
+            "keyPattern": key.to_document(), "min": chunk.min.clone(), "max": chunk.max.clone(),
+        };
+        let reply = core.rpc.call(&donor_host, request, SHARD_CALL_TIMEOUT).await.map_err(CommandError::from)?;
+        if let Some(error) = CommandError::from_reply(&reply) {
+            return Err(error);
+        }
+        let count = match reply.get("n") {
+            Some(Bson::Int32(n)) => i64::from(*n),
+            Some(Bson::Int64(n)) => *n,
+            _ => return Err(CommandError::internal("_shoalCountRange reply without n")),
+        };
+        if count > 0 {
+            return Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!(
+                    "chunk [{}, {}) of {ns} holds {count} documents; moving chunks with data \
+                     needs online migration, which is not available yet",
+                    chunk.min, chunk.max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn shard_host(&self, core: &Arc<MemberCore>, shard: &ShardId) -> Result<String, CommandError> {
+        let Some(shard_doc) = store::find_one(core, coll::SHARDS, shard.as_str()).await? else {
+            return Err(CommandError::new(ErrorCode::SHARD_NOT_FOUND, format!("Shard {shard} not found")));
+        };
+        let host = shard_doc.get_str("host").map_err(|_| CommandError::internal("shard without host"))?;
+        let connection = ShardConnection::parse(host)?;
+        connection.hosts.into_iter().next().ok_or_else(|| CommandError::internal("shard without hosts"))
+    }
+
+    async fn drop_collection(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = Namespace::parse(string_field(command, "_shoalDropCollection")?)?;
+        let Some(collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await? else {
+            return Ok(doc! {"dropped": false, "ok": 1.0});
+        };
+        let uuid = collection.get("uuid").cloned().unwrap_or(Bson::Null);
+        let mut ops = vec![AtomicOp::Delete { coll: coll::COLLECTIONS.into(), id: ns.to_string().into() }];
+        for chunk in store::find_all(core, coll::CHUNKS, doc! {"uuid": uuid}).await? {
+            if let Some(id) = chunk.get("_id") {
+                ops.push(AtomicOp::Delete { coll: coll::CHUNKS.into(), id: id.clone() });
+            }
+        }
+        self.commit(core, ops).await?;
+        Ok(doc! {"dropped": true, "ok": 1.0})
+    }
+
+    async fn drop_database(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let db = string_field(command, "_shoalDropDatabase")?;
+        let mut ops = vec![AtomicOp::Delete { coll: coll::DATABASES.into(), id: db.into() }];
+        let prefix = format!("^{}\\.", regex_escape(db));
+        let filter = doc! {"_id": {"$regex": prefix}};
+        for collection in store::find_all(core, coll::COLLECTIONS, filter).await? {
+            let uuid = collection.get("uuid").cloned().unwrap_or(Bson::Null);
+            for chunk in store::find_all(core, coll::CHUNKS, doc! {"uuid": uuid}).await? {
+                if let Some(id) = chunk.get("_id") {
+                    ops.push(AtomicOp::Delete { coll: coll::CHUNKS.into(), id: id.clone() });
+                }
+            }
+            if let Some(id) = collection.get("_id") {
+                ops.push(AtomicOp::Delete { coll: coll::COLLECTIONS.into(), id: id.clone() });
+            }
+        }
+        self.commit(core, ops).await?;
+        Ok(doc! {"dropped": db, "ok": 1.0})
+    }
+
+    async fn routing_table(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let if_newer_than = match command.get("ifNewerThan") {
+            Some(Bson::Int64(v)) => *v,
+            Some(Bson::Int32(v)) => i64::from(*v),
+            _ => -1,
+        };
+        let version = self.routing_version(core).await?;
+        if version <= if_newer_than {
+            return Ok(doc! {"version": version, "changed": false, "ok": 1.0});
+        }
+        Ok(doc! {
+            "version": version,
+            "changed": true,
+            "shards": store::find_all(core, coll::SHARDS, doc! {}).await?,
+            "databases": store::find_all(core, coll::DATABASES, doc! {}).await?,
+            "collections": store::find_all(core, coll::COLLECTIONS, doc! {}).await?,
+            "chunks": store::find_all(core, coll::CHUNKS, doc! {}).await?,
+            "ok": 1.0,
+        })
+    }
+
+    async fn routing_version(&self, core: &Arc<MemberCore>) -> Result<i64, CommandError> {
+        let routing = store::find_one(core, coll::SHOAL_METADATA, "routing").await?;
+        Ok(routing.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
+    }
+
+    /// Writes `ops` and the bumped routing version in one atomic batch.
+    async fn commit(&self, core: &Arc<MemberCore>, mut ops: Vec<AtomicOp>) -> Result<(), CommandError> {
+        let version = self.routing_version(core).await?;
+        ops.push(put(coll::SHOAL_METADATA, doc! {"_id": "routing", "version": version + 1}));
+        store::apply(core, ops).await
+    }
+}
+
+fn put(coll: &str, doc: Document) -> AtomicOp {
+    AtomicOp::Put { coll: coll.to_owned(), doc }
+}
+
+fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, CommandError> {
+    match command.get(field) {
+        Some(Bson::String(value)) => Ok(value),
+        Some(other) => Err(CommandError::type_mismatch(field, "string", other)),
+        None => Err(CommandError::bad_value(format!("missing required field '{field}'"))),
+    }
+}
+
+/// The shard-key value naming a chunk in `moveChunk`: `find` (a query on the shard key) or
+/// `bounds` (`[min, max]`, whose `min` names the chunk).
+fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document, CommandError> {
+    if let Some(find) = command.get("find") {
+        let find = find.as_document().ok_or_else(|| CommandError::type_mismatch("find", "object", find))?;
+        return map.key.extract(find);
+    }
+    if let Ok(bounds) = command.get_array("bounds") {
+        if let Some(Bson::Document(min)) = bounds.first() {
+            map.key.validate_key_shape(min)?;
+            return Ok(min.clone());
+        }
+    }
+    Err(CommandError::bad_value("moveChunk needs 'find' or 'bounds'"))
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(ch) {
+            escaped.push('\\');
+        }
+        escaped.push(ch);
+    }
+    escaped
+}

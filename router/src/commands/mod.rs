@@ -1,0 +1,247 @@
+//! Client command dispatch at the router. Each command is routed by where its namespace lives:
+//! `config.*` on the config server, an unsharded collection on its database's primary shard, a
+//! sharded collection on the shards owning the chunks its filter can touch.
+
+mod admin;
+mod catalog;
+mod info;
+mod read;
+mod write;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use bson::{Bson, Document};
+use shoal_common::{CommandError, ErrorCode, Namespace, ShardId};
+use shoal_wire::{CommandHandler, RequestContext};
+
+use crate::{
+    cluster::Cluster,
+    cursors::CursorTable,
+    topology::{CollectionRouting, RoutingCache},
+};
+
+/// Counters behind `serverStatus.opcounters` at the router.
+#[derive(Debug, Default)]
+struct Counters {
+    insert: AtomicU64,
+    query: AtomicU64,
+    update: AtomicU64,
+    delete: AtomicU64,
+    getmore: AtomicU64,
+    command: AtomicU64,
+}
+
+/// The router's command handler.
+pub struct Router {
+    cluster: Arc<Cluster>,
+    cursors: CursorTable,
+    host: String,
+    started: Instant,
+    counters: Counters,
+}
+
+/// Where a namespace's documents live.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// A `config.*` collection, on the config server.
+    Config,
+    /// An unsharded collection on its database's primary shard.
+    Unsharded(ShardId),
+    /// A sharded collection.
+    Sharded(CollectionRouting),
+    /// The database does not exist yet.
+    Missing,
+}
+
+/// Fields a router does not pass to shards: session and cluster-time gossip, and `$db`, which
+/// each call sets itself.
+const FIELDS_NOT_FORWARDED: &[&str] = &[
+    "$db",
+    "lsid",
+    "txnNumber",
+    "$clusterTime",
+    "$readPreference",
+    "autocommit",
+    "startTransaction",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+];
+
+impl Router {
+    /// A router over `cluster`, reporting `host` as its address.
+    pub fn new(cluster: Arc<Cluster>, host: String) -> Router {
+        Router {
+            cluster,
+            cursors: CursorTable::default(),
+            host,
+            started: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
+    async fn dispatch(&self, ctx: &RequestContext, db: &str, command: Document) -> Result<Document, CommandError> {
+        let name = command.keys().next().cloned().ok_or_else(|| CommandError::bad_value("empty command document"))?;
+        self.counters.command.fetch_add(1, Ordering::Relaxed);
+        shoal_common::ids::validate_db_name(db)?;
+        match name.as_str() {
+            "hello" | "isMaster" | "ismaster" => Ok(self.hello(&name, &command, ctx.conn_id)),
+            "ping" | "buildInfo" | "buildinfo" | "serverStatus" | "getParameter" | "getLog" | "hostInfo"
+            | "getCmdLineOpts" | "whatsmyuri" | "endSessions" | "killSessions" | "killAllSessions"
+            | "connectionStatus" | "listCommands" | "startSession" | "refreshSessions" => {
+                self.info_command(&name, &command)
+            }
+            "insert" => self.insert(db, &command).await,
+            "update" => self.update(db, &command).await,
+            "delete" => self.delete(db, &command).await,
+            "findAndModify" | "findandmodify" => self.find_and_modify(db, &name, &command).await,
+            "find" => self.find(db, &command).await,
+            "getMore" => self.get_more(db, &command).await,
+            "killCursors" => self.kill_cursors(db, &command).await,
+            "count" => self.count(db, &command).await,
+            "distinct" => self.distinct(db, &command).await,
+            "aggregate" => self.aggregate(db, &command).await,
+            "listDatabases" => self.list_databases(db, &command).await,
+            "listCollections" => self.list_collections(db, &command).await,
+            "listIndexes" => self.list_indexes(db, &command).await,
+            "create" => self.create(db, &command).await,
+            "drop" => self.drop_collection(db, &command).await,
+            "dropDatabase" => self.drop_database(db, &command).await,
+            "addShard" | "listShards" | "removeShard" | "enableSharding" | "shardCollection" | "split"
+            | "moveChunk" | "balancerStatus" | "balancerStart" | "balancerStop" => {
+                self.admin_forward(db, &command).await
+            }
+            "flushRouterConfig" => self.flush_router_config().await,
+            _ => Err(CommandError::new(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'"))),
+        }
+    }
+
+    /// Where `ns` lives, from the current routing snapshot.
+    async fn placement(&self, ns: &Namespace) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+        let routing = self.cluster.routing().await?;
+        Ok((placement_in(&routing, ns), routing))
+    }
+
+    /// Like [`Router::placement`], creating the database first when a write needs it.
+    async fn placement_for_write(&self, ns: &Namespace) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+        if ns.db == "config" || ns.db == "admin" || ns.db == "local" {
+            return Err(CommandError::new(
+                ErrorCode::INVALID_NAMESPACE,
+                format!("cannot write to '{ns}' through the router"),
+            ));
+        }
+        let (placement, routing) = self.placement(ns).await?;
+        if !matches!(placement, Placement::Missing) {
+            return Ok((placement, routing));
+        }
+        let (_, routing) = self.cluster.ensure_database(&ns.db).await?;
+        Ok((placement_in(&routing, ns), routing))
+    }
+
+    /// The address of the server holding an unsharded namespace's data.
+    fn unsharded_host(&self, placement: &Placement, routing: &RoutingCache) -> Result<Option<String>, CommandError> {
+        match placement {
+            Placement::Config => Ok(Some(self.cluster.config_host().to_owned())),
+            Placement::Unsharded(shard) => Ok(Some(routing.shard_host(shard)?.to_owned())),
+            Placement::Missing => Ok(None),
+            Placement::Sharded(_) => Err(CommandError::internal("unsharded_host on a sharded collection")),
+        }
+    }
+
+    async fn flush_router_config(&self) -> Result<Document, CommandError> {
+        self.cluster.refresh().await?;
+        Ok(bson::doc! {"flushed": true, "ok": 1.0})
+    }
+}
+
+fn placement_in(routing: &RoutingCache, ns: &Namespace) -> Placement {
+    if ns.db == "config" {
+        return Placement::Config;
+    }
+    if let Some(collection) = routing.collection(ns) {
+        return Placement::Sharded(collection.clone());
+    }
+    match routing.databases.get(&ns.db) {
+        Some(database) => Placement::Unsharded(database.primary.clone()),
+        None => Placement::Missing,
+    }
+}
+
+/// A copy of a client command fit to send to a shard.
+fn shard_command(command: &Document) -> Document {
+    let mut forwarded = command.clone();
+    for field in FIELDS_NOT_FORWARDED {
+        forwarded.remove(*field);
+    }
+    forwarded
+}
+
+/// The namespace a collection command names in its first field.
+fn command_namespace(db: &str, command: &Document, name: &str) -> Result<Namespace, CommandError> {
+    match command.get(name) {
+        Some(Bson::String(coll)) => Namespace::new(db, coll),
+        Some(other) => Err(CommandError::new(
+            ErrorCode::INVALID_NAMESPACE,
+            format!("collection name has invalid type {}", shoal_common::error::type_name(other)),
+        )),
+        None => Err(CommandError::bad_value(format!("missing '{name}'"))),
+    }
+}
+
+/// A document-typed optional field.
+fn document_field<'a>(command: &'a Document, field: &str) -> Result<Option<&'a Document>, CommandError> {
+    match command.get(field) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Document(value)) => Ok(Some(value)),
+        Some(other) => Err(CommandError::type_mismatch(field, "object", other)),
+    }
+}
+
+/// A non-negative integer optional field.
+fn count_field(command: &Document, field: &str) -> Result<Option<u64>, CommandError> {
+    let value = match command.get(field) {
+        None | Some(Bson::Null) => return Ok(None),
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) if v.fract() == 0.0 => *v as i64,
+        Some(other) => return Err(CommandError::type_mismatch(field, "long", other)),
+    };
+    if value < 0 {
+        return Err(CommandError::bad_value(format!("{field} value must be non-negative, but received: {value}")));
+    }
+    Ok(Some(value as u64))
+}
+
+/// An integer field of a reply, whatever its numeric BSON type; 0 when absent.
+fn int_field(doc: &Document, field: &str) -> i64 {
+    match doc.get(field) {
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    }
+}
+
+impl CommandHandler for Router {
+    fn handle(&self, ctx: RequestContext, db: String, command: Document) -> impl Future<Output = Document> + Send {
+        async move {
+            let name = command.keys().next().cloned().unwrap_or_default();
+            let span = tracing::debug_span!("request", conn = ctx.conn_id, db = %db, command = %name);
+            let _entered = span.enter();
+            match self.dispatch(&ctx, &db, command).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    tracing::debug!(code = error.code.0, error = %error.errmsg, "command failed");
+                    error.to_document()
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Writes through the router: `insert` (split by owning shard, ordered runs in sequence or
+//! unordered batches in parallel), `update` and `delete` (each statement targeted by its filter;
+//! multi-document statements broadcast, single-document ones without the shard key tried shard
+//! by shard), and `findAndModify`. Write errors carry the index of the statement in the client's
+//! batch, whichever shard reported them.
+
+use std::sync::atomic::Ordering;
+
+use bson::{Bson, Document, doc, oid::ObjectId};
+use futures::future::join_all;
+use shoal_common::{CommandError, ErrorCode, Namespace, ShardId};
+
+use super::{Placement, Router, command_namespace, int_field, shard_command};
+use crate::topology::RoutingCache;
+
+/// The largest document a client may store (BSON bytes), as in MongoDB.
+pub const DOCUMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The outcome of one update or delete statement.
+#[derive(Debug, Default)]
+struct StatementOutcome {
+    n: i64,
+    n_modified: i64,
+    upserted_id: Option<Bson>,
+}
+
+/// A batch of documents for one shard, each with its index in the client's batch.
+type Run = (ShardId, Vec<(usize, Document)>);
+
+/// Errors found at the router or reported by shards, by client batch index.
+type IndexedErrors = Vec<(usize, Document)>;
+
+impl Router {
+    pub(super) async fn insert(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+        let ns = command_namespace(db, command, "insert")?;
+        let documents = match command.get("documents") {
+            Some(Bson::Array(documents)) => documents,
+            Some(other) => return Err(CommandError::type_mismatch("documents", "array", other)),
+            None => return Err(CommandError::bad_value("BSON field 'insert.documents' is missing but a required field")),
+        };
+        let ordered = ordered_flag(command)?;
+        self.counters.insert.fetch_add(documents.len() as u64, Ordering::Relaxed);
+        let (placement, routing) = self.placement_for_write(&ns).await?;
+        let mut runs: Vec<Run> = Vec::new();
+        let mut errors: IndexedErrors = Vec::new();
+        for (index, value) in documents.iter().enumerate() {
+            match prepare_document(value).and_then(|doc| Ok((target_of(&placement, &doc)?, doc))) {
+                Ok((shard, doc)) => push_to_run(&mut runs, shard, index, doc, ordered),
+                Err(error) => {
+                    errors.push((index, write_error(index, &error)));
+                    if ordered {
+                        break;
+                    }
+                }
+            }
+        }
+        let (n, shard_errors) = if ordered {
+            self.insert_ordered(&ns, command, runs, &routing).await
+        } else {
+            self.insert_unordered(&ns, command, runs, &routing).await
+        };
+        errors.extend(shard_errors);
+        if ordered {
+            // Only the first error of an ordered batch stands: nothing after it ran.
+            errors.sort_by_key(|(index, _)| *index);
+            errors.truncate(1);
+        }
+        Ok(write_reply(n, None, Vec::new(), errors))
+    }
+
+    async fn insert_ordered(&self, ns: &Namespace, command: &Document, runs: Vec<Run>, routing: &RoutingCache) -> (i64, IndexedErrors) {
+        let mut inserted = 0;
+        for (shard, docs) in runs {
+            let (n, errors) = self.send_inserts(ns, command, &shard, docs, true, routing).await;
+            inserted += n;
+            if !errors.is_empty() {
+                return (inserted, errors);
+            }
+        }
+        (inserted, Vec::new())
+    }
+
+    async fn insert_unordered(&self, ns: &Namespace, command: &Document, runs: Vec<Run>, routing: &RoutingCache) -> (i64, IndexedErrors) {
+        let sends = runs.into_iter().map(|(shard, docs)| async move {
+            self.send_inserts(ns, command, &shard, docs, false, routing).await
+        });
+        let mut inserted = 0;
+        let mut errors = Vec::new();
+        for (n, shard_errors) in join_all(sends).await {
+            inserted += n;
+            errors.extend(shard_errors);
+        }
+        errors.sort_by_key(|(index, _)| *index);
+        (inserted, errors)
+    }
+
+    /// Sends one shard its documents; returns how many it inserted and its errors re-indexed to
+    /// the client's batch.
+    async fn send_inserts(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+        shard: &ShardId,
+        docs: Vec<(usize, Document)>,
+        ordered: bool,
+        routing: &RoutingCache,
+    ) -> (i64, IndexedErrors) {
+        let indexes: Vec<usize> = docs.iter().map(|(index, _)| *index).collect();
+        let mut request = shard_command(command);
+        request.insert("documents", docs.into_iter().map(|(_, doc)| Bson::Document(doc)).collect::<Vec<_>>());
+        request.insert("ordered", ordered);
+        let reply = match routing.shard_host(shard) {
+            Ok(host) => self.cluster.call_ok(host, &ns.db, request).await,
+            Err(error) => Err(error),
+        };
+        match reply {
+            Ok(reply) => (reply_n(&reply), reindex_write_errors(&reply, &indexes)),
+            Err(error) => {
+                // The whole sub-batch failed: an ordered batch stops at its first document, an
+                // unordered one reports every document.
+                let failed = if ordered { &indexes[..indexes.len().min(1)] } else { &indexes[..] };
+                (0, failed.iter().map(|index| (*index, write_error(*index, &error))).collect())
+            }
+        }
+    }
+
+    pub(super) async fn update(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+        self.statements(db, command, StatementKind::Update).await
+    }
+
+    pub(super) async fn delete(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+        self.statements(db, command, StatementKind::Delete).await
+    }
+
+    async fn statements(&self, db: &str, command: &Document, kind: StatementKind) -> Result<Document, CommandError> {
+        let ns = command_namespace(db, command, kind.command())?;
+        let statements = match command.get(kind.array_field()) {
+            Some(Bson::Array(statements)) => statements,
+            Some(other) => return Err(CommandError::type_mismatch(kind.array_field(), "array", other)),
+            None => return Err(CommandError::bad_value(format!("missing '{}'", kind.array_field()))),
+        };
+        let ordered = ordered_flag(command)?;
+        let counter = match kind {
+            StatementKind::Update => &self.counters.update,
+            StatementKind::Delete => &self.counters.delete,
+        };
+        counter.fetch_add(statements.len() as u64, Ordering::Relaxed);
+        let (placement, routing) = self.placement_for_write(&ns).await?;
+        let (mut n, mut n_modified) = (0, 0);
+        let mut upserted = Vec::new();
+        let mut errors = Vec::new();
+        for (index, statement) in statements.iter().enumerate() {
+            let outcome = match statement {
+                Bson::Document(statement) => {
+                    self.statement(&ns, command, kind, statement, &placement, &routing).await
+                }
+                other => Err(CommandError::type_mismatch(kind.array_field(), "object", other)),
+            };
+            match outcome {
+                Ok(outcome) => {
+                    n += outcome.n;
+                    n_modified += outcome.n_modified;
+                    if let Some(id) = outcome.upserted_id {
+                        upserted.push(doc! {"index": index as i32, "_id": id});
+                    }
+                }
+                Err(error) => {
+                    errors.push((index, write_error(index, &error)));
+                    if ordered {
+                        break;
+                    }
+                }
+            }
+        }
+        let n_modified = matches!(kind, StatementKind::Update).then_some(n_modified);
+        Ok(write_reply(n, n_modified, upserted, errors))
+    }
+
+    /// Runs one update or delete statement on the shards it targets.
+    async fn statement(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+        kind: StatementKind,
+        statement: &Document,
+        placement: &Placement,
+        routing: &RoutingCache,
+    ) -> Result<StatementOutcome, CommandError> {
+        let filter = match statement.get("q") {
+            Some(Bson::Document(filter)) => filter.clone(),
+            Some(other) => return Err(CommandError::type_mismatch("q", "object", other)),
+            None => return Err(CommandError::bad_value(format!("{} statement without 'q'", kind.command()))),
+        };
+        let all_documents = kind.touches_all(statement)?;
+        let upsert = matches!(statement.get("upsert"), Some(Bson::Boolean(true)));
+        let (shards, exact) = match placement {
+            Placement::Unsharded(shard) => (vec![shard.clone()], true),
+            Placement::Sharded(collection) => {
+                let keys = collection.map.equality_keys(&filter);
+                let exact = matches!(&keys, Some(keys) if keys.len() == 1);
+                let shoal_common::chunks::Targeting::Shards(shards) = collection.map.target_filter(&filter);
+                (shards, exact)
+            }
+            Placement::Config | Placement::Missing => {
+                return Err(CommandError::internal("write statement without a placement"));
+            }
+        };
+        if upsert && !exact {
+            return Err(CommandError::new(
+                ErrorCode::SHARD_KEY_NOT_FOUND,
+                format!("Failed to target upsert by query :: could not extract exact shard key from {filter}"),
+            ));
+        }
+        let mut request = shard_command(command);
+        request.insert(kind.array_field(), vec![Bson::Document(statement.clone())]);
+        request.insert("ordered", true);
+        if all_documents || shards.len() == 1 {
+            let sends = shards.iter().map(|shard| self.send_statement(ns, shard, request.clone(), routing));
+            let mut total = StatementOutcome::default();
+            for outcome in join_all(sends).await {
+                let outcome = outcome?;
+                total.n += outcome.n;
+                total.n_modified += outcome.n_modified;
+                total.upserted_id = total.upserted_id.or(outcome.upserted_id);
+            }
+            return Ok(total);
+        }
+        // One document, filter without the shard key: the first shard that matches takes it.
+        for shard in &shards {
+            let outcome = self.send_statement(ns, shard, request.clone(), routing).await?;
+            if outcome.n > 0 {
+                return Ok(outcome);
+            }
+        }
+        Ok(StatementOutcome::default())
+    }
+
+    async fn send_statement(
+        &self,
+        ns: &Namespace,
+        shard: &ShardId,
+        request: Document,
+        routing: &RoutingCache,
+    ) -> Result<StatementOutcome, CommandError> {
+        let host = routing.shard_host(shard)?;
+        let reply = self.cluster.call_ok(host, &ns.db, request).await?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if let Some(Bson::Document(first)) = errors.first() {
+                return Err(error_from_write_error(first));
+            }
+        }
+        let upserted_id = reply
+            .get_array("upserted")
+            .ok()
+            .and_then(|list| list.first())
+            .and_then(Bson::as_document)
+            .and_then(|entry| entry.get("_id").cloned());
+        Ok(StatementOutcome { n: reply_n(&reply), n_modified: int_field(&reply, "nModified"), upserted_id })
+    }
+
+    pub(super) async fn find_and_modify(&self, db: &str, name: &str, command: &Document) -> Result<Document, CommandError> {
+        let ns = command_namespace(db, command, name)?;
+        self.counters.update.fetch_add(1, Ordering::Relaxed);
+        let (placement, routing) = self.placement_for_write(&ns).await?;
+        let request = shard_command(command);
+        let collection = match &placement {
+            Placement::Sharded(collection) => collection,
+            other => {
+                let host = self.unsharded_host(other, &routing)?.ok_or_else(|| CommandError::internal("no host"))?;
+                return self.cluster.call(&host, &ns.db, request).await;
+            }
+        };
+        let filter = match command.get("query") {
+            Some(Bson::Document(filter)) => filter.clone(),
+            None | Some(Bson::Null) => Document::new(),
+            Some(other) => return Err(CommandError::type_mismatch("query", "object", other)),
+        };
+        let shoal_common::chunks::Targeting::Shards(shards) = collection.map.target_filter(&filter);
+        let upsert = matches!(command.get("upsert"), Some(Bson::Boolean(true)));
+        if upsert && shards.len() != 1 {
+            return Err(CommandError::new(
+                ErrorCode::SHARD_KEY_NOT_FOUND,
+                format!("Query for sharded findAndModify with upsert must contain the shard key: {filter}"),
+            ));
+        }
+        let mut last_reply = None;
+        for shard in &shards {
+            let reply = self.cluster.call_ok(routing.shard_host(shard)?, &ns.db, request.clone()).await?;
+            let matched = reply.get_document("lastErrorObject").map(|leo| int_field(leo, "n") > 0).unwrap_or(false);
+            if matched {
+                return Ok(reply);
+            }
+            last_reply = Some(reply);
+        }
+        Ok(last_reply.unwrap_or_else(|| doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null, "ok": 1.0}))
+    }
+}
+
+/// Update or delete: the two statement-batch commands differ only in their field names and in
+/// what makes a statement touch every matching document.
+#[derive(Clone, Copy, Debug)]
+enum StatementKind {
+    Update,
+    Delete,
+}
+
+impl StatementKind {
+    fn command(self) -> &'static str {
+        match self {
+            StatementKind::Update => "update",
+            StatementKind::Delete => "delete",
+        }
+    }
+
+    fn array_field(self) -> &'static str {
+        match self {
+            StatementKind::Update => "updates",
+            StatementKind::Delete => "deletes",
+        }
+    }
+
+    fn touches_all(self, statement: &Document) -> Result<bool, CommandError> {
+        match self {
+            StatementKind::Update => match statement.get("multi") {
+                None | Some(Bson::Null) => Ok(false),
+                Some(Bson::Boolean(multi)) => Ok(*multi),
+                Some(other) => Err(CommandError::type_mismatch("multi", "bool", other)),
+            },
+            StatementKind::Delete => match statement.get("limit") {
+                Some(Bson::Int32(0)) | Some(Bson::Int64(0)) => Ok(true),
+                Some(Bson::Double(v)) if *v == 0.0 => Ok(true),
+                Some(Bson::Int32(1)) | Some(Bson::Int64(1)) => Ok(false),
+                Some(Bson::Double(v)) if *v == 1.0 => Ok(false),
+                Some(other) => Err(CommandError::bad_value(format!(
+                    "The limit field in delete objects must be 0 or 1. Got {other}"
+                ))),
+                None => Err(CommandError::bad_value("delete statement without 'limit'")),
+            },
+        }
+    }
+}
+
+fn ordered_flag(command: &Document) -> Result<bool, CommandError> {
+    match command.get("ordered") {
+        None | Some(Bson::Null) => Ok(true),
+        Some(Bson::Boolean(ordered)) => Ok(*ordered),
+        Some(other) => Err(CommandError::type_mismatch("ordered", "bool", other)),
+    }
+}
+
+/// Checks a document for insertion and gives it an `_id` (first) if it has none, so that the
+/// router routes it by the same `_id` the shard stores.
+fn prepare_document(value: &Bson) -> Result<Document, CommandError> {
+    let Bson::Document(doc) = value else {
+        return Err(CommandError::type_mismatch("documents", "object", value));
+    };
+    let doc = if doc.contains_key("_id") {
+        doc.clone()
+    } else {
+        let mut with_id = doc! {"_id": ObjectId::new()};
+        with_id.extend(doc.clone());
+        with_id
+    };
+    let bytes = crate::cursors::document_bytes(&doc);
+    if bytes > DOCUMENT_BYTES_MAX {
+        return Err(CommandError::new(
+            ErrorCode::BSON_OBJECT_TOO_LARGE,
+            format!("object to insert too large. size in bytes: {bytes}, max size: {DOCUMENT_BYTES_MAX}"),
+        ));
+    }
+    Ok(doc)
+}
+
+fn target_of(placement: &Placement, doc: &Document) -> Result<ShardId, CommandError> {
+    match placement {
+        Placement::Unsharded(shard) => Ok(shard.clone()),
+        Placement::Sharded(collection) => {
+            let key = collection.map.key.extract(doc)?;
+            Ok(collection.map.chunk_for_key(&key).shard.clone())
+        }
+        Placement::Config | Placement::Missing => Err(CommandError::internal("insert without a placement")),
+    }
+}
+
+/// Adds a document to the batches: ordered inserts keep runs of consecutive documents per
+/// shard (so order is kept across shards); unordered ones keep one batch per shard.
+fn push_to_run(runs: &mut Vec<Run>, shard: ShardId, index: usize, doc: Document, ordered: bool) {
+    let existing = if ordered {
+        runs.last_mut().filter(|(last_shard, _)| *last_shard == shard)
+    } else {
+        runs.iter_mut().find(|(run_shard, _)| *run_shard == shard)
+    };
+    match existing {
+        Some((_, docs)) => docs.push((index, doc)),
+        None => runs.push((shard, vec![(index, doc)])),
+    }
+}
+
+fn write_error(index: usize, error: &CommandError) -> Document {
+    let mut entry = doc! {
+        "index": index as i32,
+        "code": error.code.0,
+        "codeName": error.code.name(),
+        "errmsg": error.errmsg.clone(),
+    };
+    for (key, value) in &error.extra {
+        entry.insert(key.clone(), value.clone());
+    }
+    entry
+}
+
+fn error_from_write_error(entry: &Document) -> CommandError {
+    let code = int_field(entry, "code");
+    let mut error = CommandError::new(
+        ErrorCode(i32::try_from(code).unwrap_or(ErrorCode::INTERNAL_ERROR.0)),
+        entry.get_str("errmsg").unwrap_or("write error"),
+    );
+    for (key, value) in entry {
+        if !matches!(key.as_str(), "index" | "code" | "codeName" | "errmsg") {
+            error.extra.insert(key.clone(), value.clone());
+        }
+    }
+    error
+}
+
+fn reindex_write_errors(reply: &Document, indexes: &[usize]) -> IndexedErrors {
+    let mut errors = Vec::new();
+    for entry in reply.get_array("writeErrors").into_iter().flatten().filter_map(Bson::as_document) {
+        let local = usize::try_from(int_field(entry, "index")).unwrap_or(0);
+        let Some(&index) = indexes.get(local) else { continue };
+        let mut entry = entry.clone();
+        entry.insert("index", index as i32);
+        errors.push((index, entry));
+    }
+    errors
+}
+
+fn reply_n(reply: &Document) -> i64 {
+    int_field(reply, "n")
+}
+
+fn write_reply(n: i64, n_modified: Option<i64>, upserted: Vec<Document>, errors: IndexedErrors) -> Document {
+    let mut reply = doc! {"n": clamp_i32(n)};
+    if let Some(n_modified) = n_modified {
+        reply.insert("nModified", clamp_i32(n_modified));
+    }
+    if !upserted.is_empty() {
+        reply.insert("upserted", upserted);
+    }
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors.into_iter().map(|(_, e)| Bson::Document(e)).collect::<Vec<_>>());
+    }
+    reply.insert("ok", 1.0);
+    reply
+}
+
+fn clamp_i32(value: i64) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_runs_keep_order_and_unordered_batches_group() {
+        let a = ShardId::new("a").unwrap();
+        let b = ShardId::new("b").unwrap();
+        let mut ordered = Vec::new();
+        let mut unordered = Vec::new();
+        for (index, shard) in [&a, &a, &b, &a].into_iter().enumerate() {
+            push_to_run(&mut ordered, shard.clone(), index, doc! {}, true);
+            push_to_run(&mut unordered, shard.clone(), index, doc! {}, false);
+        }
+        assert_eq!(ordered.len(), 3);
+        assert_eq!(unordered.len(), 2);
+        assert_eq!(unordered[0].1.len(), 3);
+    }
+
+    #[test]
+    fn prepared_documents_get_an_id_first_and_a_size_check() {
+        let doc = prepare_document(&Bson::Document(doc! {"a": 1})).unwrap();
+        assert_eq!(doc.keys().next().unwrap(), "_id");
+        let big = "x".repeat(DOCUMENT_BYTES_MAX);
+        let error = prepare_document(&Bson::Document(doc! {"a": big})).unwrap_err();
+        assert_eq!(error.code, ErrorCode::BSON_OBJECT_TOO_LARGE);
+        assert!(prepare_document(&Bson::Int32(1)).is_err());
+    }
+
+    #[test]
+    fn write_errors_are_reindexed_to_the_client_batch() {
+        let reply = doc! {"n": 1, "writeErrors": [{"index": 1, "code": 11000, "errmsg": "dup"}]};
+        let errors = reindex_write_errors(&reply, &[4, 9]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, 9);
+        assert_eq!(errors[0].1.get_i32("index").unwrap(), 9);
+    }
+}

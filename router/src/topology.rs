@@ -1,0 +1,173 @@
+//! The router's routing cache: shards, databases and sharded collections with their chunk maps,
+//! built from the config server's routing table. Pure: parsing and lookups only, no I/O.
+
+use std::collections::HashMap;
+
+use bson::{Bson, Document};
+use shoal_common::{
+    CollectionUuid, CommandError, Epoch, Namespace, ShardId,
+    chunks::{ChunkMap, ShardKeyPattern},
+};
+
+/// A shard as the router reaches it.
+#[derive(Clone, Debug)]
+pub struct ShardInfo {
+    /// The shard's id.
+    pub id: ShardId,
+    /// Member addresses (`host:port`), from `config.shards.host`.
+    pub hosts: Vec<String>,
+}
+
+/// A database's placement.
+#[derive(Clone, Debug)]
+pub struct DatabaseInfo {
+    /// The shard holding its unsharded collections.
+    pub primary: ShardId,
+}
+
+/// A sharded collection's routing information.
+#[derive(Clone, Debug)]
+pub struct CollectionRouting {
+    /// Its UUID.
+    pub uuid: CollectionUuid,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its chunks.
+    pub map: ChunkMap,
+}
+
+/// One immutable snapshot of the routing metadata.
+#[derive(Clone, Debug, Default)]
+pub struct RoutingCache {
+    /// The config server's routing-metadata version this snapshot reflects.
+    pub version: i64,
+    /// Shards by id.
+    pub shards: HashMap<ShardId, ShardInfo>,
+    /// Databases by name.
+    pub databases: HashMap<String, DatabaseInfo>,
+    /// Sharded collections by namespace.
+    pub collections: HashMap<Namespace, CollectionRouting>,
+}
+
+fn broken(what: &str) -> CommandError {
+    CommandError::internal(format!("routing table from the config server is malformed: {what}"))
+}
+
+fn documents<'a>(table: &'a Document, field: &str) -> impl Iterator<Item = &'a Document> {
+    table.get_array(field).into_iter().flatten().filter_map(Bson::as_document)
+}
+
+impl RoutingCache {
+    /// Builds the cache from a `_shoalGetRoutingTable` reply.
+    pub fn from_table(table: &Document) -> Result<RoutingCache, CommandError> {
+        let version = table.get_i64("version").map_err(|_| broken("version"))?;
+        let mut cache = RoutingCache { version, ..RoutingCache::default() };
+        for shard in documents(table, "shards") {
+            let id = ShardId::new(shard.get_str("_id").map_err(|_| broken("shard _id"))?)?;
+            let host = shard.get_str("host").map_err(|_| broken("shard host"))?;
+            let hosts = match host.split_once('/') {
+                Some((_, hosts)) => hosts.split(',').map(str::to_owned).collect(),
+                None => vec![host.to_owned()],
+            };
+            cache.shards.insert(id.clone(), ShardInfo { id, hosts });
+        }
+        for database in documents(table, "databases") {
+            let name = database.get_str("_id").map_err(|_| broken("database _id"))?;
+            let primary = ShardId::new(database.get_str("primary").map_err(|_| broken("primary"))?)?;
+            cache.databases.insert(name.to_owned(), DatabaseInfo { primary });
+        }
+        let mut chunks_by_uuid: HashMap<CollectionUuid, Vec<&Document>> = HashMap::new();
+        for chunk in documents(table, "chunks") {
+            let uuid = chunk.get("uuid").and_then(CollectionUuid::from_bson).ok_or_else(|| broken("chunk uuid"))?;
+            chunks_by_uuid.entry(uuid).or_default().push(chunk);
+        }
+        for collection in documents(table, "collections") {
+            let ns = Namespace::parse(collection.get_str("_id").map_err(|_| broken("collection _id"))?)?;
+            let uuid = collection.get("uuid").and_then(CollectionUuid::from_bson).ok_or_else(|| broken("uuid"))?;
+            let epoch = Epoch(collection.get_object_id("lastmodEpoch").map_err(|_| broken("epoch"))?);
+            let key = ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
+            let mut chunks = Vec::new();
+            for chunk in chunks_by_uuid.get(&uuid).into_iter().flatten() {
+                chunks.push(parse_chunk(chunk, epoch)?);
+            }
+            let map = ChunkMap::new(key, chunks)?;
+            cache.collections.insert(ns, CollectionRouting { uuid, epoch, map });
+        }
+        Ok(cache)
+    }
+
+    /// The sharding information of `ns`, if it is sharded.
+    pub fn collection(&self, ns: &Namespace) -> Option<&CollectionRouting> {
+        self.collections.get(ns)
+    }
+
+    /// The address of a shard's member to send requests to (the first listed: sets have one
+    /// member until replication lands).
+    pub fn shard_host(&self, shard: &ShardId) -> Result<&str, CommandError> {
+        self.shards
+            .get(shard)
+            .and_then(|info| info.hosts.first())
+            .map(String::as_str)
+            .ok_or_else(|| {
+                CommandError::new(shoal_common::ErrorCode::SHARD_NOT_FOUND, format!("shard {shard} not found"))
+            })
+    }
+
+    /// Every shard id, sorted.
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        let mut ids: Vec<ShardId> = self.shards.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn parse_chunk(chunk: &Document, epoch: Epoch) -> Result<shoal_common::chunks::Chunk, CommandError> {
+    Ok(shoal_common::chunks::Chunk {
+        min: chunk.get_document("min").map_err(|_| broken("chunk min"))?.clone(),
+        max: chunk.get_document("max").map_err(|_| broken("chunk max"))?.clone(),
+        shard: ShardId::new(chunk.get_str("shard").map_err(|_| broken("chunk shard"))?)?,
+        version: shoal_common::ChunkVersion::from_timestamp(
+            epoch,
+            chunk.get_timestamp("lastmod").map_err(|_| broken("chunk lastmod"))?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::{doc, oid::ObjectId};
+
+    use super::*;
+
+    #[test]
+    fn builds_from_a_routing_table() {
+        let uuid = CollectionUuid::random();
+        let table = doc! {
+            "version": 3_i64,
+            "shards": [{"_id": "s0", "host": "s0/127.0.0.1:1"}, {"_id": "s1", "host": "s1/127.0.0.1:2"}],
+            "databases": [{"_id": "db", "primary": "s0"}],
+            "collections": [{"_id": "db.c", "uuid": uuid.to_bson(), "lastmodEpoch": ObjectId::new(), "key": {"k": 1}}],
+            "chunks": [
+                {"uuid": uuid.to_bson(), "min": {"k": Bson::MinKey}, "max": {"k": 5}, "shard": "s0", "lastmod": bson::Timestamp{time: 1, increment: 1}},
+                {"uuid": uuid.to_bson(), "min": {"k": 5}, "max": {"k": Bson::MaxKey}, "shard": "s1", "lastmod": bson::Timestamp{time: 2, increment: 0}},
+            ],
+        };
+        let cache = RoutingCache::from_table(&table).unwrap();
+        let ns = Namespace::parse("db.c").unwrap();
+        let routing = cache.collection(&ns).unwrap();
+        assert_eq!(routing.map.chunk_for_key(&doc! {"k": 7}).shard.as_str(), "s1");
+        assert_eq!(cache.shard_host(&ShardId::new("s1").unwrap()).unwrap(), "127.0.0.1:2");
+        assert_eq!(cache.databases["db"].primary.as_str(), "s0");
+    }
+
+    #[test]
+    fn refuses_a_table_with_a_gap() {
+        let uuid = CollectionUuid::random();
+        let table = doc! {
+            "version": 1_i64, "shards": [], "databases": [],
+            "collections": [{"_id": "db.c", "uuid": uuid.to_bson(), "lastmodEpoch": ObjectId::new(), "key": {"k": 1}}],
+            "chunks": [{"uuid": uuid.to_bson(), "min": {"k": Bson::MinKey}, "max": {"k": 5}, "shard": "s0", "lastmod": bson::Timestamp{time: 1, increment: 0}}],
+        };
+        assert!(RoutingCache::from_table(&table).is_err());
+    }
+}
