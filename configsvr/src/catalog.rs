@@ -59,7 +59,10 @@ impl ShardConnection {
                 )));
             }
         }
-        Ok(ShardConnection { replset: replset.to_owned(), hosts })
+        Ok(ShardConnection {
+            replset: replset.to_owned(),
+            hosts,
+        })
     }
 
     /// The connection string as stored in `config.shards.host`.
@@ -70,17 +73,16 @@ impl ShardConnection {
 
 /// Picks the primary shard for a new database: the shard that is primary for the fewest
 /// databases, ties broken by name so the choice is deterministic.
-pub fn choose_primary_shard(
-    shards: &[ShardId],
-    database_primaries: &[ShardId],
-) -> Option<ShardId> {
+pub fn choose_primary_shard(shards: &[ShardId], database_primaries: &[ShardId]) -> Option<ShardId> {
     let mut load: BTreeMap<&ShardId, usize> = shards.iter().map(|s| (s, 0)).collect();
     for primary in database_primaries {
         if let Some(count) = load.get_mut(primary) {
             *count += 1;
         }
     }
-    load.into_iter().min_by_key(|(shard, count)| (*count, (*shard).clone())).map(|(s, _)| s.clone())
+    load.into_iter()
+        .min_by_key(|(shard, count)| (*count, (*shard).clone()))
+        .map(|(s, _)| s.clone())
 }
 
 /// A `config.shards` document.
@@ -162,22 +164,37 @@ impl ShardedCollection {
         collection: &Document,
         chunk_documents: &[Document],
     ) -> Result<ShardedCollection, CommandError> {
-        let broken = |what: &str| CommandError::internal(format!("config.collections is broken: {what}"));
+        let broken =
+            |what: &str| CommandError::internal(format!("config.collections is broken: {what}"));
         let ns = Namespace::parse(collection.get_str("_id").map_err(|_| broken("_id"))?)?;
         let uuid = collection
             .get("uuid")
             .and_then(CollectionUuid::from_bson)
             .ok_or_else(|| broken("uuid"))?;
-        let epoch = Epoch(collection.get_object_id("lastmodEpoch").map_err(|_| broken("epoch"))?);
-        let key = ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
+        let epoch = Epoch(
+            collection
+                .get_object_id("lastmodEpoch")
+                .map_err(|_| broken("epoch"))?,
+        );
+        let key =
+            ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
         let mut pairs = Vec::with_capacity(chunk_documents.len());
         for chunk_doc in chunk_documents {
-            pairs.push((chunk_doc.get("_id").cloned().unwrap_or(Bson::Null), parse_chunk(chunk_doc, epoch)?));
+            pairs.push((
+                chunk_doc.get("_id").cloned().unwrap_or(Bson::Null),
+                parse_chunk(chunk_doc, epoch)?,
+            ));
         }
         pairs.sort_by(|a, b| shoal_common::chunks::compare_bounds(&a.1.min, &b.1.min));
         let chunk_ids = pairs.iter().map(|(id, _)| id.clone()).collect();
         let map = ChunkMap::new(key, pairs.into_iter().map(|(_, chunk)| chunk).collect())?;
-        Ok(ShardedCollection { ns, uuid, epoch, map, chunk_ids })
+        Ok(ShardedCollection {
+            ns,
+            uuid,
+            epoch,
+            map,
+            chunk_ids,
+        })
     }
 }
 
@@ -185,12 +202,20 @@ impl ShardedCollection {
 pub fn parse_chunk(chunk_doc: &Document, epoch: Epoch) -> Result<Chunk, CommandError> {
     let broken = |what: &str| CommandError::internal(format!("config.chunks is broken: {what}"));
     Ok(Chunk {
-        min: chunk_doc.get_document("min").map_err(|_| broken("min"))?.clone(),
-        max: chunk_doc.get_document("max").map_err(|_| broken("max"))?.clone(),
+        min: chunk_doc
+            .get_document("min")
+            .map_err(|_| broken("min"))?
+            .clone(),
+        max: chunk_doc
+            .get_document("max")
+            .map_err(|_| broken("max"))?
+            .clone(),
         shard: ShardId::new(chunk_doc.get_str("shard").map_err(|_| broken("shard"))?)?,
         version: ChunkVersion::from_timestamp(
             epoch,
-            chunk_doc.get_timestamp("lastmod").map_err(|_| broken("lastmod"))?,
+            chunk_doc
+                .get_timestamp("lastmod")
+                .map_err(|_| broken("lastmod"))?,
         ),
     })
 }
@@ -217,7 +242,10 @@ mod tests {
         let parsed = ShardConnection::parse("rs0/127.0.0.1:27018,127.0.0.2:27018").unwrap();
         assert_eq!(parsed.replset, "rs0");
         assert_eq!(parsed.hosts.len(), 2);
-        assert_eq!(parsed.to_host_string(), "rs0/127.0.0.1:27018,127.0.0.2:27018");
+        assert_eq!(
+            parsed.to_host_string(),
+            "rs0/127.0.0.1:27018,127.0.0.2:27018"
+        );
         assert!(ShardConnection::parse("127.0.0.1:27018").is_err());
         assert!(ShardConnection::parse("rs0/127.0.0.1").is_err());
         assert!(ShardConnection::parse("rs0/:5").is_err());
@@ -228,8 +256,14 @@ mod tests {
     fn primary_goes_to_the_least_loaded_shard() {
         let a = ShardId::new("a").unwrap();
         let b = ShardId::new("b").unwrap();
-        assert_eq!(choose_primary_shard(&[a.clone(), b.clone()], &[]), Some(a.clone()));
-        assert_eq!(choose_primary_shard(&[a.clone(), b.clone()], &[a.clone()]), Some(b.clone()));
+        assert_eq!(
+            choose_primary_shard(&[a.clone(), b.clone()], &[]),
+            Some(a.clone())
+        );
+        assert_eq!(
+            choose_primary_shard(&[a.clone(), b.clone()], &[a.clone()]),
+            Some(b.clone())
+        );
         assert_eq!(choose_primary_shard(&[], &[]), None);
     }
 

@@ -30,7 +30,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     shoal_node::init_logging();
     let args = Args::parse();
-    let tls = args.tls.resolve(Some(&args.dir)).map_err(anyhow::Error::msg)?;
+    let tls = args
+        .tls
+        .resolve(Some(&args.dir))
+        .map_err(anyhow::Error::msg)?;
     let config = MemberConfig {
         replset: args.replset,
         bind: args.bind,

@@ -16,6 +16,7 @@ use shoal_common::{
 };
 use shoal_docstore::AtomicOp;
 use shoal_member::{Extension, MemberCore, ReplyFuture, StartFuture};
+use tracing::Instrument;
 
 use crate::{
     catalog::{self, ShardConnection, ShardedCollection, coll},
@@ -62,8 +63,7 @@ impl Extension for ConfigServer {
         }
         Some(Box::pin(async move {
             let span = tracing::info_span!("metadata", command = name);
-            let _entered = span.enter();
-            match self.run(member, db, name, command).await {
+            match self.run(member, db, name, command).instrument(span).await {
                 Ok(reply) => reply,
                 Err(error) => {
                     tracing::info!(code = error.code.0, error = %error.errmsg, "metadata command failed");
@@ -75,7 +75,9 @@ impl Extension for ConfigServer {
 
     fn on_start<'a>(&'a self, member: &'a Arc<MemberCore>) -> StartFuture<'a> {
         Box::pin(async move {
-            self.initialise(member).await.map_err(|e| anyhow::anyhow!("initialising config: {e}"))
+            self.initialise(member)
+                .await
+                .map_err(|e| anyhow::anyhow!("initialising config: {e}"))
         })
     }
 }
@@ -90,8 +92,14 @@ impl ConfigServer {
         }
         let ops = vec![
             put(coll::VERSION, doc! {"_id": 1, "clusterId": ObjectId::new()}),
-            put(coll::SETTINGS, doc! {"_id": "balancer", "mode": "off", "stopped": true}),
-            put(coll::SHOAL_METADATA, doc! {"_id": "routing", "version": 1_i64}),
+            put(
+                coll::SETTINGS,
+                doc! {"_id": "balancer", "mode": "off", "stopped": true},
+            ),
+            put(
+                coll::SHOAL_METADATA,
+                doc! {"_id": "routing", "version": 1_i64},
+            ),
         ];
         store::apply(core, ops).await
     }
@@ -143,7 +151,9 @@ impl ConfigServer {
             "_shoalEnsureDatabase" => self.ensure_database_command(core, command).await,
             "_shoalDropCollection" => self.drop_collection(core, command).await,
             "_shoalDropDatabase" => self.drop_database(core, command).await,
-            other => Err(CommandError::internal(format!("unrouted metadata command {other}"))),
+            other => Err(CommandError::internal(format!(
+                "unrouted metadata command {other}"
+            ))),
         }
     }
 
@@ -160,7 +170,10 @@ impl ConfigServer {
         let text = string_field(command, "addShard")?;
         let connection = ShardConnection::parse(text)?;
         if command.contains_key("maxSize") {
-            return Err(CommandError::new(ErrorCode::INVALID_OPTIONS, "maxSize is no longer supported"));
+            return Err(CommandError::new(
+                ErrorCode::INVALID_OPTIONS,
+                "maxSize is no longer supported",
+            ));
         }
         let id = match command.get("name") {
             Some(Bson::String(name)) => ShardId::new(name)?,
@@ -183,7 +196,11 @@ impl ConfigServer {
         }
         self.verify_shard(core, &connection).await?;
         failpoint::hit("addShard.beforeCommit");
-        self.commit(core, vec![put(coll::SHARDS, catalog::shard_document(&id, &connection))]).await?;
+        self.commit(
+            core,
+            vec![put(coll::SHARDS, catalog::shard_document(&id, &connection))],
+        )
+        .await?;
         tracing::info!(shard = %id, host = %connection.to_host_string(), "shard added");
         Ok(doc! {"shardAdded": id.as_str(), "ok": 1.0})
     }
@@ -196,7 +213,11 @@ impl ConfigServer {
     ) -> Result<(), CommandError> {
         let mut last_error = None;
         for host in &connection.hosts {
-            let reply = match core.rpc.call(host, doc! {"hello": 1, "$db": "admin"}, SHARD_CALL_TIMEOUT).await {
+            let reply = match core
+                .rpc
+                .call(host, doc! {"hello": 1, "$db": "admin"}, SHARD_CALL_TIMEOUT)
+                .await
+            {
                 Ok(reply) => reply,
                 Err(error) => {
                     last_error = Some(CommandError::from(error));
@@ -224,7 +245,10 @@ impl ConfigServer {
         let cause = last_error.map(|e| e.errmsg).unwrap_or_default();
         Err(CommandError::new(
             ErrorCode::OPERATION_FAILED,
-            format!("failed to reach shard {}: {cause}", connection.to_host_string()),
+            format!(
+                "failed to reach shard {}: {cause}",
+                connection.to_host_string()
+            ),
         ))
     }
 
@@ -234,13 +258,23 @@ impl ConfigServer {
         command: &Document,
     ) -> Result<Document, CommandError> {
         let id = ShardId::new(string_field(command, "removeShard")?)?;
-        if store::find_one(core, coll::SHARDS, id.as_str()).await?.is_none() {
-            return Err(CommandError::new(ErrorCode::SHARD_NOT_FOUND, format!("Shard {id} does not exist")));
+        if store::find_one(core, coll::SHARDS, id.as_str())
+            .await?
+            .is_none()
+        {
+            return Err(CommandError::new(
+                ErrorCode::SHARD_NOT_FOUND,
+                format!("Shard {id} does not exist"),
+            ));
         }
         let chunks = store::find_all(core, coll::CHUNKS, doc! {"shard": id.as_str()}).await?;
-        let databases = store::find_all(core, coll::DATABASES, doc! {"primary": id.as_str()}).await?;
+        let databases =
+            store::find_all(core, coll::DATABASES, doc! {"primary": id.as_str()}).await?;
         if !chunks.is_empty() || !databases.is_empty() {
-            let names: Vec<Bson> = databases.iter().filter_map(|d| d.get("_id").cloned()).collect();
+            let names: Vec<Bson> = databases
+                .iter()
+                .filter_map(|d| d.get("_id").cloned())
+                .collect();
             let mut error = CommandError::new(
                 ErrorCode::ILLEGAL_OPERATION,
                 format!(
@@ -254,8 +288,14 @@ impl ConfigServer {
             return Err(error);
         }
         failpoint::hit("removeShard.beforeCommit");
-        self.commit(core, vec![AtomicOp::Delete { coll: coll::SHARDS.into(), id: id.as_str().into() }])
-            .await?;
+        self.commit(
+            core,
+            vec![AtomicOp::Delete {
+                coll: coll::SHARDS.into(),
+                id: id.as_str().into(),
+            }],
+        )
+        .await?;
         tracing::info!(shard = %id, "shard removed");
         Ok(doc! {
             "msg": "removeshard completed successfully", "state": "completed",
@@ -271,7 +311,9 @@ impl ConfigServer {
         let db = string_field(command, "enableSharding")?;
         let requested = match command.get("primaryShard") {
             Some(Bson::String(shard)) => Some(ShardId::new(shard)?),
-            Some(other) => return Err(CommandError::type_mismatch("primaryShard", "string", other)),
+            Some(other) => {
+                return Err(CommandError::type_mismatch("primaryShard", "string", other));
+            }
             None => None,
         };
         let (primary, _) = self.ensure_database(core, db, requested.as_ref()).await?;
@@ -317,8 +359,11 @@ impl ConfigServer {
             return Ok((ShardId::new(primary)?, false));
         }
         let shard_docs = store::find_all(core, coll::SHARDS, doc! {}).await?;
-        let shards: Vec<ShardId> =
-            shard_docs.iter().filter_map(|s| s.get_str("_id").ok()).filter_map(|s| ShardId::new(s).ok()).collect();
+        let shards: Vec<ShardId> = shard_docs
+            .iter()
+            .filter_map(|s| s.get_str("_id").ok())
+            .filter_map(|s| ShardId::new(s).ok())
+            .collect();
         let primary = match requested_primary {
             Some(requested) if shards.contains(requested) => requested.clone(),
             Some(requested) => {
@@ -337,12 +382,21 @@ impl ConfigServer {
                 catalog::choose_primary_shard(&shards, &primaries).ok_or_else(|| {
                     CommandError::new(
                         ErrorCode::SHARD_NOT_FOUND,
-                        format!("Database {db} could not be created :: caused by :: No shards found"),
+                        format!(
+                            "Database {db} could not be created :: caused by :: No shards found"
+                        ),
                     )
                 })?
             }
         };
-        self.commit(core, vec![put(coll::DATABASES, catalog::database_document(db, &primary))]).await?;
+        self.commit(
+            core,
+            vec![put(
+                coll::DATABASES,
+                catalog::database_document(db, &primary),
+            )],
+        )
+        .await?;
         tracing::info!(db, primary = %primary, "database created");
         Ok((primary, true))
     }
@@ -362,7 +416,9 @@ impl ConfigServer {
         let unique = matches!(command.get("unique"), Some(Bson::Boolean(true)));
         if let Some(existing) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await? {
             if existing.get_document("key").ok() == Some(&key.to_document()) {
-                return Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": existing.get("uuid").cloned().unwrap_or(Bson::Null), "ok": 1.0});
+                return Ok(
+                    doc! {"collectionsharded": ns.to_string(), "collectionUUID": existing.get("uuid").cloned().unwrap_or(Bson::Null), "ok": 1.0},
+                );
             }
             return Err(CommandError::new(
                 ErrorCode(23),
@@ -380,8 +436,14 @@ impl ConfigServer {
             version: shoal_common::ChunkVersion::initial(epoch),
         };
         let ops = vec![
-            put(coll::COLLECTIONS, catalog::collection_document(&ns, uuid, epoch, &key, unique)),
-            put(coll::CHUNKS, catalog::chunk_document(&catalog::new_chunk_id(), &ns, uuid, &chunk)),
+            put(
+                coll::COLLECTIONS,
+                catalog::collection_document(&ns, uuid, epoch, &key, unique),
+            ),
+            put(
+                coll::CHUNKS,
+                catalog::chunk_document(&catalog::new_chunk_id(), &ns, uuid, &chunk),
+            ),
         ];
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, key = %key.to_document(), "collection sharded");
@@ -393,7 +455,8 @@ impl ConfigServer {
         core: &Arc<MemberCore>,
         ns: &Namespace,
     ) -> Result<ShardedCollection, CommandError> {
-        let Some(collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await? else {
+        let Some(collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await?
+        else {
             return Err(CommandError::new(
                 ErrorCode::NAMESPACE_NOT_SHARDED,
                 format!("collection {ns} is not sharded"),
@@ -428,8 +491,14 @@ impl ConfigServer {
         let lower = &collection.map.chunks[index];
         let upper = &collection.map.chunks[index + 1];
         let ops = vec![
-            put(coll::CHUNKS, catalog::chunk_document(&collection.chunk_ids[index], &ns, collection.uuid, lower)),
-            put(coll::CHUNKS, catalog::chunk_document(&catalog::new_chunk_id(), &ns, collection.uuid, upper)),
+            put(
+                coll::CHUNKS,
+                catalog::chunk_document(&collection.chunk_ids[index], &ns, collection.uuid, lower),
+            ),
+            put(
+                coll::CHUNKS,
+                catalog::chunk_document(&catalog::new_chunk_id(), &ns, collection.uuid, upper),
+            ),
         ];
         failpoint::hit("split.beforeCommit");
         self.commit(core, ops).await?;
@@ -448,12 +517,16 @@ impl ConfigServer {
         let mut collection = self.load_collection(core, &ns).await?;
         let key = chunk_key_from_command(&collection.map, command)?;
         let Some(to_shard) = store::find_one(core, coll::SHARDS, to.as_str()).await? else {
-            return Err(CommandError::new(ErrorCode::SHARD_NOT_FOUND, format!("Shard {to} not found")));
+            return Err(CommandError::new(
+                ErrorCode::SHARD_NOT_FOUND,
+                format!("Shard {to} not found"),
+            ));
         };
         let _ = to_shard;
         let index = collection.map.chunk_index_for_key(&key);
         let chunk = collection.map.chunks[index].clone();
-        self.require_empty_chunk(core, &ns, &collection.map.key, &chunk).await?;
+        self.require_empty_chunk(core, &ns, &collection.map.key, &chunk)
+            .await?;
         collection.map.move_chunk(&key, &to)?;
         let moved = &collection.map.chunks[index];
         let ops = vec![put(
@@ -481,7 +554,11 @@ impl ConfigServer {
             "_shoalCountRange": ns.to_string(), "$db": "admin",
             "keyPattern": key.to_document(), "min": chunk.min.clone(), "max": chunk.max.clone(),
         };
-        let reply = core.rpc.call(&donor_host, request, SHARD_CALL_TIMEOUT).await.map_err(CommandError::from)?;
+        let reply = core
+            .rpc
+            .call(&donor_host, request, SHARD_CALL_TIMEOUT)
+            .await
+            .map_err(CommandError::from)?;
         if let Some(error) = CommandError::from_reply(&reply) {
             return Err(error);
         }
@@ -503,13 +580,26 @@ impl ConfigServer {
         Ok(())
     }
 
-    async fn shard_host(&self, core: &Arc<MemberCore>, shard: &ShardId) -> Result<String, CommandError> {
+    async fn shard_host(
+        &self,
+        core: &Arc<MemberCore>,
+        shard: &ShardId,
+    ) -> Result<String, CommandError> {
         let Some(shard_doc) = store::find_one(core, coll::SHARDS, shard.as_str()).await? else {
-            return Err(CommandError::new(ErrorCode::SHARD_NOT_FOUND, format!("Shard {shard} not found")));
+            return Err(CommandError::new(
+                ErrorCode::SHARD_NOT_FOUND,
+                format!("Shard {shard} not found"),
+            ));
         };
-        let host = shard_doc.get_str("host").map_err(|_| CommandError::internal("shard without host"))?;
+        let host = shard_doc
+            .get_str("host")
+            .map_err(|_| CommandError::internal("shard without host"))?;
         let connection = ShardConnection::parse(host)?;
-        connection.hosts.into_iter().next().ok_or_else(|| CommandError::internal("shard without hosts"))
+        connection
+            .hosts
+            .into_iter()
+            .next()
+            .ok_or_else(|| CommandError::internal("shard without hosts"))
     }
 
     async fn drop_collection(
@@ -518,14 +608,21 @@ impl ConfigServer {
         command: &Document,
     ) -> Result<Document, CommandError> {
         let ns = Namespace::parse(string_field(command, "_shoalDropCollection")?)?;
-        let Some(collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await? else {
+        let Some(collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await?
+        else {
             return Ok(doc! {"dropped": false, "ok": 1.0});
         };
         let uuid = collection.get("uuid").cloned().unwrap_or(Bson::Null);
-        let mut ops = vec![AtomicOp::Delete { coll: coll::COLLECTIONS.into(), id: ns.to_string().into() }];
+        let mut ops = vec![AtomicOp::Delete {
+            coll: coll::COLLECTIONS.into(),
+            id: ns.to_string().into(),
+        }];
         for chunk in store::find_all(core, coll::CHUNKS, doc! {"uuid": uuid}).await? {
             if let Some(id) = chunk.get("_id") {
-                ops.push(AtomicOp::Delete { coll: coll::CHUNKS.into(), id: id.clone() });
+                ops.push(AtomicOp::Delete {
+                    coll: coll::CHUNKS.into(),
+                    id: id.clone(),
+                });
             }
         }
         self.commit(core, ops).await?;
@@ -538,18 +635,27 @@ impl ConfigServer {
         command: &Document,
     ) -> Result<Document, CommandError> {
         let db = string_field(command, "_shoalDropDatabase")?;
-        let mut ops = vec![AtomicOp::Delete { coll: coll::DATABASES.into(), id: db.into() }];
+        let mut ops = vec![AtomicOp::Delete {
+            coll: coll::DATABASES.into(),
+            id: db.into(),
+        }];
         let prefix = format!("^{}\\.", regex_escape(db));
         let filter = doc! {"_id": {"$regex": prefix}};
         for collection in store::find_all(core, coll::COLLECTIONS, filter).await? {
             let uuid = collection.get("uuid").cloned().unwrap_or(Bson::Null);
             for chunk in store::find_all(core, coll::CHUNKS, doc! {"uuid": uuid}).await? {
                 if let Some(id) = chunk.get("_id") {
-                    ops.push(AtomicOp::Delete { coll: coll::CHUNKS.into(), id: id.clone() });
+                    ops.push(AtomicOp::Delete {
+                        coll: coll::CHUNKS.into(),
+                        id: id.clone(),
+                    });
                 }
             }
             if let Some(id) = collection.get("_id") {
-                ops.push(AtomicOp::Delete { coll: coll::COLLECTIONS.into(), id: id.clone() });
+                ops.push(AtomicOp::Delete {
+                    coll: coll::COLLECTIONS.into(),
+                    id: id.clone(),
+                });
             }
         }
         self.commit(core, ops).await?;
@@ -587,22 +693,34 @@ impl ConfigServer {
     }
 
     /// Writes `ops` and the bumped routing version in one atomic batch.
-    async fn commit(&self, core: &Arc<MemberCore>, mut ops: Vec<AtomicOp>) -> Result<(), CommandError> {
+    async fn commit(
+        &self,
+        core: &Arc<MemberCore>,
+        mut ops: Vec<AtomicOp>,
+    ) -> Result<(), CommandError> {
         let version = self.routing_version(core).await?;
-        ops.push(put(coll::SHOAL_METADATA, doc! {"_id": "routing", "version": version + 1}));
+        ops.push(put(
+            coll::SHOAL_METADATA,
+            doc! {"_id": "routing", "version": version + 1},
+        ));
         store::apply(core, ops).await
     }
 }
 
 fn put(coll: &str, doc: Document) -> AtomicOp {
-    AtomicOp::Put { coll: coll.to_owned(), doc }
+    AtomicOp::Put {
+        coll: coll.to_owned(),
+        doc,
+    }
 }
 
 fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, CommandError> {
     match command.get(field) {
         Some(Bson::String(value)) => Ok(value),
         Some(other) => Err(CommandError::type_mismatch(field, "string", other)),
-        None => Err(CommandError::bad_value(format!("missing required field '{field}'"))),
+        None => Err(CommandError::bad_value(format!(
+            "missing required field '{field}'"
+        ))),
     }
 }
 
@@ -610,7 +728,9 @@ fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, Comma
 /// `bounds` (`[min, max]`, whose `min` names the chunk).
 fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document, CommandError> {
     if let Some(find) = command.get("find") {
-        let find = find.as_document().ok_or_else(|| CommandError::type_mismatch("find", "object", find))?;
+        let find = find
+            .as_document()
+            .ok_or_else(|| CommandError::type_mismatch("find", "object", find))?;
         return map.key.extract(find);
     }
     if let Ok(bounds) = command.get_array("bounds") {
@@ -619,7 +739,9 @@ fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document
             return Ok(min.clone());
         }
     }
-    Err(CommandError::bad_value("moveChunk needs 'find' or 'bounds'"))
+    Err(CommandError::bad_value(
+        "moveChunk needs 'find' or 'bounds'",
+    ))
 }
 
 fn regex_escape(text: &str) -> String {

@@ -19,12 +19,17 @@ pub async fn find_all(
     filter: Document,
 ) -> Result<Vec<Document>, CommandError> {
     let first = core
-        .execute("config", doc! {"find": coll, "filter": filter, "batchSize": METADATA_READ_BATCH_DOCS})
+        .execute(
+            "config",
+            doc! {"find": coll, "filter": filter, "batchSize": METADATA_READ_BATCH_DOCS},
+        )
         .await;
     let (mut docs, mut cursor_id) = read_batch(&first, "firstBatch")?;
     while cursor_id != 0 {
         if docs.len() > METADATA_READ_DOCS_MAX {
-            return Err(CommandError::internal(format!("config.{coll} has too many documents")));
+            return Err(CommandError::internal(format!(
+                "config.{coll} has too many documents"
+            )));
         }
         let next = core
             .execute(
@@ -45,7 +50,10 @@ pub async fn find_one(
     coll: &str,
     id: impl Into<Bson>,
 ) -> Result<Option<Document>, CommandError> {
-    Ok(find_all(core, coll, doc! {"_id": id.into()}).await?.into_iter().next())
+    Ok(find_all(core, coll, doc! {"_id": id.into()})
+        .await?
+        .into_iter()
+        .next())
 }
 
 fn read_batch(reply: &Document, field: &str) -> Result<(Vec<Document>, i64), CommandError> {
@@ -58,7 +66,10 @@ fn read_batch(reply: &Document, field: &str) -> Result<(Vec<Document>, i64), Com
     let batch = cursor
         .get_array(field)
         .map_err(|_| CommandError::internal("engine cursor reply without batch"))?;
-    let docs = batch.iter().filter_map(|d| d.as_document().cloned()).collect();
+    let docs = batch
+        .iter()
+        .filter_map(|d| d.as_document().cloned())
+        .collect();
     let id = cursor.get_i64("id").unwrap_or(0);
     Ok((docs, id))
 }

@@ -28,9 +28,15 @@ pub fn parse_configdb(configdb: &str) -> Result<Vec<String>, CommandError> {
             "--configdb '{configdb}' must look like NAME/HOST:PORT[,HOST:PORT...]"
         )));
     };
-    let hosts: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
     if name.is_empty() || hosts.is_empty() {
-        return Err(CommandError::bad_value(format!("--configdb '{configdb}' names no hosts")));
+        return Err(CommandError::bad_value(format!(
+            "--configdb '{configdb}' names no hosts"
+        )));
     }
     Ok(hosts)
 }
@@ -55,14 +61,27 @@ impl Cluster {
     }
 
     /// Sends `command` to database `db` on `host`; returns the reply whether `ok` is 1 or 0.
-    pub async fn call(&self, host: &str, db: &str, mut command: Document) -> Result<Document, CommandError> {
+    pub async fn call(
+        &self,
+        host: &str,
+        db: &str,
+        mut command: Document,
+    ) -> Result<Document, CommandError> {
         command.insert("$db", db);
         let timeout = SHARD_CALL_TIMEOUT;
-        self.rpc.call(host, command, timeout).await.map_err(CommandError::from)
+        self.rpc
+            .call(host, command, timeout)
+            .await
+            .map_err(CommandError::from)
     }
 
     /// Like [`Cluster::call`], but an `ok: 0` reply becomes an error.
-    pub async fn call_ok(&self, host: &str, db: &str, command: Document) -> Result<Document, CommandError> {
+    pub async fn call_ok(
+        &self,
+        host: &str,
+        db: &str,
+        command: Document,
+    ) -> Result<Document, CommandError> {
         let reply = self.call(host, db, command).await?;
         match CommandError::from_reply(&reply) {
             Some(error) => Err(error),
@@ -111,7 +130,10 @@ impl Cluster {
         let _guard = self.refresh_lock.lock().await;
         let current = self.snapshot();
         let reply = self
-            .call_config("admin", doc! {"_shoalGetRoutingTable": 1, "ifNewerThan": current.version})
+            .call_config(
+                "admin",
+                doc! {"_shoalGetRoutingTable": 1, "ifNewerThan": current.version},
+            )
             .await?;
         if let Some(error) = CommandError::from_reply(&reply) {
             return Err(error);
@@ -130,17 +152,25 @@ impl Cluster {
 
     /// Asks the config server for the database's primary shard, creating the database if it is
     /// new, and returns the refreshed routing snapshot.
-    pub async fn ensure_database(&self, db: &str) -> Result<(ShardId, Arc<RoutingCache>), CommandError> {
+    pub async fn ensure_database(
+        &self,
+        db: &str,
+    ) -> Result<(ShardId, Arc<RoutingCache>), CommandError> {
         let routing = self.routing().await?;
         if let Some(info) = routing.databases.get(db) {
             return Ok((info.primary.clone(), routing));
         }
-        let reply = self.call_config("admin", doc! {"_shoalEnsureDatabase": db}).await?;
+        let reply = self
+            .call_config("admin", doc! {"_shoalEnsureDatabase": db})
+            .await?;
         if let Some(error) = CommandError::from_reply(&reply) {
             return Err(error);
         }
         let primary = ShardId::new(reply.get_str("primary").map_err(|_| {
-            CommandError::new(ErrorCode::INTERNAL_ERROR, "_shoalEnsureDatabase reply without primary")
+            CommandError::new(
+                ErrorCode::INTERNAL_ERROR,
+                "_shoalEnsureDatabase reply without primary",
+            )
         })?)?;
         let routing = self.refresh().await?;
         Ok((primary, routing))
@@ -174,7 +204,10 @@ mod tests {
 
     #[test]
     fn parses_configdb() {
-        assert_eq!(parse_configdb("cfg/127.0.0.1:1,127.0.0.1:2").unwrap().len(), 2);
+        assert_eq!(
+            parse_configdb("cfg/127.0.0.1:1,127.0.0.1:2").unwrap().len(),
+            2
+        );
         assert!(parse_configdb("127.0.0.1:1").is_err());
         assert!(parse_configdb("cfg/").is_err());
     }

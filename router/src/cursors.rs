@@ -43,8 +43,17 @@ impl ShardStream {
             return Err(error);
         }
         let (cursor_id, ns, batch) = parse_cursor(reply, "firstBatch")?;
-        let collection = ns.split_once('.').map(|(_, coll)| coll.to_owned()).unwrap_or_default();
-        Ok(ShardStream { host: host.to_owned(), db: db.to_owned(), collection, cursor_id, buffer: batch })
+        let collection = ns
+            .split_once('.')
+            .map(|(_, coll)| coll.to_owned())
+            .unwrap_or_default();
+        Ok(ShardStream {
+            host: host.to_owned(),
+            db: db.to_owned(),
+            collection,
+            cursor_id,
+            buffer: batch,
+        })
     }
 
     fn is_done(&self) -> bool {
@@ -82,12 +91,16 @@ pub fn parse_cursor(
     reply: &Document,
     batch_field: &str,
 ) -> Result<(i64, String, VecDeque<Document>), CommandError> {
-    let malformed = || CommandError::new(ErrorCode::INTERNAL_ERROR, "shard cursor reply is malformed");
+    let malformed =
+        || CommandError::new(ErrorCode::INTERNAL_ERROR, "shard cursor reply is malformed");
     let cursor = reply.get_document("cursor").map_err(|_| malformed())?;
     let id = cursor.get_i64("id").map_err(|_| malformed())?;
     let ns = cursor.get_str("ns").unwrap_or_default().to_owned();
     let batch = cursor.get_array(batch_field).map_err(|_| malformed())?;
-    let docs = batch.iter().filter_map(|d| d.as_document().cloned()).collect();
+    let docs = batch
+        .iter()
+        .filter_map(|d| d.as_document().cloned())
+        .collect();
     Ok((id, ns, docs))
 }
 
@@ -140,7 +153,9 @@ impl Cursor {
                 }
                 Ok((batch, docs.is_empty()))
             }
-            Cursor::Merge { streams, plan } => merge_batch(streams, plan, cluster, batch_docs).await,
+            Cursor::Merge { streams, plan } => {
+                merge_batch(streams, plan, cluster, batch_docs).await
+            }
         }
     }
 
@@ -169,7 +184,9 @@ async fn merge_batch(
         let Some(index) = next_stream(streams, plan.sort.as_ref(), cluster).await? else {
             break;
         };
-        let Some(doc) = streams[index].buffer.pop_front() else { break };
+        let Some(doc) = streams[index].buffer.pop_front() else {
+            break;
+        };
         if plan.skip > 0 {
             plan.skip -= 1;
             continue;
@@ -184,7 +201,8 @@ async fn merge_batch(
             *limit -= 1;
         }
     }
-    let exhausted = plan.limit == Some(0) || streams_done(streams, plan.sort.is_some(), cluster).await?;
+    let exhausted =
+        plan.limit == Some(0) || streams_done(streams, plan.sort.is_some(), cluster).await?;
     if exhausted {
         for stream in streams.iter_mut() {
             stream.kill(cluster).await;
@@ -195,7 +213,11 @@ async fn merge_batch(
 
 /// Whether no stream has anything left; fetches ahead so that an exhausted cursor reports id 0
 /// in the same reply, as drivers expect of a finished query.
-async fn streams_done(streams: &mut [ShardStream], _sorted: bool, cluster: &Cluster) -> Result<bool, CommandError> {
+async fn streams_done(
+    streams: &mut [ShardStream],
+    _sorted: bool,
+    cluster: &Cluster,
+) -> Result<bool, CommandError> {
     for stream in streams.iter_mut() {
         stream.fill(cluster).await?;
         if !stream.is_done() {
@@ -215,8 +237,12 @@ async fn next_stream(
     let mut best: Option<usize> = None;
     for index in 0..streams.len() {
         streams[index].fill(cluster).await?;
-        let Some(head) = streams[index].buffer.front() else { continue };
-        let Some(sort) = sort else { return Ok(Some(index)) };
+        let Some(head) = streams[index].buffer.front() else {
+            continue;
+        };
+        let Some(sort) = sort else {
+            return Ok(Some(index));
+        };
         best = match best {
             Some(current) => {
                 let current_head = streams[current].buffer.front();
@@ -259,27 +285,44 @@ impl CursorTable {
     /// Registers a cursor and returns its id (positive, random). Idle cursors are dropped
     /// first; when the table is full the registration fails.
     pub fn register(&self, ns: &str, cursor: Cursor) -> Result<i64, CommandError> {
-        let mut entries = self.entries.lock().map_err(|_| CommandError::internal("cursor table poisoned"))?;
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| CommandError::internal("cursor table poisoned"))?;
         entries.retain(|_, entry| entry.last_used.elapsed() < CURSOR_IDLE_TIMEOUT);
         if entries.len() >= CURSORS_MAX {
             return Err(CommandError::new(
                 ErrorCode::OPERATION_FAILED,
-                format!("too many open cursors (at most {CURSORS_MAX}); close some or let them time out"),
+                format!(
+                    "too many open cursors (at most {CURSORS_MAX}); close some or let them time out"
+                ),
             ));
         }
         let mut id: i64 = rand::random::<i64>() & i64::MAX;
         while id == 0 || entries.contains_key(&id) {
             id = rand::random::<i64>() & i64::MAX;
         }
-        let entry = Entry { cursor: Arc::new(tokio::sync::Mutex::new(cursor)), ns: ns.to_owned(), last_used: Instant::now() };
+        let entry = Entry {
+            cursor: Arc::new(tokio::sync::Mutex::new(cursor)),
+            ns: ns.to_owned(),
+            last_used: Instant::now(),
+        };
         entries.insert(id, entry);
         Ok(id)
     }
 
     /// The cursor with this id, if open; checks it belongs to `ns`.
     pub fn get(&self, id: i64, ns: &str) -> Result<Arc<tokio::sync::Mutex<Cursor>>, CommandError> {
-        let mut entries = self.entries.lock().map_err(|_| CommandError::internal("cursor table poisoned"))?;
-        let not_found = || CommandError::new(ErrorCode::CURSOR_NOT_FOUND, format!("cursor id {id} not found"));
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| CommandError::internal("cursor table poisoned"))?;
+        let not_found = || {
+            CommandError::new(
+                ErrorCode::CURSOR_NOT_FOUND,
+                format!("cursor id {id} not found"),
+            )
+        };
         let entry = entries.get_mut(&id).ok_or_else(not_found)?;
         if entry.last_used.elapsed() >= CURSOR_IDLE_TIMEOUT {
             entries.remove(&id);
@@ -288,7 +331,10 @@ impl CursorTable {
         if entry.ns != ns {
             return Err(CommandError::new(
                 ErrorCode::UNAUTHORIZED,
-                format!("cursor {id} belongs to {} and cannot be used with {ns}", entry.ns),
+                format!(
+                    "cursor {id} belongs to {} and cannot be used with {ns}",
+                    entry.ns
+                ),
             ));
         }
         entry.last_used = Instant::now();
@@ -317,7 +363,9 @@ pub async fn drain(
                 stream.kill(cluster).await;
                 return Err(CommandError::new(
                     ErrorCode::OPERATION_FAILED,
-                    format!("the merging part of this pipeline would need more than {docs_max} documents at the router"),
+                    format!(
+                        "the merging part of this pipeline would need more than {docs_max} documents at the router"
+                    ),
                 ));
             }
             if stream.cursor_id == 0 {

@@ -23,7 +23,10 @@ pub async fn run(bind: SocketAddr, configdb: &str, tls: &TlsPaths) -> anyhow::Re
     let rpc = RpcClient::new(tls).map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;
     let cluster = Arc::new(cluster::Cluster::new(rpc, config_hosts));
     let refresher = tokio::spawn(cluster::refresh_loop(Arc::clone(&cluster)));
-    let router = Arc::new(commands::Router::new(Arc::clone(&cluster), bind.to_string()));
+    let router = Arc::new(commands::Router::new(
+        Arc::clone(&cluster),
+        bind.to_string(),
+    ));
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding TCP on {bind}"))?;

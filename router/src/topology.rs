@@ -50,18 +50,27 @@ pub struct RoutingCache {
 }
 
 fn broken(what: &str) -> CommandError {
-    CommandError::internal(format!("routing table from the config server is malformed: {what}"))
+    CommandError::internal(format!(
+        "routing table from the config server is malformed: {what}"
+    ))
 }
 
 fn documents<'a>(table: &'a Document, field: &str) -> impl Iterator<Item = &'a Document> {
-    table.get_array(field).into_iter().flatten().filter_map(Bson::as_document)
+    table
+        .get_array(field)
+        .into_iter()
+        .flatten()
+        .filter_map(Bson::as_document)
 }
 
 impl RoutingCache {
     /// Builds the cache from a `_shoalGetRoutingTable` reply.
     pub fn from_table(table: &Document) -> Result<RoutingCache, CommandError> {
         let version = table.get_i64("version").map_err(|_| broken("version"))?;
-        let mut cache = RoutingCache { version, ..RoutingCache::default() };
+        let mut cache = RoutingCache {
+            version,
+            ..RoutingCache::default()
+        };
         for shard in documents(table, "shards") {
             let id = ShardId::new(shard.get_str("_id").map_err(|_| broken("shard _id"))?)?;
             let host = shard.get_str("host").map_err(|_| broken("shard host"))?;
@@ -72,26 +81,48 @@ impl RoutingCache {
             cache.shards.insert(id.clone(), ShardInfo { id, hosts });
         }
         for database in documents(table, "databases") {
-            let name = database.get_str("_id").map_err(|_| broken("database _id"))?;
-            let primary = ShardId::new(database.get_str("primary").map_err(|_| broken("primary"))?)?;
-            cache.databases.insert(name.to_owned(), DatabaseInfo { primary });
+            let name = database
+                .get_str("_id")
+                .map_err(|_| broken("database _id"))?;
+            let primary =
+                ShardId::new(database.get_str("primary").map_err(|_| broken("primary"))?)?;
+            cache
+                .databases
+                .insert(name.to_owned(), DatabaseInfo { primary });
         }
         let mut chunks_by_uuid: HashMap<CollectionUuid, Vec<&Document>> = HashMap::new();
         for chunk in documents(table, "chunks") {
-            let uuid = chunk.get("uuid").and_then(CollectionUuid::from_bson).ok_or_else(|| broken("chunk uuid"))?;
+            let uuid = chunk
+                .get("uuid")
+                .and_then(CollectionUuid::from_bson)
+                .ok_or_else(|| broken("chunk uuid"))?;
             chunks_by_uuid.entry(uuid).or_default().push(chunk);
         }
         for collection in documents(table, "collections") {
-            let ns = Namespace::parse(collection.get_str("_id").map_err(|_| broken("collection _id"))?)?;
-            let uuid = collection.get("uuid").and_then(CollectionUuid::from_bson).ok_or_else(|| broken("uuid"))?;
-            let epoch = Epoch(collection.get_object_id("lastmodEpoch").map_err(|_| broken("epoch"))?);
-            let key = ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
+            let ns = Namespace::parse(
+                collection
+                    .get_str("_id")
+                    .map_err(|_| broken("collection _id"))?,
+            )?;
+            let uuid = collection
+                .get("uuid")
+                .and_then(CollectionUuid::from_bson)
+                .ok_or_else(|| broken("uuid"))?;
+            let epoch = Epoch(
+                collection
+                    .get_object_id("lastmodEpoch")
+                    .map_err(|_| broken("epoch"))?,
+            );
+            let key =
+                ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
             let mut chunks = Vec::new();
             for chunk in chunks_by_uuid.get(&uuid).into_iter().flatten() {
                 chunks.push(parse_chunk(chunk, epoch)?);
             }
             let map = ChunkMap::new(key, chunks)?;
-            cache.collections.insert(ns, CollectionRouting { uuid, epoch, map });
+            cache
+                .collections
+                .insert(ns, CollectionRouting { uuid, epoch, map });
         }
         Ok(cache)
     }
@@ -109,7 +140,10 @@ impl RoutingCache {
             .and_then(|info| info.hosts.first())
             .map(String::as_str)
             .ok_or_else(|| {
-                CommandError::new(shoal_common::ErrorCode::SHARD_NOT_FOUND, format!("shard {shard} not found"))
+                CommandError::new(
+                    shoal_common::ErrorCode::SHARD_NOT_FOUND,
+                    format!("shard {shard} not found"),
+                )
             })
     }
 
@@ -121,14 +155,25 @@ impl RoutingCache {
     }
 }
 
-fn parse_chunk(chunk: &Document, epoch: Epoch) -> Result<shoal_common::chunks::Chunk, CommandError> {
+fn parse_chunk(
+    chunk: &Document,
+    epoch: Epoch,
+) -> Result<shoal_common::chunks::Chunk, CommandError> {
     Ok(shoal_common::chunks::Chunk {
-        min: chunk.get_document("min").map_err(|_| broken("chunk min"))?.clone(),
-        max: chunk.get_document("max").map_err(|_| broken("chunk max"))?.clone(),
+        min: chunk
+            .get_document("min")
+            .map_err(|_| broken("chunk min"))?
+            .clone(),
+        max: chunk
+            .get_document("max")
+            .map_err(|_| broken("chunk max"))?
+            .clone(),
         shard: ShardId::new(chunk.get_str("shard").map_err(|_| broken("chunk shard"))?)?,
         version: shoal_common::ChunkVersion::from_timestamp(
             epoch,
-            chunk.get_timestamp("lastmod").map_err(|_| broken("chunk lastmod"))?,
+            chunk
+                .get_timestamp("lastmod")
+                .map_err(|_| broken("chunk lastmod"))?,
         ),
     })
 }
@@ -155,8 +200,14 @@ mod tests {
         let cache = RoutingCache::from_table(&table).unwrap();
         let ns = Namespace::parse("db.c").unwrap();
         let routing = cache.collection(&ns).unwrap();
-        assert_eq!(routing.map.chunk_for_key(&doc! {"k": 7}).shard.as_str(), "s1");
-        assert_eq!(cache.shard_host(&ShardId::new("s1").unwrap()).unwrap(), "127.0.0.1:2");
+        assert_eq!(
+            routing.map.chunk_for_key(&doc! {"k": 7}).shard.as_str(),
+            "s1"
+        );
+        assert_eq!(
+            cache.shard_host(&ShardId::new("s1").unwrap()).unwrap(),
+            "127.0.0.1:2"
+        );
         assert_eq!(cache.databases["db"].primary.as_str(), "s0");
     }
 

@@ -27,6 +27,7 @@ use shoal_docstore::Engine;
 use shoal_node::info;
 use shoal_rpc::{RpcClient, RpcHandler, RpcServer, certs::TlsPaths};
 use shoal_wire::{CommandHandler, RequestContext};
+use tracing::Instrument;
 
 /// What a member is for; it changes `hello` (`configsvr`) and the process name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,8 +118,7 @@ impl MemberCore {
             Ok(reply) => reply,
             Err(join_error) => {
                 tracing::error!(error = %join_error, "engine command panicked");
-                CommandError::internal("the command failed inside the storage engine")
-                    .to_document()
+                CommandError::internal("the command failed inside the storage engine").to_document()
             }
         }
     }
@@ -204,9 +204,21 @@ pub async fn dispatch(
         return CommandError::bad_value("empty command document").to_document();
     };
     let span = tracing::debug_span!("command", command = %name, db = %db);
-    let _entered = span.enter();
-    let reply = match name.as_str() {
-        "hello" | "isMaster" | "ismaster" => Ok(core.hello(&name, &command, connection_id)),
+    dispatch_named(core, extension, db, command, connection_id, &name)
+        .instrument(span)
+        .await
+}
+
+async fn dispatch_named(
+    core: &Arc<MemberCore>,
+    extension: &dyn Extension,
+    db: &str,
+    command: Document,
+    connection_id: u64,
+    name: &str,
+) -> Document {
+    let reply = match name {
+        "hello" | "isMaster" | "ismaster" => Ok(core.hello(name, &command, connection_id)),
         "ping" => Ok(doc! {"ok": 1.0}),
         "buildInfo" | "buildinfo" => Ok(info::build_info()),
         "serverStatus" => Ok(core.server_status()),
@@ -282,14 +294,23 @@ pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> 
         started: Instant::now(),
         commands_total: AtomicU64::new(0),
     });
-    extension.on_start(&core).await.context("initialising the member")?;
-    let quic_handler = Arc::new(QuicHandler { core: Arc::clone(&core), extension: Arc::clone(&extension) });
+    extension
+        .on_start(&core)
+        .await
+        .context("initialising the member")?;
+    let quic_handler = Arc::new(QuicHandler {
+        core: Arc::clone(&core),
+        extension: Arc::clone(&extension),
+    });
     let rpc_server = RpcServer::bind(config.bind, &config.tls, quic_handler)
         .map_err(|e| anyhow::anyhow!("binding QUIC on {}: {e}", config.bind))?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding TCP on {}", config.bind))?;
-    let wire_handler = Arc::new(WireHandler { core: Arc::clone(&core), extension });
+    let wire_handler = Arc::new(WireHandler {
+        core: Arc::clone(&core),
+        extension,
+    });
     tracing::info!(replset = %config.replset, bind = %config.bind, role = ?config.role, "member ready");
     let rpc_task = tokio::spawn(rpc_server.run());
     let wire_task = tokio::spawn(shoal_wire::serve(listener, wire_handler));

@@ -11,15 +11,26 @@ use super::{Router, shard_command};
 const READ_ONLY_ADMIN: &[&str] = &["listShards", "balancerStatus"];
 
 impl Router {
-    pub(super) async fn admin_forward(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
-        let name = command.keys().next().map(String::as_str).unwrap_or_default();
+    pub(super) async fn admin_forward(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let name = command
+            .keys()
+            .next()
+            .map(String::as_str)
+            .unwrap_or_default();
         if db != "admin" {
             return Err(CommandError::new(
                 ErrorCode::UNAUTHORIZED,
                 format!("{name} may only be run against the admin database."),
             ));
         }
-        let reply = self.cluster.call_config("admin", shard_command(command)).await?;
+        let reply = self
+            .cluster
+            .call_config("admin", shard_command(command))
+            .await?;
         if CommandError::from_reply(&reply).is_none() && !READ_ONLY_ADMIN.contains(&name) {
             self.cluster.refresh().await?;
         }

@@ -28,22 +28,38 @@ impl Router {
         Ok(hosts)
     }
 
-    pub(super) async fn list_databases(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn list_databases(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         if db != "admin" {
             return Err(CommandError::new(
                 ErrorCode::UNAUTHORIZED,
                 "listDatabases may only be run against the admin database.",
             ));
         }
-        let filter = document_field(command, "filter")?.map(Filter::parse).transpose().map_err(CommandError::from)?;
+        let filter = document_field(command, "filter")?
+            .map(Filter::parse)
+            .transpose()
+            .map_err(CommandError::from)?;
         let name_only = matches!(command.get("nameOnly"), Some(Bson::Boolean(true)));
         let hosts = self.all_hosts(true).await?;
         let request = doc! {"listDatabases": 1};
-        let calls = hosts.iter().map(|host| self.cluster.call_ok(host, "admin", request.clone()));
+        let calls = hosts
+            .iter()
+            .map(|host| self.cluster.call_ok(host, "admin", request.clone()));
         let mut sizes: BTreeMap<String, i64> = BTreeMap::new();
         for reply in join_all(calls).await {
-            for entry in reply?.get_array("databases").into_iter().flatten().filter_map(Bson::as_document) {
-                let Ok(name) = entry.get_str("name") else { continue };
+            for entry in reply?
+                .get_array("databases")
+                .into_iter()
+                .flatten()
+                .filter_map(Bson::as_document)
+            {
+                let Ok(name) = entry.get_str("name") else {
+                    continue;
+                };
                 if name == "local" || name == "admin" {
                     continue;
                 }
@@ -59,7 +75,10 @@ impl Router {
             } else {
                 doc! {"name": name, "sizeOnDisk": size, "empty": size == 0}
             };
-            if filter.as_ref().is_some_and(|filter| !filter.matches(&entry)) {
+            if filter
+                .as_ref()
+                .is_some_and(|filter| !filter.matches(&entry))
+            {
                 continue;
             }
             total += size;
@@ -74,7 +93,11 @@ impl Router {
         Ok(reply)
     }
 
-    pub(super) async fn list_collections(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn list_collections(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         shoal_common::ids::validate_db_name(db)?;
         let ns = format!("{db}.$cmd.listCollections");
         let hosts = if db == "config" {
@@ -84,7 +107,9 @@ impl Router {
         };
         let mut request = shard_command(command);
         request.insert("cursor", doc! {"batchSize": i32::MAX});
-        let calls = hosts.iter().map(|host| self.cluster.call_ok(host, db, request.clone()));
+        let calls = hosts
+            .iter()
+            .map(|host| self.cluster.call_ok(host, db, request.clone()));
         let mut by_name: BTreeMap<String, Document> = BTreeMap::new();
         for reply in join_all(calls).await {
             let (_, _, batch) = crate::cursors::parse_cursor(&reply?, "firstBatch")?;
@@ -103,7 +128,12 @@ impl Router {
         self.first_cursor_batch(&ns, cursor, batch_docs).await
     }
 
-    async fn first_cursor_batch(&self, ns: &str, mut cursor: Cursor, batch_docs: u64) -> Result<Document, CommandError> {
+    async fn first_cursor_batch(
+        &self,
+        ns: &str,
+        mut cursor: Cursor,
+        batch_docs: u64,
+    ) -> Result<Document, CommandError> {
         let batch_docs = usize::try_from(batch_docs).unwrap_or(usize::MAX);
         let (batch, exhausted) = cursor.next_batch(&self.cluster, batch_docs).await?;
         if exhausted {
@@ -113,13 +143,19 @@ impl Router {
         Ok(cursor_reply(id, ns, batch, true))
     }
 
-    pub(super) async fn list_indexes(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn list_indexes(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "listIndexes")?;
         let (placement, routing) = self.placement(&ns).await?;
         let host = match &placement {
             Placement::Sharded(collection) => {
                 let shards = collection.map.shards();
-                let first = shards.first().ok_or_else(|| CommandError::internal("sharded collection without chunks"))?;
+                let first = shards
+                    .first()
+                    .ok_or_else(|| CommandError::internal("sharded collection without chunks"))?;
                 routing.shard_host(first)?.to_owned()
             }
             other => match self.unsharded_host(other, &routing)? {
@@ -135,7 +171,11 @@ impl Router {
         self.cluster.call(&host, db, shard_command(command)).await
     }
 
-    pub(super) async fn create(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn create(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "create")?;
         let (placement, routing) = self.placement_for_write(&ns).await?;
         if let Placement::Sharded(_) = placement {
@@ -144,14 +184,23 @@ impl Router {
                 format!("Collection {ns} already exists."),
             ));
         }
-        let host = self.unsharded_host(&placement, &routing)?.ok_or_else(|| CommandError::internal("no primary shard"))?;
+        let host = self
+            .unsharded_host(&placement, &routing)?
+            .ok_or_else(|| CommandError::internal("no primary shard"))?;
         self.cluster.call(&host, db, shard_command(command)).await
     }
 
-    pub(super) async fn drop_collection(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn drop_collection(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "drop")?;
         if ns.db == "config" || ns.db == "admin" {
-            return Err(CommandError::new(ErrorCode::ILLEGAL_OPERATION, format!("cannot drop {ns} through the router")));
+            return Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!("cannot drop {ns} through the router"),
+            ));
         }
         let (placement, routing) = self.placement(&ns).await?;
         let request = shard_command(command);
@@ -162,40 +211,64 @@ impl Router {
                     hosts.push(routing.shard_host(&shard)?.to_owned());
                 }
                 let _ = collection;
-                let calls = hosts.iter().map(|host| self.cluster.call(host, db, request.clone()));
+                let calls = hosts
+                    .iter()
+                    .map(|host| self.cluster.call(host, db, request.clone()));
                 for reply in join_all(calls).await {
                     let reply = reply?;
                     match CommandError::from_reply(&reply) {
-                        Some(error) if error.code != ErrorCode::NAMESPACE_NOT_FOUND => return Err(error),
+                        Some(error) if error.code != ErrorCode::NAMESPACE_NOT_FOUND => {
+                            return Err(error);
+                        }
                         _ => {}
                     }
                 }
-                let reply = self.cluster.call_config("admin", doc! {"_shoalDropCollection": ns.to_string()}).await?;
+                let reply = self
+                    .cluster
+                    .call_config("admin", doc! {"_shoalDropCollection": ns.to_string()})
+                    .await?;
                 if let Some(error) = CommandError::from_reply(&reply) {
                     return Err(error);
                 }
                 self.cluster.refresh().await?;
                 Ok(doc! {"nIndexesWas": 1, "ns": ns.to_string(), "ok": 1.0})
             }
-            Placement::Missing => Err(CommandError::new(ErrorCode::NAMESPACE_NOT_FOUND, "ns not found")),
+            Placement::Missing => Err(CommandError::new(
+                ErrorCode::NAMESPACE_NOT_FOUND,
+                "ns not found",
+            )),
             other => {
-                let host = self.unsharded_host(other, &routing)?.ok_or_else(|| CommandError::internal("no host"))?;
+                let host = self
+                    .unsharded_host(other, &routing)?
+                    .ok_or_else(|| CommandError::internal("no host"))?;
                 self.cluster.call(&host, db, request).await
             }
         }
     }
 
-    pub(super) async fn drop_database(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn drop_database(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         if matches!(db, "admin" | "config" | "local") {
-            return Err(CommandError::new(ErrorCode::ILLEGAL_OPERATION, format!("Dropping the '{db}' database is prohibited.")));
+            return Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!("Dropping the '{db}' database is prohibited."),
+            ));
         }
         let hosts = self.all_hosts(false).await?;
         let request = shard_command(command);
-        let calls = hosts.iter().map(|host| self.cluster.call_ok(host, db, request.clone()));
+        let calls = hosts
+            .iter()
+            .map(|host| self.cluster.call_ok(host, db, request.clone()));
         for reply in join_all(calls).await {
             reply?;
         }
-        let reply = self.cluster.call_config("admin", doc! {"_shoalDropDatabase": db}).await?;
+        let reply = self
+            .cluster
+            .call_config("admin", doc! {"_shoalDropDatabase": db})
+            .await?;
         if let Some(error) = CommandError::from_reply(&reply) {
             return Err(error);
         }

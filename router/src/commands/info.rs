@@ -18,7 +18,11 @@ impl Router {
         reply
     }
 
-    pub(super) fn info_command(&self, name: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) fn info_command(
+        &self,
+        name: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         match name {
             "ping" => Ok(doc! {"ok": 1.0}),
             "buildInfo" | "buildinfo" => Ok(info::build_info()),
@@ -28,7 +32,9 @@ impl Router {
             "hostInfo" => Ok(info::host_info()),
             "getCmdLineOpts" => Ok(info::cmd_line_opts()),
             "whatsmyuri" => Ok(doc! {"you": "", "ok": 1.0}),
-            "endSessions" | "killSessions" | "killAllSessions" | "refreshSessions" => Ok(doc! {"ok": 1.0}),
+            "endSessions" | "killSessions" | "killAllSessions" | "refreshSessions" => {
+                Ok(doc! {"ok": 1.0})
+            }
             "startSession" => Ok(doc! {
                 "id": {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: shoal_common::CollectionUuid::random().0.as_bytes().to_vec() }},
                 "timeoutMinutes": info::LOGICAL_SESSION_TIMEOUT_MINUTES,
@@ -38,7 +44,10 @@ impl Router {
                 "authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}, "ok": 1.0,
             }),
             "listCommands" => Ok(list_commands()),
-            other => Err(CommandError::new(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{other}'"))),
+            other => Err(CommandError::new(
+                ErrorCode::COMMAND_NOT_FOUND,
+                format!("no such command: '{other}'"),
+            )),
         }
     }
 
@@ -58,10 +67,35 @@ impl Router {
 
 fn list_commands() -> Document {
     let names = [
-        "aggregate", "addShard", "balancerStatus", "buildInfo", "count", "create", "delete", "distinct",
-        "drop", "dropDatabase", "enableSharding", "find", "findAndModify", "getMore", "hello", "insert",
-        "isMaster", "killCursors", "listCollections", "listDatabases", "listIndexes", "listShards",
-        "moveChunk", "ping", "removeShard", "serverStatus", "shardCollection", "split", "update",
+        "aggregate",
+        "addShard",
+        "balancerStatus",
+        "buildInfo",
+        "count",
+        "create",
+        "delete",
+        "distinct",
+        "drop",
+        "dropDatabase",
+        "enableSharding",
+        "find",
+        "findAndModify",
+        "getMore",
+        "hello",
+        "insert",
+        "isMaster",
+        "killCursors",
+        "listCollections",
+        "listDatabases",
+        "listIndexes",
+        "listShards",
+        "moveChunk",
+        "ping",
+        "removeShard",
+        "serverStatus",
+        "shardCollection",
+        "split",
+        "update",
     ];
     let mut commands = Document::new();
     for name in names {

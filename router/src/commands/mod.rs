@@ -9,7 +9,6 @@ mod read;
 mod write;
 
 use std::{
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -20,6 +19,7 @@ use std::{
 use bson::{Bson, Document};
 use shoal_common::{CommandError, ErrorCode, Namespace, ShardId};
 use shoal_wire::{CommandHandler, RequestContext};
+use tracing::Instrument;
 
 use crate::{
     cluster::Cluster,
@@ -87,17 +87,25 @@ impl Router {
         }
     }
 
-    async fn dispatch(&self, ctx: &RequestContext, db: &str, command: Document) -> Result<Document, CommandError> {
-        let name = command.keys().next().cloned().ok_or_else(|| CommandError::bad_value("empty command document"))?;
+    async fn dispatch(
+        &self,
+        ctx: &RequestContext,
+        db: &str,
+        command: Document,
+    ) -> Result<Document, CommandError> {
+        let name = command
+            .keys()
+            .next()
+            .cloned()
+            .ok_or_else(|| CommandError::bad_value("empty command document"))?;
         self.counters.command.fetch_add(1, Ordering::Relaxed);
         shoal_common::ids::validate_db_name(db)?;
         match name.as_str() {
             "hello" | "isMaster" | "ismaster" => Ok(self.hello(&name, &command, ctx.conn_id)),
-            "ping" | "buildInfo" | "buildinfo" | "serverStatus" | "getParameter" | "getLog" | "hostInfo"
-            | "getCmdLineOpts" | "whatsmyuri" | "endSessions" | "killSessions" | "killAllSessions"
-            | "connectionStatus" | "listCommands" | "startSession" | "refreshSessions" => {
-                self.info_command(&name, &command)
-            }
+            "ping" | "buildInfo" | "buildinfo" | "serverStatus" | "getParameter" | "getLog"
+            | "hostInfo" | "getCmdLineOpts" | "whatsmyuri" | "endSessions" | "killSessions"
+            | "killAllSessions" | "connectionStatus" | "listCommands" | "startSession"
+            | "refreshSessions" => self.info_command(&name, &command),
             "insert" => self.insert(db, &command).await,
             "update" => self.update(db, &command).await,
             "delete" => self.delete(db, &command).await,
@@ -114,23 +122,32 @@ impl Router {
             "create" => self.create(db, &command).await,
             "drop" => self.drop_collection(db, &command).await,
             "dropDatabase" => self.drop_database(db, &command).await,
-            "addShard" | "listShards" | "removeShard" | "enableSharding" | "shardCollection" | "split"
-            | "moveChunk" | "balancerStatus" | "balancerStart" | "balancerStop" => {
+            "addShard" | "listShards" | "removeShard" | "enableSharding" | "shardCollection"
+            | "split" | "moveChunk" | "balancerStatus" | "balancerStart" | "balancerStop" => {
                 self.admin_forward(db, &command).await
             }
             "flushRouterConfig" => self.flush_router_config().await,
-            _ => Err(CommandError::new(ErrorCode::COMMAND_NOT_FOUND, format!("no such command: '{name}'"))),
+            _ => Err(CommandError::new(
+                ErrorCode::COMMAND_NOT_FOUND,
+                format!("no such command: '{name}'"),
+            )),
         }
     }
 
     /// Where `ns` lives, from the current routing snapshot.
-    async fn placement(&self, ns: &Namespace) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+    async fn placement(
+        &self,
+        ns: &Namespace,
+    ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
         let routing = self.cluster.routing().await?;
         Ok((placement_in(&routing, ns), routing))
     }
 
     /// Like [`Router::placement`], creating the database first when a write needs it.
-    async fn placement_for_write(&self, ns: &Namespace) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+    async fn placement_for_write(
+        &self,
+        ns: &Namespace,
+    ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
         if ns.db == "config" || ns.db == "admin" || ns.db == "local" {
             return Err(CommandError::new(
                 ErrorCode::INVALID_NAMESPACE,
@@ -146,12 +163,18 @@ impl Router {
     }
 
     /// The address of the server holding an unsharded namespace's data.
-    fn unsharded_host(&self, placement: &Placement, routing: &RoutingCache) -> Result<Option<String>, CommandError> {
+    fn unsharded_host(
+        &self,
+        placement: &Placement,
+        routing: &RoutingCache,
+    ) -> Result<Option<String>, CommandError> {
         match placement {
             Placement::Config => Ok(Some(self.cluster.config_host().to_owned())),
             Placement::Unsharded(shard) => Ok(Some(routing.shard_host(shard)?.to_owned())),
             Placement::Missing => Ok(None),
-            Placement::Sharded(_) => Err(CommandError::internal("unsharded_host on a sharded collection")),
+            Placement::Sharded(_) => Err(CommandError::internal(
+                "unsharded_host on a sharded collection",
+            )),
         }
     }
 
@@ -189,14 +212,20 @@ fn command_namespace(db: &str, command: &Document, name: &str) -> Result<Namespa
         Some(Bson::String(coll)) => Namespace::new(db, coll),
         Some(other) => Err(CommandError::new(
             ErrorCode::INVALID_NAMESPACE,
-            format!("collection name has invalid type {}", shoal_common::error::type_name(other)),
+            format!(
+                "collection name has invalid type {}",
+                shoal_common::error::type_name(other)
+            ),
         )),
         None => Err(CommandError::bad_value(format!("missing '{name}'"))),
     }
 }
 
 /// A document-typed optional field.
-fn document_field<'a>(command: &'a Document, field: &str) -> Result<Option<&'a Document>, CommandError> {
+fn document_field<'a>(
+    command: &'a Document,
+    field: &str,
+) -> Result<Option<&'a Document>, CommandError> {
     match command.get(field) {
         None | Some(Bson::Null) => Ok(None),
         Some(Bson::Document(value)) => Ok(Some(value)),
@@ -214,7 +243,9 @@ fn count_field(command: &Document, field: &str) -> Result<Option<u64>, CommandEr
         Some(other) => return Err(CommandError::type_mismatch(field, "long", other)),
     };
     if value < 0 {
-        return Err(CommandError::bad_value(format!("{field} value must be non-negative, but received: {value}")));
+        return Err(CommandError::bad_value(format!(
+            "{field} value must be non-negative, but received: {value}"
+        )));
     }
     Ok(Some(value as u64))
 }
@@ -230,17 +261,14 @@ fn int_field(doc: &Document, field: &str) -> i64 {
 }
 
 impl CommandHandler for Router {
-    fn handle(&self, ctx: RequestContext, db: String, command: Document) -> impl Future<Output = Document> + Send {
-        async move {
-            let name = command.keys().next().cloned().unwrap_or_default();
-            let span = tracing::debug_span!("request", conn = ctx.conn_id, db = %db, command = %name);
-            let _entered = span.enter();
-            match self.dispatch(&ctx, &db, command).await {
-                Ok(reply) => reply,
-                Err(error) => {
-                    tracing::debug!(code = error.code.0, error = %error.errmsg, "command failed");
-                    error.to_document()
-                }
+    async fn handle(&self, ctx: RequestContext, db: String, command: Document) -> Document {
+        let name = command.keys().next().cloned().unwrap_or_default();
+        let span = tracing::debug_span!("request", conn = ctx.conn_id, db = %db, command = %name);
+        match self.dispatch(&ctx, &db, command).instrument(span).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::debug!(code = error.code.0, error = %error.errmsg, "command failed");
+                error.to_document()
             }
         }
     }

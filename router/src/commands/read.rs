@@ -10,7 +10,9 @@ use futures::future::join_all;
 use shoal_common::{CommandError, ErrorCode, bsonorder, chunks::Targeting};
 use shoal_query::{Pipeline, Projection, SortSpec};
 
-use super::{Placement, Router, command_namespace, count_field, document_field, int_field, shard_command};
+use super::{
+    Placement, Router, command_namespace, count_field, document_field, int_field, shard_command,
+};
 use crate::{
     cursors::{Cursor, MergePlan, SHARD_GETMORE_DOCS, ShardStream, cursor_reply, drain},
     topology::RoutingCache,
@@ -23,18 +25,31 @@ pub const AGGREGATE_MERGE_DOCS_MAX: usize = 5_000_000;
 
 impl Router {
     /// The servers a read of `ns` with `filter` must reach.
-    fn read_targets(&self, placement: &Placement, routing: &RoutingCache, filter: &Document) -> Result<Vec<String>, CommandError> {
+    fn read_targets(
+        &self,
+        placement: &Placement,
+        routing: &RoutingCache,
+        filter: &Document,
+    ) -> Result<Vec<String>, CommandError> {
         match placement {
             Placement::Sharded(collection) => {
                 let Targeting::Shards(shards) = collection.map.target_filter(filter);
-                shards.iter().map(|shard| routing.shard_host(shard).map(str::to_owned)).collect()
+                shards
+                    .iter()
+                    .map(|shard| routing.shard_host(shard).map(str::to_owned))
+                    .collect()
             }
             other => Ok(self.unsharded_host(other, routing)?.into_iter().collect()),
         }
     }
 
     /// Sends `request` to every target in parallel and opens a stream on each cursor reply.
-    async fn open_streams(&self, db: &str, targets: &[String], request: &Document) -> Result<Vec<ShardStream>, CommandError> {
+    async fn open_streams(
+        &self,
+        db: &str,
+        targets: &[String],
+        request: &Document,
+    ) -> Result<Vec<ShardStream>, CommandError> {
         let calls = targets.iter().map(|host| async move {
             let reply = self.cluster.call(host, db, request.clone()).await?;
             ShardStream::from_reply(host, db, &reply)
@@ -43,7 +58,13 @@ impl Router {
     }
 
     /// Produces the first batch of `cursor` and registers it if it has more.
-    async fn first_batch(&self, ns: &str, mut cursor: Cursor, batch_docs: u64, single_batch: bool) -> Result<Document, CommandError> {
+    async fn first_batch(
+        &self,
+        ns: &str,
+        mut cursor: Cursor,
+        batch_docs: u64,
+        single_batch: bool,
+    ) -> Result<Document, CommandError> {
         let batch_docs = usize::try_from(batch_docs).unwrap_or(usize::MAX);
         let (batch, exhausted) = cursor.next_batch(&self.cluster, batch_docs).await?;
         if exhausted {
@@ -57,12 +78,22 @@ impl Router {
         Ok(cursor_reply(id, ns, batch, true))
     }
 
-    pub(super) async fn find(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn find(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "find")?;
         self.counters.query.fetch_add(1, Ordering::Relaxed);
-        let filter = document_field(command, "filter")?.cloned().unwrap_or_default();
-        let sort = document_field(command, "sort")?.filter(|s| !s.is_empty()).cloned();
-        let projection = document_field(command, "projection")?.filter(|p| !p.is_empty()).cloned();
+        let filter = document_field(command, "filter")?
+            .cloned()
+            .unwrap_or_default();
+        let sort = document_field(command, "sort")?
+            .filter(|s| !s.is_empty())
+            .cloned();
+        let projection = document_field(command, "projection")?
+            .filter(|p| !p.is_empty())
+            .cloned();
         let skip = count_field(command, "skip")?.unwrap_or(0);
         let limit = count_field(command, "limit")?.filter(|l| *l > 0);
         let batch_docs = count_field(command, "batchSize")?.unwrap_or(FIRST_BATCH_DOCS_DEFAULT);
@@ -85,7 +116,8 @@ impl Router {
                 plan.sort = Some(SortSpec::parse(sort).map_err(CommandError::from)?);
                 if let Some(projection) = &projection {
                     // Shards return whole documents so the merge can read the sort keys.
-                    plan.projection = Some(Projection::parse(projection).map_err(CommandError::from)?);
+                    plan.projection =
+                        Some(Projection::parse(projection).map_err(CommandError::from)?);
                     request.remove("projection");
                 }
             }
@@ -93,10 +125,20 @@ impl Router {
             plan.limit = limit;
         }
         let streams = self.open_streams(db, &targets, &request).await?;
-        self.first_batch(&ns_string, Cursor::Merge { streams, plan }, batch_docs, single_batch).await
+        self.first_batch(
+            &ns_string,
+            Cursor::Merge { streams, plan },
+            batch_docs,
+            single_batch,
+        )
+        .await
     }
 
-    pub(super) async fn get_more(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn get_more(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         self.counters.getmore.fetch_add(1, Ordering::Relaxed);
         let id = match command.get("getMore") {
             Some(Bson::Int64(id)) => *id,
@@ -111,7 +153,9 @@ impl Router {
         };
         let ns = format!("{db}.{collection}");
         let batch_docs = count_field(command, "batchSize")?.filter(|b| *b > 0);
-        let batch_docs = batch_docs.map(|b| usize::try_from(b).unwrap_or(usize::MAX)).unwrap_or(usize::MAX);
+        let batch_docs = batch_docs
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+            .unwrap_or(usize::MAX);
         let cursor = self.cursors.get(id, &ns)?;
         let mut cursor = cursor.lock().await;
         let result = cursor.next_batch(&self.cluster, batch_docs).await;
@@ -130,7 +174,11 @@ impl Router {
         Ok(cursor_reply(id, &ns, batch, false))
     }
 
-    pub(super) async fn kill_cursors(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn kill_cursors(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let _ = command_namespace(db, command, "killCursors")?;
         let ids = match command.get("cursors") {
             Some(Bson::Array(ids)) => ids,
@@ -156,23 +204,34 @@ impl Router {
         })
     }
 
-    pub(super) async fn count(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn count(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "count")?;
         self.counters.query.fetch_add(1, Ordering::Relaxed);
-        let filter = document_field(command, "query")?.cloned().unwrap_or_default();
+        let filter = document_field(command, "query")?
+            .cloned()
+            .unwrap_or_default();
         let skip = count_field(command, "skip")?.unwrap_or(0);
         let limit = count_field(command, "limit")?.filter(|l| *l > 0);
         let (placement, routing) = self.placement(&ns).await?;
         let targets = self.read_targets(&placement, &routing, &filter)?;
         if targets.len() == 1 {
-            return self.cluster.call(&targets[0], db, shard_command(command)).await;
+            return self
+                .cluster
+                .call(&targets[0], db, shard_command(command))
+                .await;
         }
         let mut request = shard_command(command);
         request.remove("skip");
         if let Some(limit) = limit {
             request.insert("limit", i64::try_from(skip + limit).unwrap_or(i64::MAX));
         }
-        let calls = targets.iter().map(|host| self.cluster.call_ok(host, db, request.clone()));
+        let calls = targets
+            .iter()
+            .map(|host| self.cluster.call_ok(host, db, request.clone()));
         let mut total: u64 = 0;
         for reply in join_all(calls).await {
             total += u64::try_from(int_field(&reply?, "n")).unwrap_or(0);
@@ -184,7 +243,11 @@ impl Router {
         Ok(doc! {"n": i64::try_from(n).unwrap_or(i64::MAX), "ok": 1.0})
     }
 
-    pub(super) async fn distinct(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn distinct(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "distinct")?;
         self.counters.query.fetch_add(1, Ordering::Relaxed);
         match command.get("key") {
@@ -192,14 +255,21 @@ impl Router {
             Some(other) => return Err(CommandError::type_mismatch("key", "string", other)),
             None => return Err(CommandError::bad_value("distinct needs 'key'")),
         }
-        let filter = document_field(command, "query")?.cloned().unwrap_or_default();
+        let filter = document_field(command, "query")?
+            .cloned()
+            .unwrap_or_default();
         let (placement, routing) = self.placement(&ns).await?;
         let targets = self.read_targets(&placement, &routing, &filter)?;
         if targets.len() == 1 {
-            return self.cluster.call(&targets[0], db, shard_command(command)).await;
+            return self
+                .cluster
+                .call(&targets[0], db, shard_command(command))
+                .await;
         }
         let request = shard_command(command);
-        let calls = targets.iter().map(|host| self.cluster.call_ok(host, db, request.clone()));
+        let calls = targets
+            .iter()
+            .map(|host| self.cluster.call_ok(host, db, request.clone()));
         let mut values = Vec::new();
         for reply in join_all(calls).await {
             values.extend(reply?.get_array("values").cloned().unwrap_or_default());
@@ -209,7 +279,11 @@ impl Router {
         Ok(doc! {"values": values, "ok": 1.0})
     }
 
-    pub(super) async fn aggregate(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn aggregate(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         self.counters.command.fetch_add(1, Ordering::Relaxed);
         let pipeline = match command.get("pipeline") {
             Some(Bson::Array(pipeline)) => pipeline.clone(),
@@ -227,7 +301,8 @@ impl Router {
                 ));
             }
         };
-        let batch_docs = count_field(&cursor_options, "batchSize")?.unwrap_or(FIRST_BATCH_DOCS_DEFAULT);
+        let batch_docs =
+            count_field(&cursor_options, "batchSize")?.unwrap_or(FIRST_BATCH_DOCS_DEFAULT);
         let ns = match command.get("aggregate") {
             Some(Bson::String(_)) => command_namespace(db, command, "aggregate")?,
             _ => {
@@ -243,25 +318,56 @@ impl Router {
             let Some(host) = self.unsharded_host(&placement, &routing)? else {
                 return Ok(cursor_reply(0, &ns_string, Vec::new(), true));
             };
-            let streams = self.open_streams(db, &[host], &shard_command(command)).await?;
-            let cursor = Cursor::Merge { streams, plan: MergePlan::default() };
-            return self.first_batch(&ns_string, cursor, batch_docs, false).await;
+            let streams = self
+                .open_streams(db, &[host], &shard_command(command))
+                .await?;
+            let cursor = Cursor::Merge {
+                streams,
+                plan: MergePlan::default(),
+            };
+            return self
+                .first_batch(&ns_string, cursor, batch_docs, false)
+                .await;
         };
-        let (shard_stages, merge_stages) = Pipeline::split_for_shards(&pipeline).map_err(CommandError::from)?;
-        let leading_match = shard_stages.first().and_then(|stage| stage.get_document("$match").ok()).cloned();
-        let targets = self.read_targets(&placement, &routing, &leading_match.unwrap_or_default())?;
+        let (shard_stages, merge_stages) =
+            Pipeline::split_for_shards(&pipeline).map_err(CommandError::from)?;
+        let leading_match = shard_stages
+            .first()
+            .and_then(|stage| stage.get_document("$match").ok())
+            .cloned();
+        let targets =
+            self.read_targets(&placement, &routing, &leading_match.unwrap_or_default())?;
         let _ = collection;
         let mut request = shard_command(command);
-        request.insert("pipeline", shard_stages.into_iter().map(Bson::Document).collect::<Vec<_>>());
+        request.insert(
+            "pipeline",
+            shard_stages
+                .into_iter()
+                .map(Bson::Document)
+                .collect::<Vec<_>>(),
+        );
         request.insert("cursor", doc! {"batchSize": SHARD_GETMORE_DOCS});
         let mut streams = self.open_streams(db, &targets, &request).await?;
         if merge_stages.is_empty() {
-            let cursor = Cursor::Merge { streams, plan: MergePlan::default() };
-            return self.first_batch(&ns_string, cursor, batch_docs, false).await;
+            let cursor = Cursor::Merge {
+                streams,
+                plan: MergePlan::default(),
+            };
+            return self
+                .first_batch(&ns_string, cursor, batch_docs, false)
+                .await;
         }
         let gathered = drain(&mut streams, &self.cluster, AGGREGATE_MERGE_DOCS_MAX).await?;
         let merge_stages: Vec<Bson> = merge_stages.into_iter().map(Bson::Document).collect();
-        let merged = Pipeline::parse(&merge_stages).and_then(|p| p.run(gathered)).map_err(CommandError::from)?;
-        self.first_batch(&ns_string, Cursor::Buffered(merged.into()), batch_docs, false).await
+        let merged = Pipeline::parse(&merge_stages)
+            .and_then(|p| p.run(gathered))
+            .map_err(CommandError::from)?;
+        self.first_batch(
+            &ns_string,
+            Cursor::Buffered(merged.into()),
+            batch_docs,
+            false,
+        )
+        .await
     }
 }

@@ -31,15 +31,25 @@ type Run = (ShardId, Vec<(usize, Document)>);
 type IndexedErrors = Vec<(usize, Document)>;
 
 impl Router {
-    pub(super) async fn insert(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn insert(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "insert")?;
         let documents = match command.get("documents") {
             Some(Bson::Array(documents)) => documents,
             Some(other) => return Err(CommandError::type_mismatch("documents", "array", other)),
-            None => return Err(CommandError::bad_value("BSON field 'insert.documents' is missing but a required field")),
+            None => {
+                return Err(CommandError::bad_value(
+                    "BSON field 'insert.documents' is missing but a required field",
+                ));
+            }
         };
         let ordered = ordered_flag(command)?;
-        self.counters.insert.fetch_add(documents.len() as u64, Ordering::Relaxed);
+        self.counters
+            .insert
+            .fetch_add(documents.len() as u64, Ordering::Relaxed);
         let (placement, routing) = self.placement_for_write(&ns).await?;
         let mut runs: Vec<Run> = Vec::new();
         let mut errors: IndexedErrors = Vec::new();
@@ -68,10 +78,18 @@ impl Router {
         Ok(write_reply(n, None, Vec::new(), errors))
     }
 
-    async fn insert_ordered(&self, ns: &Namespace, command: &Document, runs: Vec<Run>, routing: &RoutingCache) -> (i64, IndexedErrors) {
+    async fn insert_ordered(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+        runs: Vec<Run>,
+        routing: &RoutingCache,
+    ) -> (i64, IndexedErrors) {
         let mut inserted = 0;
         for (shard, docs) in runs {
-            let (n, errors) = self.send_inserts(ns, command, &shard, docs, true, routing).await;
+            let (n, errors) = self
+                .send_inserts(ns, command, &shard, docs, true, routing)
+                .await;
             inserted += n;
             if !errors.is_empty() {
                 return (inserted, errors);
@@ -80,9 +98,16 @@ impl Router {
         (inserted, Vec::new())
     }
 
-    async fn insert_unordered(&self, ns: &Namespace, command: &Document, runs: Vec<Run>, routing: &RoutingCache) -> (i64, IndexedErrors) {
+    async fn insert_unordered(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+        runs: Vec<Run>,
+        routing: &RoutingCache,
+    ) -> (i64, IndexedErrors) {
         let sends = runs.into_iter().map(|(shard, docs)| async move {
-            self.send_inserts(ns, command, &shard, docs, false, routing).await
+            self.send_inserts(ns, command, &shard, docs, false, routing)
+                .await
         });
         let mut inserted = 0;
         let mut errors = Vec::new();
@@ -107,7 +132,12 @@ impl Router {
     ) -> (i64, IndexedErrors) {
         let indexes: Vec<usize> = docs.iter().map(|(index, _)| *index).collect();
         let mut request = shard_command(command);
-        request.insert("documents", docs.into_iter().map(|(_, doc)| Bson::Document(doc)).collect::<Vec<_>>());
+        request.insert(
+            "documents",
+            docs.into_iter()
+                .map(|(_, doc)| Bson::Document(doc))
+                .collect::<Vec<_>>(),
+        );
         request.insert("ordered", ordered);
         let reply = match routing.shard_host(shard) {
             Ok(host) => self.cluster.call_ok(host, &ns.db, request).await,
@@ -118,26 +148,60 @@ impl Router {
             Err(error) => {
                 // The whole sub-batch failed: an ordered batch stops at its first document, an
                 // unordered one reports every document.
-                let failed = if ordered { &indexes[..indexes.len().min(1)] } else { &indexes[..] };
-                (0, failed.iter().map(|index| (*index, write_error(*index, &error))).collect())
+                let failed = if ordered {
+                    &indexes[..indexes.len().min(1)]
+                } else {
+                    &indexes[..]
+                };
+                (
+                    0,
+                    failed
+                        .iter()
+                        .map(|index| (*index, write_error(*index, &error)))
+                        .collect(),
+                )
             }
         }
     }
 
-    pub(super) async fn update(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn update(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         self.statements(db, command, StatementKind::Update).await
     }
 
-    pub(super) async fn delete(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn delete(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         self.statements(db, command, StatementKind::Delete).await
     }
 
-    async fn statements(&self, db: &str, command: &Document, kind: StatementKind) -> Result<Document, CommandError> {
+    async fn statements(
+        &self,
+        db: &str,
+        command: &Document,
+        kind: StatementKind,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, kind.command())?;
         let statements = match command.get(kind.array_field()) {
             Some(Bson::Array(statements)) => statements,
-            Some(other) => return Err(CommandError::type_mismatch(kind.array_field(), "array", other)),
-            None => return Err(CommandError::bad_value(format!("missing '{}'", kind.array_field()))),
+            Some(other) => {
+                return Err(CommandError::type_mismatch(
+                    kind.array_field(),
+                    "array",
+                    other,
+                ));
+            }
+            None => {
+                return Err(CommandError::bad_value(format!(
+                    "missing '{}'",
+                    kind.array_field()
+                )));
+            }
         };
         let ordered = ordered_flag(command)?;
         let counter = match kind {
@@ -152,9 +216,14 @@ impl Router {
         for (index, statement) in statements.iter().enumerate() {
             let outcome = match statement {
                 Bson::Document(statement) => {
-                    self.statement(&ns, command, kind, statement, &placement, &routing).await
+                    self.statement(&ns, command, kind, statement, &placement, &routing)
+                        .await
                 }
-                other => Err(CommandError::type_mismatch(kind.array_field(), "object", other)),
+                other => Err(CommandError::type_mismatch(
+                    kind.array_field(),
+                    "object",
+                    other,
+                )),
             };
             match outcome {
                 Ok(outcome) => {
@@ -189,7 +258,12 @@ impl Router {
         let filter = match statement.get("q") {
             Some(Bson::Document(filter)) => filter.clone(),
             Some(other) => return Err(CommandError::type_mismatch("q", "object", other)),
-            None => return Err(CommandError::bad_value(format!("{} statement without 'q'", kind.command()))),
+            None => {
+                return Err(CommandError::bad_value(format!(
+                    "{} statement without 'q'",
+                    kind.command()
+                )));
+            }
         };
         let all_documents = kind.touches_all(statement)?;
         let upsert = matches!(statement.get("upsert"), Some(Bson::Boolean(true)));
@@ -198,24 +272,31 @@ impl Router {
             Placement::Sharded(collection) => {
                 let keys = collection.map.equality_keys(&filter);
                 let exact = matches!(&keys, Some(keys) if keys.len() == 1);
-                let shoal_common::chunks::Targeting::Shards(shards) = collection.map.target_filter(&filter);
+                let shoal_common::chunks::Targeting::Shards(shards) =
+                    collection.map.target_filter(&filter);
                 (shards, exact)
             }
             Placement::Config | Placement::Missing => {
-                return Err(CommandError::internal("write statement without a placement"));
+                return Err(CommandError::internal(
+                    "write statement without a placement",
+                ));
             }
         };
         if upsert && !exact {
             return Err(CommandError::new(
                 ErrorCode::SHARD_KEY_NOT_FOUND,
-                format!("Failed to target upsert by query :: could not extract exact shard key from {filter}"),
+                format!(
+                    "Failed to target upsert by query :: could not extract exact shard key from {filter}"
+                ),
             ));
         }
         let mut request = shard_command(command);
         request.insert(kind.array_field(), vec![Bson::Document(statement.clone())]);
         request.insert("ordered", true);
         if all_documents || shards.len() == 1 {
-            let sends = shards.iter().map(|shard| self.send_statement(ns, shard, request.clone(), routing));
+            let sends = shards
+                .iter()
+                .map(|shard| self.send_statement(ns, shard, request.clone(), routing));
             let mut total = StatementOutcome::default();
             for outcome in join_all(sends).await {
                 let outcome = outcome?;
@@ -227,7 +308,9 @@ impl Router {
         }
         // One document, filter without the shard key: the first shard that matches takes it.
         for shard in &shards {
-            let outcome = self.send_statement(ns, shard, request.clone(), routing).await?;
+            let outcome = self
+                .send_statement(ns, shard, request.clone(), routing)
+                .await?;
             if outcome.n > 0 {
                 return Ok(outcome);
             }
@@ -244,10 +327,12 @@ impl Router {
     ) -> Result<StatementOutcome, CommandError> {
         let host = routing.shard_host(shard)?;
         let reply = self.cluster.call_ok(host, &ns.db, request).await?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            if let Some(Bson::Document(first)) = errors.first() {
-                return Err(error_from_write_error(first));
-            }
+        let first_error = reply
+            .get_array("writeErrors")
+            .ok()
+            .and_then(|errors| errors.first());
+        if let Some(Bson::Document(first)) = first_error {
+            return Err(error_from_write_error(first));
         }
         let upserted_id = reply
             .get_array("upserted")
@@ -255,10 +340,19 @@ impl Router {
             .and_then(|list| list.first())
             .and_then(Bson::as_document)
             .and_then(|entry| entry.get("_id").cloned());
-        Ok(StatementOutcome { n: reply_n(&reply), n_modified: int_field(&reply, "nModified"), upserted_id })
+        Ok(StatementOutcome {
+            n: reply_n(&reply),
+            n_modified: int_field(&reply, "nModified"),
+            upserted_id,
+        })
     }
 
-    pub(super) async fn find_and_modify(&self, db: &str, name: &str, command: &Document) -> Result<Document, CommandError> {
+    pub(super) async fn find_and_modify(
+        &self,
+        db: &str,
+        name: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, name)?;
         self.counters.update.fetch_add(1, Ordering::Relaxed);
         let (placement, routing) = self.placement_for_write(&ns).await?;
@@ -266,7 +360,9 @@ impl Router {
         let collection = match &placement {
             Placement::Sharded(collection) => collection,
             other => {
-                let host = self.unsharded_host(other, &routing)?.ok_or_else(|| CommandError::internal("no host"))?;
+                let host = self
+                    .unsharded_host(other, &routing)?
+                    .ok_or_else(|| CommandError::internal("no host"))?;
                 return self.cluster.call(&host, &ns.db, request).await;
             }
         };
@@ -280,13 +376,21 @@ impl Router {
         if upsert && shards.len() != 1 {
             return Err(CommandError::new(
                 ErrorCode::SHARD_KEY_NOT_FOUND,
-                format!("Query for sharded findAndModify with upsert must contain the shard key: {filter}"),
+                format!(
+                    "Query for sharded findAndModify with upsert must contain the shard key: {filter}"
+                ),
             ));
         }
         let mut last_reply = None;
         for shard in &shards {
-            let reply = self.cluster.call_ok(routing.shard_host(shard)?, &ns.db, request.clone()).await?;
-            let matched = reply.get_document("lastErrorObject").map(|leo| int_field(leo, "n") > 0).unwrap_or(false);
+            let reply = self
+                .cluster
+                .call_ok(routing.shard_host(shard)?, &ns.db, request.clone())
+                .await?;
+            let matched = reply
+                .get_document("lastErrorObject")
+                .map(|leo| int_field(leo, "n") > 0)
+                .unwrap_or(false);
             if matched {
                 return Ok(reply);
             }
@@ -365,7 +469,9 @@ fn prepare_document(value: &Bson) -> Result<Document, CommandError> {
     if bytes > DOCUMENT_BYTES_MAX {
         return Err(CommandError::new(
             ErrorCode::BSON_OBJECT_TOO_LARGE,
-            format!("object to insert too large. size in bytes: {bytes}, max size: {DOCUMENT_BYTES_MAX}"),
+            format!(
+                "object to insert too large. size in bytes: {bytes}, max size: {DOCUMENT_BYTES_MAX}"
+            ),
         ));
     }
     Ok(doc)
@@ -378,7 +484,9 @@ fn target_of(placement: &Placement, doc: &Document) -> Result<ShardId, CommandEr
             let key = collection.map.key.extract(doc)?;
             Ok(collection.map.chunk_for_key(&key).shard.clone())
         }
-        Placement::Config | Placement::Missing => Err(CommandError::internal("insert without a placement")),
+        Placement::Config | Placement::Missing => {
+            Err(CommandError::internal("insert without a placement"))
+        }
     }
 }
 
@@ -386,7 +494,8 @@ fn target_of(placement: &Placement, doc: &Document) -> Result<ShardId, CommandEr
 /// shard (so order is kept across shards); unordered ones keep one batch per shard.
 fn push_to_run(runs: &mut Vec<Run>, shard: ShardId, index: usize, doc: Document, ordered: bool) {
     let existing = if ordered {
-        runs.last_mut().filter(|(last_shard, _)| *last_shard == shard)
+        runs.last_mut()
+            .filter(|(last_shard, _)| *last_shard == shard)
     } else {
         runs.iter_mut().find(|(run_shard, _)| *run_shard == shard)
     };
@@ -425,9 +534,16 @@ fn error_from_write_error(entry: &Document) -> CommandError {
 
 fn reindex_write_errors(reply: &Document, indexes: &[usize]) -> IndexedErrors {
     let mut errors = Vec::new();
-    for entry in reply.get_array("writeErrors").into_iter().flatten().filter_map(Bson::as_document) {
+    for entry in reply
+        .get_array("writeErrors")
+        .into_iter()
+        .flatten()
+        .filter_map(Bson::as_document)
+    {
         let local = usize::try_from(int_field(entry, "index")).unwrap_or(0);
-        let Some(&index) = indexes.get(local) else { continue };
+        let Some(&index) = indexes.get(local) else {
+            continue;
+        };
         let mut entry = entry.clone();
         entry.insert("index", index as i32);
         errors.push((index, entry));
@@ -439,7 +555,12 @@ fn reply_n(reply: &Document) -> i64 {
     int_field(reply, "n")
 }
 
-fn write_reply(n: i64, n_modified: Option<i64>, upserted: Vec<Document>, errors: IndexedErrors) -> Document {
+fn write_reply(
+    n: i64,
+    n_modified: Option<i64>,
+    upserted: Vec<Document>,
+    errors: IndexedErrors,
+) -> Document {
     let mut reply = doc! {"n": clamp_i32(n)};
     if let Some(n_modified) = n_modified {
         reply.insert("nModified", clamp_i32(n_modified));
@@ -448,7 +569,13 @@ fn write_reply(n: i64, n_modified: Option<i64>, upserted: Vec<Document>, errors:
         reply.insert("upserted", upserted);
     }
     if !errors.is_empty() {
-        reply.insert("writeErrors", errors.into_iter().map(|(_, e)| Bson::Document(e)).collect::<Vec<_>>());
+        reply.insert(
+            "writeErrors",
+            errors
+                .into_iter()
+                .map(|(_, e)| Bson::Document(e))
+                .collect::<Vec<_>>(),
+        );
     }
     reply.insert("ok", 1.0);
     reply
