@@ -43,15 +43,16 @@ for _ in $(seq 1 240); do
 done
 grep -q "Shoal cluster ready" "$log" || { cat "$log"; echo "mongosh: cluster not ready in 120 s"; exit 1; }
 
+status=$("$mongosh" --quiet --norc "mongodb://127.0.0.1:$port/" --eval 'sh.status()' 2>&1)
 out=$("$mongosh" --quiet --norc "mongodb://127.0.0.1:$port/" --eval '
-  sh.status();
   const r = db.getSiblingDB("mongoshtest").c.insertOne({k: 42, s: "hello"});
   const d = db.getSiblingDB("mongoshtest").c.findOne({k: 42});
   print("MONGOSH_FIND " + d.s + " " + r.acknowledged);
 ' 2>&1)
+echo "$status" | head -30
 echo "$out" | tail -40
-echo "$out" | grep -q "shard0" || { echo "mongosh: sh.status() did not list shard0"; exit 1; }
-echo "$out" | grep -q "shard1" || { echo "mongosh: sh.status() did not list shard1"; exit 1; }
+echo "$status" | grep -q "shard0/127.0.0.1" || { echo "mongosh: sh.status() did not list shard0"; exit 1; }
+echo "$status" | grep -q "shard1/127.0.0.1" || { echo "mongosh: sh.status() did not list shard1"; exit 1; }
 echo "$out" | grep -q "MONGOSH_FIND hello true" || { echo "mongosh: insert/find failed"; exit 1; }
 echo "checked with mongosh $("$mongosh" --version)"
 echo "mongosh: 1 passed, 0 failed"

@@ -229,10 +229,12 @@ async fn dispatch_named(
         "endSessions" | "killSessions" | "killAllSessions" => Ok(doc! {"ok": 1.0}),
         "replSetGetStatus" => Ok(core.repl_set_get_status()),
         "whatsmyuri" => Ok(doc! {"you": "", "ok": 1.0}),
-        _ => match extension.handle(core, db, &command) {
-            Some(future) => Ok(future.await),
-            None => Ok(core.execute(db, command).await),
-        },
+        _ => {
+            if let Some(future) = extension.handle(core, db, &command) {
+                return future.await;
+            }
+            Ok(core.execute(db, command).await)
+        }
     };
     reply.unwrap_or_else(|error| error.to_document())
 }

@@ -1,0 +1,121 @@
+//! Atomic writes across collections, for callers that keep several collections consistent with
+//! each other: the config server changes `config.chunks`, `config.collections` and its routing
+//! version together, and a crash must leave either all of a change or none of it.
+//!
+//! This bypasses the command layer on purpose: the caller has already decided what to write,
+//! and a command batch cannot span collections.
+
+use bson::{Bson, Document};
+use shoal_common::{CommandError, Namespace};
+
+use crate::{
+    catalog,
+    engine::Engine,
+    keys::{doc_key, encode_document},
+    txn::Txn,
+};
+
+/// The most operations one atomic batch takes.
+pub const ATOMIC_OPS_MAX: usize = 100_000;
+
+/// One write of an atomic batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AtomicOp {
+    /// Inserts or replaces the document with `doc`'s `_id` in `coll`.
+    Put {
+        /// The collection (in the batch's database).
+        coll: String,
+        /// The whole document; must have an `_id`.
+        doc: Document,
+    },
+    /// Deletes the document with this `_id` from `coll`, if present.
+    Delete {
+        /// The collection (in the batch's database).
+        coll: String,
+        /// The `_id` of the document.
+        id: Bson,
+    },
+}
+
+impl Engine {
+    /// Applies `ops` to database `db` as one synced batch: all of them or, on any error, none.
+    /// Collections are created as needed.
+    pub fn apply_atomic(&self, db: &str, ops: &[AtomicOp]) -> Result<(), CommandError> {
+        if ops.len() > ATOMIC_OPS_MAX {
+            return Err(CommandError::bad_value(format!(
+                "an atomic batch takes at most {ATOMIC_OPS_MAX} operations, got {}",
+                ops.len()
+            )));
+        }
+        let _writer = self.lock_writer();
+        let mut txn = Txn::new(self.kv.as_ref());
+        for op in ops {
+            match op {
+                AtomicOp::Put { coll, doc } => {
+                    let ns = Namespace::new(db, coll)?.to_string();
+                    let id = doc
+                        .get("_id")
+                        .ok_or_else(|| CommandError::bad_value("an atomic put needs an _id"))?;
+                    let entry = catalog::ensure(&mut txn, &ns)?;
+                    txn.put_doc(entry.id, doc_key(entry.id, id), encode_document(doc))?;
+                }
+                AtomicOp::Delete { coll, id } => {
+                    let ns = Namespace::new(db, coll)?.to_string();
+                    if let Some(entry) = catalog::lookup(&txn, &ns)? {
+                        txn.delete_doc(entry.id, doc_key(entry.id, id))?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bson::doc;
+
+    use super::*;
+    use crate::kv::MemKv;
+
+    fn count(engine: &Engine, coll: &str) -> i64 {
+        let reply = engine.execute("config", &doc! {"count": coll});
+        reply.get_i32("n").map(i64::from).unwrap_or_else(|_| reply.get_i64("n").unwrap_or(-1))
+    }
+
+    #[test]
+    fn puts_and_deletes_across_collections_together() {
+        let engine = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
+        let ops = vec![
+            AtomicOp::Put { coll: "a".into(), doc: doc! {"_id": 1, "x": 1} },
+            AtomicOp::Put { coll: "b".into(), doc: doc! {"_id": "k", "y": 2} },
+        ];
+        engine.apply_atomic("config", &ops).unwrap();
+        assert_eq!(count(&engine, "a"), 1);
+        assert_eq!(count(&engine, "b"), 1);
+        let replace = vec![
+            AtomicOp::Put { coll: "a".into(), doc: doc! {"_id": 1, "x": 5} },
+            AtomicOp::Delete { coll: "b".into(), id: Bson::String("k".into()) },
+            AtomicOp::Delete { coll: "missing".into(), id: Bson::Int32(1) },
+        ];
+        engine.apply_atomic("config", &replace).unwrap();
+        assert_eq!(count(&engine, "b"), 0);
+        let found = engine.execute("config", &doc! {"find": "a", "filter": {"_id": 1}});
+        let batch = found.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+        assert_eq!(batch[0].as_document().unwrap().get_i32("x").unwrap(), 5);
+    }
+
+    #[test]
+    fn a_bad_op_writes_nothing() {
+        let engine = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
+        let ops = vec![
+            AtomicOp::Put { coll: "a".into(), doc: doc! {"_id": 1} },
+            AtomicOp::Put { coll: "a".into(), doc: doc! {"no_id": 1} },
+        ];
+        assert!(engine.apply_atomic("config", &ops).is_err());
+        assert_eq!(count(&engine, "a"), 0);
+    }
+}

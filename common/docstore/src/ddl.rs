@@ -1,0 +1,404 @@
+//! Catalog commands (`create`, `drop`, `dropDatabase`, the listings, `collStats`, `dataSize`,
+//! `dbHash`) and the cluster-internal `_shoalCountRange`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bson::{Bson, Document, doc};
+use shoal_common::{
+    CommandError, ErrorCode, Namespace, bsonorder::compare_key_values, chunks::ShardKeyPattern,
+};
+use shoal_query::Filter;
+
+use crate::{
+    args::{Fields, collection_ns},
+    catalog,
+    cursor::Source,
+    engine::Engine,
+    hash::Fnv128,
+    keys::{CollectionEntry, collection_range},
+    kv::{Space, WriteBatch},
+    read::{CursorSpec, FIRST_BATCH_DOCS_DEFAULT},
+    txn::{Direct, Reader, Step, Txn, scan_documents},
+};
+
+/// `create` options that change behaviour we do not implement; refusing them beats silently
+/// ignoring a validator or a cap.
+const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
+    "viewOn",
+    "pipeline",
+    "timeseries",
+    "clusteredIndex",
+    "validator",
+    "encryptedFields",
+];
+
+/// The only index every collection has.
+fn id_index() -> Document {
+    doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+}
+
+fn namespace_not_found(errmsg: String) -> CommandError {
+    CommandError::new(ErrorCode::NAMESPACE_NOT_FOUND, errmsg)
+}
+
+/// The `cursor.batchSize` of a listing command.
+fn listing_batch(fields: &Fields<'_>) -> Result<u64, CommandError> {
+    match fields.doc("cursor")? {
+        Some(options) => Ok(Fields::new(options, "cursor")
+            .non_negative("batchSize")?
+            .unwrap_or(FIRST_BATCH_DOCS_DEFAULT)),
+        None => Ok(FIRST_BATCH_DOCS_DEFAULT),
+    }
+}
+
+fn collection_info(entry: &CollectionEntry) -> Document {
+    doc! {
+        "name": entry.coll_name(),
+        "type": "collection",
+        "options": {},
+        "info": {"readOnly": false, "uuid": entry.uuid.to_bson()},
+        "idIndex": id_index(),
+    }
+}
+
+impl Engine {
+    /// `create`.
+    pub(crate) fn create(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+        let ns = collection_ns(db, command, "create")?.to_string();
+        let fields = Fields::new(command, "create");
+        if fields.flag("capped", false)? {
+            return Err(CommandError::new(
+                ErrorCode::NOT_IMPLEMENTED,
+                "capped collections are not supported",
+            ));
+        }
+        for option in UNSUPPORTED_CREATE_OPTIONS {
+            if command
+                .get(*option)
+                .is_some_and(|value| *value != Bson::Null)
+            {
+                return Err(CommandError::new(
+                    ErrorCode::NOT_IMPLEMENTED,
+                    format!("create option '{option}' is not supported"),
+                ));
+            }
+        }
+        let _writer = self.lock_writer();
+        let mut txn = Txn::new(self.kv.as_ref());
+        if catalog::lookup(&txn, &ns)?.is_some() {
+            return Err(CommandError::new(
+                ErrorCode::NAMESPACE_EXISTS,
+                format!("Collection {ns} already exists."),
+            ));
+        }
+        catalog::create(&mut txn, &ns)?;
+        txn.commit()?;
+        Ok(Document::new())
+    }
+
+    /// `drop`.
+    pub(crate) fn drop_collection(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = collection_ns(db, command, "drop")?.to_string();
+        let _writer = self.lock_writer();
+        let entry = catalog::lookup(&Direct(self.kv.as_ref()), &ns)?
+            .ok_or_else(|| namespace_not_found("ns not found".to_owned()))?;
+        let mut batch = WriteBatch::new();
+        catalog::drop_into(&mut batch, &entry);
+        self.kv.write(batch, true)?;
+        tracing::info!(ns, "dropped collection");
+        Ok(doc! {"nIndexesWas": 1, "ns": ns})
+    }
+
+    /// `dropDatabase`.
+    pub(crate) fn drop_database(&self, db: &str) -> Result<Document, CommandError> {
+        let _writer = self.lock_writer();
+        let entries = catalog::list_database(&Direct(self.kv.as_ref()), db)?;
+        if !entries.is_empty() {
+            let mut batch = WriteBatch::new();
+            for entry in &entries {
+                catalog::drop_into(&mut batch, entry);
+            }
+            self.kv.write(batch, true)?;
+            tracing::info!(db, collections = entries.len(), "dropped database");
+        }
+        Ok(doc! {"dropped": db})
+    }
+
+    /// `listCollections`.
+    pub(crate) fn list_collections(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let fields = Fields::new(command, "listCollections");
+        let filter = Filter::parse(&fields.doc("filter")?.cloned().unwrap_or_default())?;
+        let name_only = fields.flag("nameOnly", false)?;
+        let batch_docs = listing_batch(&fields)?;
+        let mut results = VecDeque::new();
+        for entry in catalog::list_database(&Direct(self.kv.as_ref()), db)? {
+            let info = collection_info(&entry);
+            if !filter.matches(&info) {
+                continue;
+            }
+            results.push_back(if name_only {
+                doc! {"name": entry.coll_name(), "type": "collection"}
+            } else {
+                info
+            });
+        }
+        self.open_cursor(CursorSpec {
+            ns: format!("{db}.$cmd.listCollections"),
+            db: db.to_owned(),
+            coll: "$cmd.listCollections".to_owned(),
+            source: Source::Buffered(results),
+            batch_docs,
+            single_batch: false,
+        })
+    }
+
+    /// `listDatabases` (admin only).
+    pub(crate) fn list_databases(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        if db != "admin" {
+            return Err(CommandError::new(
+                ErrorCode::UNAUTHORIZED,
+                "listDatabases may only be run against the admin database.",
+            ));
+        }
+        let fields = Fields::new(command, "listDatabases");
+        let filter = Filter::parse(&fields.doc("filter")?.cloned().unwrap_or_default())?;
+        let name_only = fields.flag("nameOnly", false)?;
+        let reader = Direct(self.kv.as_ref());
+        let mut sizes: BTreeMap<String, i64> = BTreeMap::new();
+        for entry in catalog::list_all(&reader)? {
+            let stats = catalog::stats(&reader, entry.id)?;
+            let db_name = entry
+                .ns
+                .split_once('.')
+                .map_or(entry.ns.as_str(), |(db, _)| db);
+            *sizes.entry(db_name.to_owned()).or_default() += stats.bytes;
+        }
+        let mut databases = Vec::new();
+        let mut total = 0i64;
+        for (name, size) in sizes {
+            let entry = doc! {"name": name.clone(), "sizeOnDisk": size, "empty": false};
+            if !filter.matches(&entry) {
+                continue;
+            }
+            total += size;
+            databases.push(if name_only {
+                doc! {"name": name}
+            } else {
+                entry
+            });
+        }
+        if name_only {
+            return Ok(doc! {"databases": databases});
+        }
+        Ok(doc! {"databases": databases, "totalSize": total, "totalSizeMb": total / (1024 * 1024)})
+    }
+
+    /// `listIndexes`: only the `_id` index exists for now.
+    pub(crate) fn list_indexes(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = collection_ns(db, command, "listIndexes")?;
+        let ns_str = ns.to_string();
+        let fields = Fields::new(command, "listIndexes");
+        let batch_docs = listing_batch(&fields)?;
+        if catalog::lookup(&Direct(self.kv.as_ref()), &ns_str)?.is_none() {
+            return Err(namespace_not_found(format!("ns does not exist: {ns_str}")));
+        }
+        self.open_cursor(CursorSpec {
+            ns: ns_str,
+            db: db.to_owned(),
+            coll: ns.coll,
+            source: Source::Buffered(VecDeque::from([id_index()])),
+            batch_docs,
+            single_batch: false,
+        })
+    }
+
+    /// `collStats`, from the statistics kept with every write.
+    pub(crate) fn coll_stats(
+        &self,
+        db: &str,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = collection_ns(db, command, "collStats")?.to_string();
+        let fields = Fields::new(command, "collStats");
+        let scale = fields.i64("scale")?.unwrap_or(1);
+        if scale < 1 {
+            return Err(CommandError::bad_value("scale has to be >= 1"));
+        }
+        let reader = Direct(self.kv.as_ref());
+        let entry = catalog::lookup(&reader, &ns)?
+            .ok_or_else(|| namespace_not_found(format!("Collection [{ns}] not found.")))?;
+        let stats = catalog::stats(&reader, entry.id)?;
+        let average = if stats.count > 0 {
+            stats.bytes / stats.count
+        } else {
+            0
+        };
+        Ok(doc! {
+            "ns": ns,
+            "size": stats.bytes / scale,
+            "count": stats.count,
+            "avgObjSize": average,
+            "storageSize": stats.bytes / scale,
+            "totalIndexSize": 0_i64,
+            "totalSize": stats.bytes / scale,
+            "indexSizes": {"_id_": 0_i64},
+            "nindexes": 1,
+            "scaleFactor": scale,
+            "capped": false,
+        })
+    }
+
+    /// `dataSize`: the whole collection, or the documents whose `keyPattern` value lies in
+    /// `[min, max)`.
+    pub(crate) fn data_size(&self, command: &Document) -> Result<Document, CommandError> {
+        let fields = Fields::new(command, "dataSize");
+        let ns = fields
+            .str("dataSize")?
+            .ok_or_else(|| fields.missing("dataSize"))?;
+        let ns = Namespace::parse(ns)?.to_string();
+        let reader = Direct(self.kv.as_ref());
+        let Some(entry) = catalog::lookup(&reader, &ns)? else {
+            return Ok(doc! {"size": 0_i64, "numObjects": 0_i64, "millis": 0});
+        };
+        let (size, count) = match fields.doc("keyPattern")? {
+            None => {
+                let stats = catalog::stats(&reader, entry.id)?;
+                (stats.bytes, stats.count)
+            }
+            Some(pattern) => {
+                let range = KeyRange::parse(&fields, pattern)?;
+                range.measure(&reader, &entry)?
+            }
+        };
+        Ok(doc! {"size": size, "numObjects": count, "millis": 0})
+    }
+
+    /// `dbHash`: a stable hash of every collection's documents in `_id` order, to compare
+    /// replicas.
+    pub(crate) fn db_hash(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
+        let fields = Fields::new(command, "dbHash");
+        let only: Option<Vec<&str>> = fields
+            .array("collections")?
+            .map(|names| names.iter().filter_map(Bson::as_str).collect());
+        let reader = Direct(self.kv.as_ref());
+        let mut collections = Document::new();
+        let mut uuids = Document::new();
+        let mut overall = Fnv128::new();
+        for entry in catalog::list_database(&reader, db)? {
+            let name = entry.coll_name().to_owned();
+            if only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&name.as_str()))
+            {
+                continue;
+            }
+            let hash = collection_hash(&reader, &entry)?;
+            overall.update(name.as_bytes());
+            overall.update(&[0]);
+            overall.update(hash.as_bytes());
+            collections.insert(name.clone(), hash);
+            uuids.insert(name, entry.uuid.to_bson());
+        }
+        Ok(doc! {"collections": collections, "uuids": uuids, "md5": overall.hex(), "timeMillis": 0})
+    }
+
+    /// `_shoalCountRange {ns, keyPattern, min, max}`: documents whose shard key lies in
+    /// `[min, max)`.
+    pub(crate) fn count_range(&self, command: &Document) -> Result<Document, CommandError> {
+        let fields = Fields::new(command, "_shoalCountRange");
+        let ns = match (fields.str("ns")?, command.get("_shoalCountRange")) {
+            (Some(ns), _) => ns,
+            (None, Some(Bson::String(ns))) => ns.as_str(),
+            (None, _) => return Err(fields.missing("ns")),
+        };
+        let ns = Namespace::parse(ns)?.to_string();
+        let pattern = fields
+            .doc("keyPattern")?
+            .ok_or_else(|| fields.missing("keyPattern"))?;
+        let range = KeyRange::parse(&fields, pattern)?;
+        let reader = Direct(self.kv.as_ref());
+        let count = match catalog::lookup(&reader, &ns)? {
+            Some(entry) => range.measure(&reader, &entry)?.1,
+            None => 0,
+        };
+        Ok(doc! {"n": count})
+    }
+}
+
+/// A shard-key range `[min, max)` under a key pattern.
+struct KeyRange {
+    pattern: ShardKeyPattern,
+    min: Document,
+    max: Document,
+}
+
+impl KeyRange {
+    fn parse(fields: &Fields<'_>, pattern: &Document) -> Result<KeyRange, CommandError> {
+        let pattern = ShardKeyPattern::parse(pattern)?;
+        let min = fields
+            .doc("min")?
+            .cloned()
+            .unwrap_or_else(|| pattern.global_min());
+        let max = fields
+            .doc("max")?
+            .cloned()
+            .unwrap_or_else(|| pattern.global_max());
+        pattern.validate_key_shape(&min)?;
+        pattern.validate_key_shape(&max)?;
+        Ok(KeyRange { pattern, min, max })
+    }
+
+    /// Total bytes and number of the collection's documents in the range.
+    fn measure(
+        &self,
+        reader: &dyn Reader,
+        entry: &CollectionEntry,
+    ) -> Result<(i64, i64), CommandError> {
+        let (start, end) = collection_range(entry.id);
+        let (mut bytes, mut count) = (0i64, 0i64);
+        scan_documents(reader, &start, &end, |_, document, size| {
+            let key = self.pattern.extract(&document)?;
+            let in_range = compare_key_values(&self.min, &key) != std::cmp::Ordering::Greater
+                && compare_key_values(&key, &self.max) == std::cmp::Ordering::Less;
+            if in_range {
+                bytes += i64::try_from(size).unwrap_or(i64::MAX);
+                count += 1;
+            }
+            Ok::<_, CommandError>(Step::Next)
+        })?;
+        Ok((bytes, count))
+    }
+}
+
+/// The hash of one collection's stored bytes in key (`_id`) order.
+fn collection_hash(reader: &dyn Reader, entry: &CollectionEntry) -> Result<String, CommandError> {
+    let (mut cursor, end) = collection_range(entry.id);
+    let mut hash = Fnv128::new();
+    loop {
+        let page = reader.scan_page(Space::Docs, &cursor, &end)?;
+        for (_, value) in &page.pairs {
+            // BSON documents carry their own length, so concatenation is unambiguous.
+            hash.update(value);
+        }
+        match page.next {
+            Some(next) => cursor = next,
+            None => return Ok(hash.hex()),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The document engine every shard member and config server runs: it executes MongoDB command
+//! documents (`insert`, `find`, `getMore`, `aggregate`, `create`, `dbHash`, ...) against local
+//! storage, as mongod's command layer does. The router forwards commands here almost unchanged
+//! and each member's own wire port calls it for direct reads.
+//!
+//! Layers, bottom up: [`Kv`] (ordered key-value storage with atomic batches: [`MemKv`] for tests
+//! and simulation, `RocksKv` in production), the key layout and catalog, a write overlay that
+//! turns one command into one synced batch, and the command handlers behind
+//! [`Engine::execute`].
+
+#![deny(missing_docs)]
+
+mod aggregate;
+mod args;
+mod atomic;
+mod catalog;
+mod cursor;
+mod ddl;
+mod engine;
+mod error;
+mod find_and_modify;
+mod hash;
+mod keys;
+mod kv;
+mod matching;
+mod read;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+mod txn;
+mod write;
+
+pub use atomic::{ATOMIC_OPS_MAX, AtomicOp};
+pub use cursor::{CURSOR_IDLE_TIMEOUT, CURSORS_MAX};
+pub use engine::{Engine, EngineStats, GENERIC_FIELDS};
+pub use error::StoreError;
+pub use kv::{Kv, KvPair, MemKv, Space, WriteBatch, WriteOp, key_successor, prefix_end};
+pub use matching::MATERIALIZE_BYTES_MAX;
+pub use read::{BATCH_BYTES_MAX, DISTINCT_BYTES_MAX, FIRST_BATCH_DOCS_DEFAULT};
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksKv;
+pub use write::{DOCUMENT_BYTES_MAX, WRITE_BATCH_STATEMENTS_MAX};
