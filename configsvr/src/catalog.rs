@@ -261,7 +261,7 @@ mod tests {
             Some(a.clone())
         );
         assert_eq!(
-            choose_primary_shard(&[a.clone(), b.clone()], &[a.clone()]),
+            choose_primary_shard(&[a.clone(), b.clone()], std::slice::from_ref(&a)),
             Some(b.clone())
         );
         assert_eq!(choose_primary_shard(&[], &[]), None);

@@ -317,13 +317,13 @@ impl ConfigServer {
             None => None,
         };
         let (primary, _) = self.ensure_database(core, db, requested.as_ref()).await?;
-        if let Some(requested) = requested {
-            if requested != primary {
-                return Err(CommandError::new(
-                    ErrorCode::NAMESPACE_EXISTS,
-                    format!("database {db} already exists with primary shard {primary}"),
-                ));
-            }
+        if let Some(requested) = requested
+            && requested != primary
+        {
+            return Err(CommandError::new(
+                ErrorCode::NAMESPACE_EXISTS,
+                format!("database {db} already exists with primary shard {primary}"),
+            ));
         }
         Ok(doc! {"ok": 1.0})
     }
@@ -733,11 +733,13 @@ fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document
             .ok_or_else(|| CommandError::type_mismatch("find", "object", find))?;
         return map.key.extract(find);
     }
-    if let Ok(bounds) = command.get_array("bounds") {
-        if let Some(Bson::Document(min)) = bounds.first() {
-            map.key.validate_key_shape(min)?;
-            return Ok(min.clone());
-        }
+    let first_bound = command
+        .get_array("bounds")
+        .ok()
+        .and_then(|bounds| bounds.first());
+    if let Some(Bson::Document(min)) = first_bound {
+        map.key.validate_key_shape(min)?;
+        return Ok(min.clone());
     }
     Err(CommandError::bad_value(
         "moveChunk needs 'find' or 'bounds'",

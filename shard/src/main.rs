@@ -29,8 +29,16 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     shoal_node::init_logging();
     let args = Args::parse();
-    let tls = args.tls.resolve(Some(&args.dir)).map_err(anyhow::Error::msg)?;
-    let config =
-        MemberConfig { replset: args.replset, bind: args.bind, dir: args.dir, tls, role: Role::Shard };
+    let tls = args
+        .tls
+        .resolve(Some(&args.dir))
+        .map_err(anyhow::Error::msg)?;
+    let config = MemberConfig {
+        replset: args.replset,
+        bind: args.bind,
+        dir: args.dir,
+        tls,
+        role: Role::Shard,
+    };
     run_member(config, Arc::new(NoExtension)).await
 }

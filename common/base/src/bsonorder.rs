@@ -116,16 +116,19 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
         (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
         (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
         (Bson::DateTime(x), Bson::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
-        (Bson::Timestamp(x), Bson::Timestamp(y)) => {
-            x.time.cmp(&y.time).then_with(|| x.increment.cmp(&y.increment))
-        }
-        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
-            x.pattern.cmp(&y.pattern).then_with(|| x.options.cmp(&y.options))
-        }
+        (Bson::Timestamp(x), Bson::Timestamp(y)) => x
+            .time
+            .cmp(&y.time)
+            .then_with(|| x.increment.cmp(&y.increment)),
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => x
+            .pattern
+            .cmp(&y.pattern)
+            .then_with(|| x.options.cmp(&y.options)),
         (Bson::JavaScriptCode(x), Bson::JavaScriptCode(y)) => x.cmp(y),
-        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => {
-            x.code.cmp(&y.code).then_with(|| compare_documents(&x.scope, &y.scope))
-        }
+        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => x
+            .code
+            .cmp(&y.code)
+            .then_with(|| compare_documents(&x.scope, &y.scope)),
         _ => match (as_num(a), as_num(b)) {
             (Some(x), Some(y)) => compare_num(x, y),
             // Same rank and not numbers: MinKey/MaxKey/null/undefined/DbPointer are all equal
@@ -221,10 +224,22 @@ mod tests {
 
     #[test]
     fn numbers_compare_across_types_exactly() {
-        assert_eq!(compare(&Bson::Int32(1), &Bson::Double(1.0)), Ordering::Equal);
-        assert_eq!(compare(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)), Ordering::Less);
+        assert_eq!(
+            compare(&Bson::Int32(1), &Bson::Double(1.0)),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)),
+            Ordering::Less
+        );
         assert_eq!(compare(&Bson::Int64(2), &Bson::Double(2.5)), Ordering::Less);
-        assert_eq!(compare(&Bson::Int64(-2), &Bson::Double(-2.5)), Ordering::Greater);
-        assert_eq!(compare(&Bson::Double(f64::NAN), &Bson::Int32(i32::MIN)), Ordering::Less);
+        assert_eq!(
+            compare(&Bson::Int64(-2), &Bson::Double(-2.5)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare(&Bson::Double(f64::NAN), &Bson::Int32(i32::MIN)),
+            Ordering::Less
+        );
     }
 }

@@ -37,12 +37,16 @@ impl ShardKeyPattern {
     /// Parses `{field: 1 | "hashed", ...}` and validates it as `shardCollection` does.
     pub fn parse(key: &Document) -> Result<ShardKeyPattern, CommandError> {
         if key.is_empty() {
-            return Err(CommandError::bad_value("shard key pattern must not be empty"));
+            return Err(CommandError::bad_value(
+                "shard key pattern must not be empty",
+            ));
         }
         let mut fields = Vec::with_capacity(key.len());
         for (name, value) in key {
             if name.is_empty() || name.starts_with('$') || name.split('.').any(str::is_empty) {
-                return Err(CommandError::bad_value(format!("invalid shard key field '{name}'")));
+                return Err(CommandError::bad_value(format!(
+                    "invalid shard key field '{name}'"
+                )));
             }
             let kind = match value {
                 Bson::String(s) if s == "hashed" => KeyKind::Hashed,
@@ -57,9 +61,14 @@ impl ShardKeyPattern {
             };
             fields.push((name.clone(), kind));
         }
-        let n_hashed = fields.iter().filter(|(_, kind)| *kind == KeyKind::Hashed).count();
+        let n_hashed = fields
+            .iter()
+            .filter(|(_, kind)| *kind == KeyKind::Hashed)
+            .count();
         if n_hashed > 1 {
-            return Err(CommandError::bad_value("a shard key may have at most one hashed field"));
+            return Err(CommandError::bad_value(
+                "a shard key may have at most one hashed field",
+            ));
         }
         Ok(ShardKeyPattern { fields })
     }
@@ -83,12 +92,18 @@ impl ShardKeyPattern {
 
     /// The key with every field at `MinKey`: the lower bound of the first chunk.
     pub fn global_min(&self) -> Document {
-        self.fields.iter().map(|(name, _)| (name.clone(), Bson::MinKey)).collect()
+        self.fields
+            .iter()
+            .map(|(name, _)| (name.clone(), Bson::MinKey))
+            .collect()
     }
 
     /// The key with every field at `MaxKey`: the upper bound of the last chunk.
     pub fn global_max(&self) -> Document {
-        self.fields.iter().map(|(name, _)| (name.clone(), Bson::MaxKey)).collect()
+        self.fields
+            .iter()
+            .map(|(name, _)| (name.clone(), Bson::MaxKey))
+            .collect()
     }
 
     /// Extracts a document's shard key. A missing field counts as null (MongoDB 4.4+). An array
@@ -214,8 +229,14 @@ impl ChunkMap {
 
     fn check_tiling(&self) -> Result<(), CommandError> {
         let broken = |why: String| CommandError::internal(format!("chunk map is broken: {why}"));
-        let first = self.chunks.first().ok_or_else(|| broken("no chunks".into()))?;
-        let last = self.chunks.last().ok_or_else(|| broken("no chunks".into()))?;
+        let first = self
+            .chunks
+            .first()
+            .ok_or_else(|| broken("no chunks".into()))?;
+        let last = self
+            .chunks
+            .last()
+            .ok_or_else(|| broken("no chunks".into()))?;
         if compare_key_values(&first.min, &self.key.global_min()) != Ordering::Equal {
             return Err(broken(format!("first chunk starts at {}", first.min)));
         }
@@ -238,9 +259,9 @@ impl ChunkMap {
     /// The index of the chunk holding `key`.
     pub fn chunk_index_for_key(&self, key: &Document) -> usize {
         // The first chunk whose min is > key, minus one; chunks tile the space so it exists.
-        let upper = self.chunks.partition_point(|chunk| {
-            compare_key_values(&chunk.min, key) != Ordering::Greater
-        });
+        let upper = self
+            .chunks
+            .partition_point(|chunk| compare_key_values(&chunk.min, key) != Ordering::Greater);
         upper.saturating_sub(1)
     }
 
@@ -261,7 +282,10 @@ impl ChunkMap {
 
     /// The highest chunk version: the collection version.
     pub fn collection_version(&self) -> Option<ChunkVersion> {
-        self.chunks.iter().map(|c| c.version).max_by_key(|v| (v.major, v.minor))
+        self.chunks
+            .iter()
+            .map(|c| c.version)
+            .max_by_key(|v| (v.major, v.minor))
     }
 
     /// The shards a query with `filter` must reach. A filter that fixes every shard-key field
@@ -270,8 +294,10 @@ impl ChunkMap {
     pub fn target_filter(&self, filter: &Document) -> Targeting {
         match self.equality_keys(filter) {
             Some(keys) => {
-                let mut shards: Vec<ShardId> =
-                    keys.iter().map(|key| self.chunk_for_key(key).shard.clone()).collect();
+                let mut shards: Vec<ShardId> = keys
+                    .iter()
+                    .map(|key| self.chunk_for_key(key).shard.clone())
+                    .collect();
                 shards.sort();
                 shards.dedup();
                 Targeting::Shards(shards)
@@ -331,20 +357,26 @@ impl ChunkMap {
                 "cannot split on {at}: it is already a chunk boundary"
             )));
         }
-        let version = self.collection_version().ok_or_else(|| {
-            CommandError::internal("a sharded collection has at least one chunk")
-        })?;
+        let version = self
+            .collection_version()
+            .ok_or_else(|| CommandError::internal("a sharded collection has at least one chunk"))?;
         let lower = Chunk {
             min: chunk.min.clone(),
             max: at.clone(),
             shard: chunk.shard.clone(),
-            version: ChunkVersion { minor: version.minor + 1, ..version },
+            version: ChunkVersion {
+                minor: version.minor + 1,
+                ..version
+            },
         };
         let upper = Chunk {
             min: at.clone(),
             max: chunk.max.clone(),
             shard: chunk.shard,
-            version: ChunkVersion { minor: version.minor + 2, ..version },
+            version: ChunkVersion {
+                minor: version.minor + 2,
+                ..version
+            },
         };
         self.chunks.splice(index..=index, [lower, upper]);
         self.check_tiling()
@@ -359,12 +391,16 @@ impl ChunkMap {
                 format!("chunk is already on shard '{to}'"),
             ));
         }
-        let version = self.collection_version().ok_or_else(|| {
-            CommandError::internal("a sharded collection has at least one chunk")
-        })?;
+        let version = self
+            .collection_version()
+            .ok_or_else(|| CommandError::internal("a sharded collection has at least one chunk"))?;
         let chunk = &mut self.chunks[index];
         chunk.shard = to.clone();
-        chunk.version = ChunkVersion { major: version.major + 1, minor: 0, ..version };
+        chunk.version = ChunkVersion {
+            major: version.major + 1,
+            minor: 0,
+            ..version
+        };
         Ok(&self.chunks[index])
     }
 }
@@ -392,7 +428,10 @@ fn equality_values(filter: &Document, field: &str) -> Option<Vec<Bson>> {
         return Some(values);
     }
     let clauses = filter.get_array("$and").ok()?;
-    clauses.iter().filter_map(Bson::as_document).find_map(|clause| equality_values(clause, field))
+    clauses
+        .iter()
+        .filter_map(Bson::as_document)
+        .find_map(|clause| equality_values(clause, field))
 }
 
 fn values_of_condition(value: &Bson) -> Option<Vec<Bson>> {
@@ -428,7 +467,8 @@ pub fn compare_bounds(a: &Document, b: &Document) -> Ordering {
 
 /// Whether a value is MinKey or MaxKey (a chunk bound, not a real key).
 pub fn is_bound_sentinel(value: &Bson) -> bool {
-    compare(value, &Bson::MinKey) == Ordering::Equal || compare(value, &Bson::MaxKey) == Ordering::Equal
+    compare(value, &Bson::MinKey) == Ordering::Equal
+        || compare(value, &Bson::MaxKey) == Ordering::Equal
 }
 
 #[cfg(test)]
@@ -459,17 +499,24 @@ mod tests {
         assert_eq!(map.chunk_for_key(&doc! {"k": 4999}).shard.as_str(), "a");
         assert_eq!(map.chunk_for_key(&doc! {"k": 5000}).shard.as_str(), "b");
         assert_eq!(map.chunk_for_key(&doc! {"k": "str"}).shard.as_str(), "b");
-        assert_eq!(map.chunk_for_key(&doc! {"k": Bson::Null}).shard.as_str(), "a");
+        assert_eq!(
+            map.chunk_for_key(&doc! {"k": Bson::Null}).shard.as_str(),
+            "a"
+        );
         assert_eq!(map.collection_version().unwrap().major, 2);
         assert!(map.split_at(&doc! {"k": 5000}).is_err());
-        assert!(map.move_chunk(&doc! {"k": 1}, &ShardId::new("a").unwrap()).is_err());
+        assert!(
+            map.move_chunk(&doc! {"k": 1}, &ShardId::new("a").unwrap())
+                .is_err()
+        );
     }
 
     #[test]
     fn filters_target_owners() {
         let mut map = map();
         map.split_at(&doc! {"k": 10}).unwrap();
-        map.move_chunk(&doc! {"k": 10}, &ShardId::new("b").unwrap()).unwrap();
+        map.move_chunk(&doc! {"k": 10}, &ShardId::new("b").unwrap())
+            .unwrap();
         let one = |f: Document| match map.target_filter(&f) {
             Targeting::Shards(s) => s.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         };

@@ -108,7 +108,12 @@ pub type Result<T, E = CommandError> = std::result::Result<T, E>;
 impl CommandError {
     /// A command error with a code and message.
     pub fn new(code: ErrorCode, errmsg: impl Into<String>) -> Self {
-        CommandError { code, errmsg: errmsg.into(), labels: Vec::new(), extra: Document::new() }
+        CommandError {
+            code,
+            errmsg: errmsg.into(),
+            labels: Vec::new(),
+            extra: Document::new(),
+        }
     }
 
     /// `BadValue` (2), the catch-all for a well-formed request with a meaningless value.
@@ -181,18 +186,32 @@ impl CommandError {
             Some(Bson::Double(v)) => *v as i32,
             _ => ErrorCode::INTERNAL_ERROR.0,
         };
-        let errmsg = reply.get_str("errmsg").unwrap_or("reply without errmsg").to_owned();
+        let errmsg = reply
+            .get_str("errmsg")
+            .unwrap_or("reply without errmsg")
+            .to_owned();
         let labels = match reply.get_array("errorLabels") {
-            Ok(list) => list.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect(),
+            Ok(list) => list
+                .iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect(),
             Err(_) => Vec::new(),
         };
         let mut extra = Document::new();
         for (key, value) in reply {
-            if !matches!(key.as_str(), "ok" | "errmsg" | "code" | "codeName" | "errorLabels") {
+            if !matches!(
+                key.as_str(),
+                "ok" | "errmsg" | "code" | "codeName" | "errorLabels"
+            ) {
                 extra.insert(key.clone(), value.clone());
             }
         }
-        Some(CommandError { code: ErrorCode(code), errmsg, labels, extra })
+        Some(CommandError {
+            code: ErrorCode(code),
+            errmsg,
+            labels,
+            extra,
+        })
     }
 }
 

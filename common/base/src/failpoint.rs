@@ -13,7 +13,12 @@ pub const FAILPOINTS_ENV: &str = "SHOAL_FAILPOINTS";
 fn armed() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
     ARMED.get_or_init(|| match std::env::var(FAILPOINTS_ENV) {
-        Ok(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Ok(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         Err(_) => Vec::new(),
     })
 }

@@ -19,7 +19,9 @@ impl ShardId {
             && !name.contains(['/', ',', '$', '\0'])
             && !name.chars().any(char::is_whitespace);
         if !valid {
-            return Err(CommandError::bad_value(format!("invalid shard name '{name}'")));
+            return Err(CommandError::bad_value(format!(
+                "invalid shard name '{name}'"
+            )));
         }
         Ok(ShardId(name.to_owned()))
     }
@@ -62,7 +64,10 @@ impl Namespace {
                 format!("Invalid collection name: '{coll}'"),
             ));
         }
-        Ok(Namespace { db: db.to_owned(), coll: coll.to_owned() })
+        Ok(Namespace {
+            db: db.to_owned(),
+            coll: coll.to_owned(),
+        })
     }
 
     /// Parses `db.coll` (the first dot separates the database).
@@ -79,13 +84,15 @@ impl Namespace {
 
 /// Checks a database name as MongoDB does.
 pub fn validate_db_name(db: &str) -> Result<(), CommandError> {
-    let valid = !db.is_empty()
-        && db.len() < 64
-        && !db.contains(['.', '$', '/', '\\', ' ', '"', '\0']);
+    let valid =
+        !db.is_empty() && db.len() < 64 && !db.contains(['.', '$', '/', '\\', ' ', '"', '\0']);
     if valid {
         Ok(())
     } else {
-        Err(CommandError::new(ErrorCode::INVALID_NAMESPACE, format!("Invalid database name: '{db}'")))
+        Err(CommandError::new(
+            ErrorCode::INVALID_NAMESPACE,
+            format!("Invalid database name: '{db}'"),
+        ))
     }
 }
 
@@ -115,7 +122,10 @@ impl CollectionUuid {
 
     /// The BSON form (binary subtype 4).
     pub fn to_bson(self) -> Bson {
-        Bson::Binary(bson::Binary { subtype: BinarySubtype::Uuid, bytes: self.0.as_bytes().to_vec() })
+        Bson::Binary(bson::Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: self.0.as_bytes().to_vec(),
+        })
     }
 
     /// Reads the BSON form back.
@@ -151,17 +161,28 @@ pub struct ChunkVersion {
 impl ChunkVersion {
     /// The first version of a freshly sharded collection.
     pub fn initial(epoch: Epoch) -> Self {
-        ChunkVersion { epoch, major: 1, minor: 0 }
+        ChunkVersion {
+            epoch,
+            major: 1,
+            minor: 0,
+        }
     }
 
     /// The `lastmod` timestamp form.
     pub fn to_timestamp(self) -> bson::Timestamp {
-        bson::Timestamp { time: self.major, increment: self.minor }
+        bson::Timestamp {
+            time: self.major,
+            increment: self.minor,
+        }
     }
 
     /// Builds a version from an epoch and a `lastmod` timestamp.
     pub fn from_timestamp(epoch: Epoch, ts: bson::Timestamp) -> Self {
-        ChunkVersion { epoch, major: ts.time, minor: ts.increment }
+        ChunkVersion {
+            epoch,
+            major: ts.time,
+            minor: ts.increment,
+        }
     }
 
     /// Orders two versions of the same epoch; `None` across epochs.

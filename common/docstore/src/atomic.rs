@@ -83,28 +83,50 @@ mod tests {
 
     fn count(engine: &Engine, coll: &str) -> i64 {
         let reply = engine.execute("config", &doc! {"count": coll});
-        reply.get_i32("n").map(i64::from).unwrap_or_else(|_| reply.get_i64("n").unwrap_or(-1))
+        reply
+            .get_i32("n")
+            .map(i64::from)
+            .unwrap_or_else(|_| reply.get_i64("n").unwrap_or(-1))
     }
 
     #[test]
     fn puts_and_deletes_across_collections_together() {
         let engine = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
         let ops = vec![
-            AtomicOp::Put { coll: "a".into(), doc: doc! {"_id": 1, "x": 1} },
-            AtomicOp::Put { coll: "b".into(), doc: doc! {"_id": "k", "y": 2} },
+            AtomicOp::Put {
+                coll: "a".into(),
+                doc: doc! {"_id": 1, "x": 1},
+            },
+            AtomicOp::Put {
+                coll: "b".into(),
+                doc: doc! {"_id": "k", "y": 2},
+            },
         ];
         engine.apply_atomic("config", &ops).unwrap();
         assert_eq!(count(&engine, "a"), 1);
         assert_eq!(count(&engine, "b"), 1);
         let replace = vec![
-            AtomicOp::Put { coll: "a".into(), doc: doc! {"_id": 1, "x": 5} },
-            AtomicOp::Delete { coll: "b".into(), id: Bson::String("k".into()) },
-            AtomicOp::Delete { coll: "missing".into(), id: Bson::Int32(1) },
+            AtomicOp::Put {
+                coll: "a".into(),
+                doc: doc! {"_id": 1, "x": 5},
+            },
+            AtomicOp::Delete {
+                coll: "b".into(),
+                id: Bson::String("k".into()),
+            },
+            AtomicOp::Delete {
+                coll: "missing".into(),
+                id: Bson::Int32(1),
+            },
         ];
         engine.apply_atomic("config", &replace).unwrap();
         assert_eq!(count(&engine, "b"), 0);
         let found = engine.execute("config", &doc! {"find": "a", "filter": {"_id": 1}});
-        let batch = found.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+        let batch = found
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap();
         assert_eq!(batch[0].as_document().unwrap().get_i32("x").unwrap(), 5);
     }
 
@@ -112,8 +134,14 @@ mod tests {
     fn a_bad_op_writes_nothing() {
         let engine = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
         let ops = vec![
-            AtomicOp::Put { coll: "a".into(), doc: doc! {"_id": 1} },
-            AtomicOp::Put { coll: "a".into(), doc: doc! {"no_id": 1} },
+            AtomicOp::Put {
+                coll: "a".into(),
+                doc: doc! {"_id": 1},
+            },
+            AtomicOp::Put {
+                coll: "a".into(),
+                doc: doc! {"no_id": 1},
+            },
         ];
         assert!(engine.apply_atomic("config", &ops).is_err());
         assert_eq!(count(&engine, "a"), 0);

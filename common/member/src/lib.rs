@@ -245,13 +245,8 @@ struct WireHandler {
 }
 
 impl CommandHandler for WireHandler {
-    fn handle(
-        &self,
-        ctx: RequestContext,
-        db: String,
-        command: Document,
-    ) -> impl Future<Output = Document> + Send {
-        async move { dispatch(&self.core, &*self.extension, &db, command, ctx.conn_id).await }
+    async fn handle(&self, ctx: RequestContext, db: String, command: Document) -> Document {
+        dispatch(&self.core, &*self.extension, &db, command, ctx.conn_id).await
     }
 }
 

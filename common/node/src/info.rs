@@ -49,7 +49,11 @@ pub fn hello_common(command: &Document, connection_id: u64) -> Document {
 /// The key under which `hello`'s writability flag goes: `isWritablePrimary` for `hello`,
 /// `ismaster` for the legacy `isMaster`/`ismaster`.
 pub fn writable_field(command_name: &str) -> &'static str {
-    if command_name == "hello" { "isWritablePrimary" } else { "ismaster" }
+    if command_name == "hello" {
+        "isWritablePrimary"
+    } else {
+        "ismaster"
+    }
 }
 
 /// `buildInfo`.
@@ -84,7 +88,10 @@ pub fn get_parameter(command: &Document) -> Result<Document, CommandError> {
         reply.insert("authenticationMechanisms", Bson::Array(vec![]));
     }
     if reply.is_empty() {
-        return Err(CommandError::new(ErrorCode::INVALID_OPTIONS, "no option found to get"));
+        return Err(CommandError::new(
+            ErrorCode::INVALID_OPTIONS,
+            "no option found to get",
+        ));
     }
     reply.insert("ok", 1.0);
     Ok(reply)
@@ -110,7 +117,9 @@ pub fn get_log(command: &Document) -> Result<Document, CommandError> {
 
 /// `hostInfo`.
 pub fn host_info() -> Document {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     doc! {
         "system": {
             "currentTime": bson::DateTime::now(),
@@ -200,11 +209,18 @@ mod tests {
     #[test]
     fn hello_common_has_what_drivers_require() {
         let reply = hello_common(&doc! {"hello": 1, "helloOk": true}, 7);
-        assert_eq!(reply.get_i32("maxBsonObjectSize").unwrap(), 16 * 1024 * 1024);
+        assert_eq!(
+            reply.get_i32("maxBsonObjectSize").unwrap(),
+            16 * 1024 * 1024
+        );
         assert_eq!(reply.get_i32("maxMessageSizeBytes").unwrap(), 48_000_000);
         assert_eq!(reply.get_i32("logicalSessionTimeoutMinutes").unwrap(), 30);
         assert!(reply.get_bool("helloOk").unwrap());
-        assert!(hello_common(&doc! {"isMaster": 1}, 7).get("helloOk").is_none());
+        assert!(
+            hello_common(&doc! {"isMaster": 1}, 7)
+                .get("helloOk")
+                .is_none()
+        );
         assert_eq!(writable_field("hello"), "isWritablePrimary");
         assert_eq!(writable_field("isMaster"), "ismaster");
     }
@@ -216,7 +232,9 @@ mod tests {
         let fcv = get_parameter(&doc! {"getParameter": 1, "featureCompatibilityVersion": 1});
         assert!(fcv.is_ok());
         assert_eq!(
-            get_parameter(&doc! {"getParameter": "foo"}).unwrap_err().code,
+            get_parameter(&doc! {"getParameter": "foo"})
+                .unwrap_err()
+                .code,
             ErrorCode::INVALID_OPTIONS
         );
     }

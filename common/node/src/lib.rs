@@ -32,12 +32,15 @@ impl TlsArgs {
     /// Resolves the three paths, with `fallback_dir/tls` as the directory when no flag names
     /// one, and checks that the files exist.
     pub fn resolve(&self, fallback_dir: Option<&std::path::Path>) -> Result<TlsPaths, String> {
-        let dir = self.tls_dir.clone().or_else(|| fallback_dir.map(|d| d.join("tls")));
+        let dir = self
+            .tls_dir
+            .clone()
+            .or_else(|| fallback_dir.map(|d| d.join("tls")));
         let from_dir = dir.as_deref().map(TlsPaths::from_dir);
         let pick = |flag: &Option<PathBuf>, from: Option<&PathBuf>, what: &str| {
-            flag.clone().or_else(|| from.cloned()).ok_or_else(|| {
-                format!("no {what} given: pass --tls-dir DIR or --tls-{what} FILE")
-            })
+            flag.clone()
+                .or_else(|| from.cloned())
+                .ok_or_else(|| format!("no {what} given: pass --tls-dir DIR or --tls-{what} FILE"))
         };
         let paths = TlsPaths {
             ca: pick(&self.tls_ca, from_dir.as_ref().map(|p| &p.ca), "ca")?,
@@ -60,15 +63,19 @@ impl TlsArgs {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can still be stopped with SIGKILL.
         std::future::pending::<()>().await;
         return;
