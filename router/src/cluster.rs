@@ -177,11 +177,47 @@ impl Cluster {
     }
 }
 
-/// Refreshes the routing cache forever (until the task is aborted). Failures are logged once
-/// per outage, not once per attempt.
-pub async fn refresh_loop(cluster: Arc<Cluster>) {
+/// How often a router records itself in `config.mongos` (read by `sh.status()`).
+pub const ROUTER_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Records this router in `config.mongos`, as mongos does, so `sh.status()` lists it.
+async fn ping_config(
+    cluster: &Cluster,
+    host: &str,
+    started: std::time::Instant,
+) -> Result<(), CommandError> {
+    let uptime = i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX);
+    let update = doc! {
+        "$set": {
+            "ping": bson::DateTime::now(), "up": uptime, "waiting": true,
+            "mongoVersion": shoal_node::info::MONGODB_VERSION, "advisoryHostFQDNs": [],
+        },
+    };
+    let command = doc! {
+        "update": "mongos",
+        "updates": [{"q": {"_id": host}, "u": update, "upsert": true}],
+    };
+    let reply = cluster.call_config("config", command).await?;
+    match CommandError::from_reply(&reply) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Refreshes the routing cache forever (until the task is aborted), and records the router in
+/// `config.mongos` every [`ROUTER_PING_INTERVAL`]. Failures are logged once per outage, not
+/// once per attempt.
+pub async fn refresh_loop(cluster: Arc<Cluster>, host: String) {
+    let started = std::time::Instant::now();
+    let mut last_ping: Option<std::time::Instant> = None;
     let mut failing = false;
     loop {
+        if last_ping.is_none_or(|at| at.elapsed() >= ROUTER_PING_INTERVAL) {
+            // A missed ping only makes `sh.status()` show the router as less recently active.
+            if ping_config(&cluster, &host, started).await.is_ok() {
+                last_ping = Some(std::time::Instant::now());
+            }
+        }
         match cluster.refresh().await {
             Ok(_) if failing => {
                 tracing::info!("config server reachable again");

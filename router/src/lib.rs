@@ -22,7 +22,10 @@ pub async fn run(bind: SocketAddr, configdb: &str, tls: &TlsPaths) -> anyhow::Re
     let config_hosts = cluster::parse_configdb(configdb).map_err(|e| anyhow::anyhow!(e.errmsg))?;
     let rpc = RpcClient::new(tls).map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;
     let cluster = Arc::new(cluster::Cluster::new(rpc, config_hosts));
-    let refresher = tokio::spawn(cluster::refresh_loop(Arc::clone(&cluster)));
+    let refresher = tokio::spawn(cluster::refresh_loop(
+        Arc::clone(&cluster),
+        bind.to_string(),
+    ));
     let router = Arc::new(commands::Router::new(
         Arc::clone(&cluster),
         bind.to_string(),
