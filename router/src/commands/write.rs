@@ -290,6 +290,9 @@ impl Router {
                 ),
             ));
         }
+        if let (StatementKind::Update, Placement::Sharded(collection)) = (kind, placement) {
+            check_shard_key_unchanged(&collection.map, &filter, statement)?;
+        }
         let mut request = shard_command(command);
         request.insert(kind.array_field(), vec![Bson::Document(statement.clone())]);
         request.insert("ordered", true);
@@ -442,6 +445,84 @@ impl StatementKind {
             },
         }
     }
+}
+
+/// Refuses an update that could move a document to another chunk: documents only change
+/// shards through migrations, so an update may not change the shard key. A replacement must
+/// keep the key the filter pins; an operator update may not touch a shard-key field.
+fn check_shard_key_unchanged(
+    map: &shoal_common::chunks::ChunkMap,
+    filter: &Document,
+    statement: &Document,
+) -> Result<(), CommandError> {
+    let refuse = |field: &str| {
+        CommandError::new(
+            ErrorCode::IMMUTABLE_FIELD,
+            format!(
+                "Performing an update on the path '{field}' would modify the shard key {}; \
+                 changing a document's shard key is not supported yet",
+                map.key.to_document()
+            ),
+        )
+    };
+    let update = match statement.get("u") {
+        Some(Bson::Document(update)) => update,
+        // Pipeline updates may compute any field: refuse them only if they name a key field.
+        Some(Bson::Array(stages)) => {
+            let text = format!("{stages:?}");
+            return match map
+                .key
+                .fields
+                .iter()
+                .find(|(name, _)| text.contains(name.as_str()))
+            {
+                Some((name, _)) => Err(refuse(name)),
+                None => Ok(()),
+            };
+        }
+        _ => return Ok(()),
+    };
+    let is_replacement = update
+        .keys()
+        .next()
+        .is_some_and(|key| !key.starts_with('$'));
+    if is_replacement {
+        let pinned = map.equality_keys(filter).filter(|keys| keys.len() == 1);
+        let new_key = map.key.extract(update)?;
+        return match pinned {
+            Some(keys)
+                if shoal_common::bsonorder::compare_key_values(&keys[0], &new_key).is_eq() =>
+            {
+                Ok(())
+            }
+            _ => Err(refuse(&map.key.fields[0].0)),
+        };
+    }
+    for (operator, fields) in update {
+        let Bson::Document(fields) = fields else {
+            continue;
+        };
+        for path in fields.keys() {
+            let touches_key = map.key.fields.iter().any(|(key_field, _)| {
+                paths_overlap(path, key_field)
+                    || (operator == "$rename"
+                        && fields
+                            .get_str(path)
+                            .is_ok_and(|to| paths_overlap(to, key_field)))
+            });
+            if touches_key && operator != "$setOnInsert" {
+                return Err(refuse(path));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two dotted paths name the same field or one contains the other.
+fn paths_overlap(a: &str, b: &str) -> bool {
+    let prefix_of =
+        |short: &str, long: &str| long == short || long.starts_with(&format!("{short}."));
+    prefix_of(a, b) || prefix_of(b, a)
 }
 
 fn ordered_flag(command: &Document) -> Result<bool, CommandError> {
@@ -612,6 +693,31 @@ mod tests {
         let error = prepare_document(&Bson::Document(doc! {"a": big})).unwrap_err();
         assert_eq!(error.code, ErrorCode::BSON_OBJECT_TOO_LARGE);
         assert!(prepare_document(&Bson::Int32(1)).is_err());
+    }
+
+    #[test]
+    fn updates_may_not_change_the_shard_key() {
+        use shoal_common::chunks::{Chunk, ChunkMap, ShardKeyPattern};
+        let key = ShardKeyPattern::parse(&doc! {"k": 1}).unwrap();
+        let epoch = shoal_common::Epoch(ObjectId::new());
+        let chunk = Chunk {
+            min: key.global_min(),
+            max: key.global_max(),
+            shard: ShardId::new("a").unwrap(),
+            version: shoal_common::ChunkVersion::initial(epoch),
+        };
+        let map = ChunkMap::new(key, vec![chunk]).unwrap();
+        let check = |filter: Document, u: Document| {
+            check_shard_key_unchanged(&map, &filter, &doc! {"u": u})
+        };
+        assert!(check(doc! {"k": 1}, doc! {"$set": {"x": 1}}).is_ok());
+        assert!(check(doc! {"k": 1}, doc! {"$set": {"k": 2}}).is_err());
+        assert!(check(doc! {"k": 1}, doc! {"$inc": {"k.z": 2}}).is_err());
+        assert!(check(doc! {"k": 1}, doc! {"$rename": {"x": "k"}}).is_err());
+        assert!(check(doc! {"k": 1}, doc! {"$set": {"kk": 2}}).is_ok());
+        assert!(check(doc! {"k": 1}, doc! {"k": 1, "x": 2}).is_ok());
+        assert!(check(doc! {"k": 1}, doc! {"k": 3, "x": 2}).is_err());
+        assert!(check(doc! {"x": 1}, doc! {"k": 1, "x": 2}).is_err());
     }
 
     #[test]
