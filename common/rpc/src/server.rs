@@ -40,6 +40,20 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Document> + Send + '_>>;
 }
 
+/// The key behind this server's QUIC stateless-reset tokens, derived from the node's private key
+/// and address instead of drawn at random. A node that restarts on the same address then answers
+/// packets of its previous incarnation's connections with resets their peers accept, so a
+/// router notices the restart at its next request instead of after the idle timeout.
+fn stateless_reset_key(tls: &TlsPaths, addr: SocketAddr) -> Result<ring::hmac::Key, RpcError> {
+    let secret = std::fs::read(&tls.key)
+        .map_err(|e| RpcError::Cert(format!("reading {}: {e}", tls.key.display())))?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"shoal quic stateless reset key\0");
+    context.update(&secret);
+    context.update(addr.to_string().as_bytes());
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, context.finish().as_ref()))
+}
+
 /// A bound RPC server; [`RpcServer::run`] serves it.
 pub struct RpcServer {
     endpoint: Endpoint,
@@ -55,7 +69,10 @@ impl RpcServer {
         handler: Arc<dyn RpcHandler>,
     ) -> Result<RpcServer, RpcError> {
         let config = tls::server_config(tls)?;
-        let endpoint = Endpoint::server(config, addr)?;
+        let endpoint_config = quinn::EndpointConfig::new(Arc::new(stateless_reset_key(tls, addr)?));
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint = Endpoint::new(endpoint_config, Some(config), socket, runtime)?;
         Ok(RpcServer { endpoint, handler })
     }
 
