@@ -40,18 +40,21 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Document> + Send + '_>>;
 }
 
-/// The key behind this server's QUIC stateless-reset tokens, derived from the node's private key
-/// and address instead of drawn at random. A node that restarts on the same address then answers
-/// packets of its previous incarnation's connections with resets their peers accept, so a
-/// router notices the restart at its next request instead of after the idle timeout.
-fn stateless_reset_key(tls: &TlsPaths, addr: SocketAddr) -> Result<ring::hmac::Key, RpcError> {
+/// A secret fixed for this node and address, from which the server's QUIC stateless-reset key
+/// and connection-ID key are derived instead of being drawn at random. A node that restarts on
+/// the same address then recognizes the connection IDs of its previous incarnation and answers
+/// them with resets their peers accept, so a router notices the restart at its next packet
+/// instead of after the idle timeout.
+fn node_identity_digest(tls: &TlsPaths, addr: SocketAddr) -> Result<[u8; 32], RpcError> {
     let secret = std::fs::read(&tls.key)
         .map_err(|e| RpcError::Cert(format!("reading {}: {e}", tls.key.display())))?;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    context.update(b"shoal quic stateless reset key\0");
+    context.update(b"shoal quic endpoint identity\0");
     context.update(&secret);
     context.update(addr.to_string().as_bytes());
-    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, context.finish().as_ref()))
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    Ok(digest)
 }
 
 /// A bound RPC server; [`RpcServer::run`] serves it.
@@ -69,7 +72,17 @@ impl RpcServer {
         handler: Arc<dyn RpcHandler>,
     ) -> Result<RpcServer, RpcError> {
         let config = tls::server_config(tls)?;
-        let endpoint_config = quinn::EndpointConfig::new(Arc::new(stateless_reset_key(tls, addr)?));
+        let identity = node_identity_digest(tls, addr)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &identity,
+        )));
+        // Connection IDs carry a keyed check; with the same key across restarts, the new process
+        // accepts the old IDs as its own format and answers them with resets.
+        let cid_key = u64::from_le_bytes(identity[..8].try_into().unwrap_or([0; 8]));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let socket = std::net::UdpSocket::bind(addr)?;
         let runtime = Arc::new(quinn::TokioRuntime);
         let endpoint = Endpoint::new(endpoint_config, Some(config), socket, runtime)?;
