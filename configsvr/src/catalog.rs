@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use bson::{Bson, Document, doc, oid::ObjectId};
 use shoal_common::{
-    ChunkVersion, CollectionUuid, CommandError, Epoch, Namespace, ShardId,
+    CollectionUuid, CommandError, Epoch, Namespace, ShardId,
     chunks::{Chunk, ChunkMap, ShardKeyPattern},
+    metadata::{ShardedCollectionEntry, chunk_from_document},
 };
 
 /// Collection names inside the `config` database.
@@ -164,25 +165,17 @@ impl ShardedCollection {
         collection: &Document,
         chunk_documents: &[Document],
     ) -> Result<ShardedCollection, CommandError> {
-        let broken =
-            |what: &str| CommandError::internal(format!("config.collections is broken: {what}"));
-        let ns = Namespace::parse(collection.get_str("_id").map_err(|_| broken("_id"))?)?;
-        let uuid = collection
-            .get("uuid")
-            .and_then(CollectionUuid::from_bson)
-            .ok_or_else(|| broken("uuid"))?;
-        let epoch = Epoch(
-            collection
-                .get_object_id("lastmodEpoch")
-                .map_err(|_| broken("epoch"))?,
-        );
-        let key =
-            ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
+        let ShardedCollectionEntry {
+            ns,
+            uuid,
+            epoch,
+            key,
+        } = ShardedCollectionEntry::from_document(collection)?;
         let mut pairs = Vec::with_capacity(chunk_documents.len());
         for chunk_doc in chunk_documents {
             pairs.push((
                 chunk_doc.get("_id").cloned().unwrap_or(Bson::Null),
-                parse_chunk(chunk_doc, epoch)?,
+                chunk_from_document(chunk_doc, epoch)?,
             ));
         }
         pairs.sort_by(|a, b| shoal_common::chunks::compare_bounds(&a.1.min, &b.1.min));
@@ -196,28 +189,6 @@ impl ShardedCollection {
             chunk_ids,
         })
     }
-}
-
-/// Parses one `config.chunks` document.
-pub fn parse_chunk(chunk_doc: &Document, epoch: Epoch) -> Result<Chunk, CommandError> {
-    let broken = |what: &str| CommandError::internal(format!("config.chunks is broken: {what}"));
-    Ok(Chunk {
-        min: chunk_doc
-            .get_document("min")
-            .map_err(|_| broken("min"))?
-            .clone(),
-        max: chunk_doc
-            .get_document("max")
-            .map_err(|_| broken("max"))?
-            .clone(),
-        shard: ShardId::new(chunk_doc.get_str("shard").map_err(|_| broken("shard"))?)?,
-        version: ChunkVersion::from_timestamp(
-            epoch,
-            chunk_doc
-                .get_timestamp("lastmod")
-                .map_err(|_| broken("lastmod"))?,
-        ),
-    })
 }
 
 /// A fresh chunk `_id`.
@@ -277,7 +248,7 @@ mod tests {
             min: key.global_min(),
             max: key.global_max(),
             shard: ShardId::new("a").unwrap(),
-            version: ChunkVersion::initial(epoch),
+            version: shoal_common::ChunkVersion::initial(epoch),
         };
         let coll_doc = collection_document(&ns, uuid, epoch, &key, false);
         let chunk_doc = chunk_document(&new_chunk_id(), &ns, uuid, &chunk);

@@ -112,10 +112,7 @@ impl ConfigServer {
         command: &Document,
     ) -> Result<Document, CommandError> {
         if !name.starts_with("_shoal") && db != "admin" {
-            return Err(CommandError::new(
-                ErrorCode::UNAUTHORIZED,
-                format!("{name} may only be run against the admin database."),
-            ));
+            return Err(CommandError::admin_only(name));
         }
         match name {
             "listShards" => self.list_shards(core).await,

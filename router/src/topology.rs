@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use bson::{Bson, Document};
 use shoal_common::{
     CollectionUuid, CommandError, Epoch, Namespace, ShardId,
-    chunks::{ChunkMap, ShardKeyPattern},
+    chunks::ChunkMap,
+    metadata::{ShardedCollectionEntry, chunk_from_document},
 };
 
 /// A shard as the router reaches it.
@@ -99,25 +100,15 @@ impl RoutingCache {
             chunks_by_uuid.entry(uuid).or_default().push(chunk);
         }
         for collection in documents(table, "collections") {
-            let ns = Namespace::parse(
-                collection
-                    .get_str("_id")
-                    .map_err(|_| broken("collection _id"))?,
-            )?;
-            let uuid = collection
-                .get("uuid")
-                .and_then(CollectionUuid::from_bson)
-                .ok_or_else(|| broken("uuid"))?;
-            let epoch = Epoch(
-                collection
-                    .get_object_id("lastmodEpoch")
-                    .map_err(|_| broken("epoch"))?,
-            );
-            let key =
-                ShardKeyPattern::parse(collection.get_document("key").map_err(|_| broken("key"))?)?;
+            let ShardedCollectionEntry {
+                ns,
+                uuid,
+                epoch,
+                key,
+            } = ShardedCollectionEntry::from_document(collection)?;
             let mut chunks = Vec::new();
             for chunk in chunks_by_uuid.get(&uuid).into_iter().flatten() {
-                chunks.push(parse_chunk(chunk, epoch)?);
+                chunks.push(chunk_from_document(chunk, epoch)?);
             }
             let map = ChunkMap::new(key, chunks)?;
             cache
@@ -153,29 +144,6 @@ impl RoutingCache {
         ids.sort();
         ids
     }
-}
-
-fn parse_chunk(
-    chunk: &Document,
-    epoch: Epoch,
-) -> Result<shoal_common::chunks::Chunk, CommandError> {
-    Ok(shoal_common::chunks::Chunk {
-        min: chunk
-            .get_document("min")
-            .map_err(|_| broken("chunk min"))?
-            .clone(),
-        max: chunk
-            .get_document("max")
-            .map_err(|_| broken("chunk max"))?
-            .clone(),
-        shard: ShardId::new(chunk.get_str("shard").map_err(|_| broken("chunk shard"))?)?,
-        version: shoal_common::ChunkVersion::from_timestamp(
-            epoch,
-            chunk
-                .get_timestamp("lastmod")
-                .map_err(|_| broken("chunk lastmod"))?,
-        ),
-    })
 }
 
 #[cfg(test)]

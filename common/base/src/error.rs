@@ -142,6 +142,15 @@ impl CommandError {
         Self::new(ErrorCode::INTERNAL_ERROR, errmsg)
     }
 
+    /// `Unauthorized` (13) for an administrative command sent to a database other than `admin`,
+    /// worded as MongoDB words it.
+    pub fn admin_only(command: &str) -> Self {
+        Self::new(
+            ErrorCode::UNAUTHORIZED,
+            format!("{command} may only be run against the admin database."),
+        )
+    }
+
     /// Adds an error label (e.g. `RetryableWriteError`).
     pub fn with_label(mut self, label: &str) -> Self {
         if !self.labels.iter().any(|l| l == label) {

@@ -13,6 +13,7 @@ pub mod chunks;
 pub mod error;
 pub mod failpoint;
 pub mod ids;
+pub mod metadata;
 
 pub use error::{CommandError, ErrorCode, Result};
 pub use ids::{ChunkVersion, CollectionUuid, Epoch, Namespace, ShardId};

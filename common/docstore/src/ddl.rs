@@ -167,10 +167,7 @@ impl Engine {
         command: &Document,
     ) -> Result<Document, CommandError> {
         if db != "admin" {
-            return Err(CommandError::new(
-                ErrorCode::UNAUTHORIZED,
-                "listDatabases may only be run against the admin database.",
-            ));
+            return Err(CommandError::admin_only("listDatabases"));
         }
         let fields = Fields::new(command, "listDatabases");
         let filter = Filter::parse(&fields.doc("filter")?.cloned().unwrap_or_default())?;

@@ -53,6 +53,23 @@ pub struct MemberConfig {
     pub role: Role,
 }
 
+impl MemberConfig {
+    /// The configuration a member's command line describes.
+    pub fn from_args(args: shoal_node::MemberArgs, role: Role) -> anyhow::Result<MemberConfig> {
+        let tls = args
+            .tls
+            .resolve(Some(&args.dir))
+            .map_err(anyhow::Error::msg)?;
+        Ok(MemberConfig {
+            replset: args.replset,
+            bind: args.bind,
+            dir: args.dir,
+            tls,
+            role,
+        })
+    }
+}
+
 /// A boxed future returning a reply document.
 pub type ReplyFuture<'a> = Pin<Box<dyn Future<Output = Document> + Send + 'a>>;
 

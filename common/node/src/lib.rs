@@ -59,6 +59,24 @@ impl TlsArgs {
     }
 }
 
+/// The command line of a replica-set member (`shoal-shard`, `shoal-config`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct MemberArgs {
+    /// The replica-set name. For a shard it becomes the shard's name when the set is added to a
+    /// cluster; routers name the config server's in `--configdb NAME/HOST:PORT`.
+    #[arg(long, value_name = "NAME")]
+    pub replset: String,
+    /// Address for both the MongoDB wire protocol (TCP) and the cluster's QUIC RPC (UDP).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bind: std::net::SocketAddr,
+    /// Data directory; created if missing. The member restarts with what it holds.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: TlsArgs,
+}
+
 /// Logs to stderr, `info` and above unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -3,7 +3,7 @@
 //! so that its next request already routes by the new metadata.
 
 use bson::Document;
-use shoal_common::{CommandError, ErrorCode};
+use shoal_common::CommandError;
 
 use super::{Router, shard_command};
 
@@ -22,10 +22,7 @@ impl Router {
             .map(String::as_str)
             .unwrap_or_default();
         if db != "admin" {
-            return Err(CommandError::new(
-                ErrorCode::UNAUTHORIZED,
-                format!("{name} may only be run against the admin database."),
-            ));
+            return Err(CommandError::admin_only(name));
         }
         let reply = self
             .cluster

@@ -34,10 +34,7 @@ impl Router {
         command: &Document,
     ) -> Result<Document, CommandError> {
         if db != "admin" {
-            return Err(CommandError::new(
-                ErrorCode::UNAUTHORIZED,
-                "listDatabases may only be run against the admin database.",
-            ));
+            return Err(CommandError::admin_only("listDatabases"));
         }
         let filter = document_field(command, "filter")?
             .map(Filter::parse)
