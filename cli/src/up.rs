@@ -377,6 +377,9 @@ fn spawn_node(layout: &ClusterLayout, spec: &NodeSpec, bin_dir: &Path) -> anyhow
         // Own process group: a terminal Ctrl-C reaches only `shoal up`, which then stops the
         // nodes in order instead of all of them dying at once.
         .process_group(0)
+        // If `shoal up` itself is killed (SIGKILL gives it no chance to stop its nodes), the
+        // nodes notice they were orphaned and shut down instead of holding the ports.
+        .env(shoal_node::EXIT_WITH_PARENT_ENV, "1")
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))
 }

@@ -122,6 +122,19 @@ impl ShoalUp {
         Ok(took)
     }
 
+    /// SIGKILLs `shoal up` alone (not its nodes), as a crash or the OOM killer would, and waits
+    /// until `ports` are free: the orphaned nodes must notice and stop by themselves.
+    pub async fn kill_only_supervisor(mut self, ports: &[u16]) -> anyhow::Result<Duration> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("shoal up is not running"))?;
+        let started = Instant::now();
+        crate::process::send_signal(pid, libc::SIGKILL)?;
+        self.process.wait_exit(EXIT_TIMEOUT).await?;
+        wait_ports_free(ports).await?;
+        Ok(started.elapsed())
+    }
+
     /// Prints the stderr log tail of `shoal up`.
     pub fn dump_log(&self) {
         self.process.dump_log(crate::LOG_TAIL_LINES);

@@ -19,6 +19,20 @@ const PORT_BLOCK: u16 = 5;
 const DOCS: i32 = 100;
 
 #[tokio::test(flavor = "multi_thread")]
+async fn nodes_stop_when_shoal_up_is_killed() -> anyhow::Result<()> {
+    let cluster_dir = tempfile::Builder::new()
+        .prefix("shoal-up-kill-")
+        .tempdir()?;
+    let base = free_port_block(PORT_BLOCK)?;
+    let ports: Vec<u16> = (base..base + 2 + SHARDS as u16).collect();
+    let log = cluster_dir.path().join("shoal-up.log");
+    let up = ShoalUp::start(&cluster_dir.path().join("data"), base, SHARDS, &log).await?;
+    let took = up.kill_only_supervisor(&ports).await?;
+    println!("orphaned nodes released their ports {took:?} after shoal up was SIGKILLed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn shoal_up_shell_and_restart() -> anyhow::Result<()> {
     let cluster_dir = tempfile::Builder::new().prefix("shoal-up-").tempdir()?;
     let extra_dir = tempfile::Builder::new().prefix("shoal-shard9-").tempdir()?;

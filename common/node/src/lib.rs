@@ -87,8 +87,38 @@ pub fn init_logging() {
         .init();
 }
 
-/// Resolves when the process receives SIGINT or SIGTERM.
+/// When this environment variable is `1`, a server shuts down once its parent process is gone
+/// (`shoal up` sets it for the nodes it supervises).
+pub const EXIT_WITH_PARENT_ENV: &str = "SHOAL_EXIT_WITH_PARENT";
+/// How often an orphan-aware server checks that its parent is alive.
+pub const PARENT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Resolves when the parent process that started this one has exited (the process was
+/// re-parented), if [`EXIT_WITH_PARENT_ENV`] asks for it; never resolves otherwise.
+async fn parent_gone() {
+    if std::env::var(EXIT_WITH_PARENT_ENV).as_deref() != Ok("1") {
+        std::future::pending::<()>().await;
+    }
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(PARENT_CHECK_INTERVAL).await;
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!(parent, "the supervising process is gone; shutting down");
+            return;
+        }
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM, or loses the parent that asked it to
+/// exit with it.
 pub async fn shutdown_signal() {
+    tokio::select! {
+        _ = signal_received() => {}
+        _ = parent_gone() => {}
+    }
+}
+
+async fn signal_received() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
