@@ -126,7 +126,8 @@ pub fn collection_document(
         "uuid": uuid.to_bson(),
         "key": key.to_document(),
         "unique": unique,
-        "noBalance": false,
+        // No balancer runs yet, so say so: sh.status() shows "balancing: false".
+        "noBalance": true,
     }
 }
 

@@ -418,12 +418,13 @@ impl ConfigServer {
                 );
             }
             return Err(CommandError::new(
-                ErrorCode(23),
+                ErrorCode::ALREADY_INITIALIZED,
                 format!("sharding already enabled for collection {ns} with a different key"),
             ));
         }
         let (primary, _) = self.ensure_database(core, &ns.db, None).await?;
         failpoint::hit("shardCollection.afterEnsureDatabase");
+        self.create_on_shard(core, &primary, &ns).await?;
         let uuid = CollectionUuid::random();
         let epoch = Epoch(ObjectId::new());
         let chunk = Chunk {
@@ -445,6 +446,27 @@ impl ConfigServer {
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, key = %key.to_document(), "collection sharded");
         Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": uuid.to_bson(), "ok": 1.0})
+    }
+
+    /// Creates the collection on its primary shard, as MongoDB does at `shardCollection`, so it
+    /// is listed (and later indexed) even before documents arrive. An existing one is fine.
+    async fn create_on_shard(
+        &self,
+        core: &Arc<MemberCore>,
+        shard: &ShardId,
+        ns: &Namespace,
+    ) -> Result<(), CommandError> {
+        let host = self.shard_host(core, shard).await?;
+        let request = doc! {"create": ns.coll.clone(), "$db": ns.db.clone()};
+        let reply = core
+            .rpc
+            .call(&host, request, SHARD_CALL_TIMEOUT)
+            .await
+            .map_err(CommandError::from)?;
+        match CommandError::from_reply(&reply) {
+            Some(error) if error.code != ErrorCode::NAMESPACE_EXISTS => Err(error),
+            _ => Ok(()),
+        }
     }
 
     async fn load_collection(
@@ -522,6 +544,10 @@ impl ConfigServer {
         let _ = to_shard;
         let index = collection.map.chunk_index_for_key(&key);
         let chunk = collection.map.chunks[index].clone();
+        if chunk.shard == to {
+            // MongoDB answers a move to the current owner with success and does nothing.
+            return Ok(doc! {"millis": 0_i64, "ok": 1.0});
+        }
         self.require_empty_chunk(core, &ns, &collection.map.key, &chunk)
             .await?;
         collection.map.move_chunk(&key, &to)?;
@@ -728,7 +754,18 @@ fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document
         let find = find
             .as_document()
             .ok_or_else(|| CommandError::type_mismatch("find", "object", find))?;
-        return map.key.extract(find);
+        // `find` is an equality on the whole shard key naming one chunk; dotted key fields are
+        // read as flat names, as in a query.
+        return match map.equality_keys(find) {
+            Some(mut keys) if keys.len() == 1 => Ok(keys.remove(0)),
+            _ => Err(CommandError::new(
+                ErrorCode::SHARD_KEY_NOT_FOUND,
+                format!(
+                    "no chunk found for {find}: 'find' must give every field of the shard key {} by equality",
+                    map.key.to_document()
+                ),
+            )),
+        };
     }
     let first_bound = command
         .get_array("bounds")

@@ -269,8 +269,11 @@ pub fn cursor_reply(id: i64, ns: &str, batch: Vec<Document>, first: bool) -> Doc
     doc! {"cursor": {"id": id, "ns": ns, field: batch}, "ok": 1.0}
 }
 
+/// A registered cursor, locked while a `getMore` runs on it.
+pub type SharedCursor = Arc<tokio::sync::Mutex<Cursor>>;
+
 struct Entry {
-    cursor: Arc<tokio::sync::Mutex<Cursor>>,
+    cursor: SharedCursor,
     ns: String,
     last_used: Instant,
 }
@@ -282,14 +285,28 @@ pub struct CursorTable {
 }
 
 impl CursorTable {
-    /// Registers a cursor and returns its id (positive, random). Idle cursors are dropped
-    /// first; when the table is full the registration fails.
-    pub fn register(&self, ns: &str, cursor: Cursor) -> Result<i64, CommandError> {
+    /// Registers a cursor and returns its id (positive, random), with the idle cursors it
+    /// dropped to make room, which the caller must kill so their shard cursors close too. When
+    /// the table is still full the registration fails.
+    pub fn register(
+        &self,
+        ns: &str,
+        cursor: Cursor,
+    ) -> Result<(i64, Vec<SharedCursor>), CommandError> {
         let mut entries = self
             .entries
             .lock()
             .map_err(|_| CommandError::internal("cursor table poisoned"))?;
-        entries.retain(|_, entry| entry.last_used.elapsed() < CURSOR_IDLE_TIMEOUT);
+        let idle: Vec<i64> = entries
+            .iter()
+            .filter(|(_, entry)| entry.last_used.elapsed() >= CURSOR_IDLE_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        let evicted = idle
+            .iter()
+            .filter_map(|id| entries.remove(id))
+            .map(|entry| entry.cursor)
+            .collect();
         if entries.len() >= CURSORS_MAX {
             return Err(CommandError::new(
                 ErrorCode::OPERATION_FAILED,
@@ -308,7 +325,7 @@ impl CursorTable {
             last_used: Instant::now(),
         };
         entries.insert(id, entry);
-        Ok(id)
+        Ok((id, evicted))
     }
 
     /// The cursor with this id, if open; checks it belongs to `ns`.
@@ -348,26 +365,38 @@ impl CursorTable {
     }
 }
 
+/// The most BSON bytes the router gathers for the merging half of a pipeline, like a server's
+/// in-memory limit for a blocking stage without `allowDiskUse`.
+pub const MERGE_BYTES_MAX: usize = 100 * 1024 * 1024;
+
 /// Reads every remaining document of `streams`, for merges that need all shard output at once
-/// (a pipeline's merging half). Fails past `docs_max` rather than exhausting memory.
+/// (a pipeline's merging half). Fails past `docs_max` documents or [`MERGE_BYTES_MAX`] bytes
+/// rather than exhausting memory, and then kills every shard cursor.
 pub async fn drain(
     streams: &mut [ShardStream],
     cluster: &Cluster,
     docs_max: usize,
 ) -> Result<Vec<Document>, CommandError> {
     let mut docs = Vec::new();
-    for stream in streams.iter_mut() {
+    let mut bytes = 0;
+    for index in 0..streams.len() {
         loop {
+            let stream = &mut streams[index];
+            bytes += stream.buffer.iter().map(document_bytes).sum::<usize>();
             docs.extend(stream.buffer.drain(..));
-            if docs.len() > docs_max {
-                stream.kill(cluster).await;
+            if docs.len() > docs_max || bytes > MERGE_BYTES_MAX {
+                for stream in streams.iter_mut() {
+                    stream.kill(cluster).await;
+                }
                 return Err(CommandError::new(
-                    ErrorCode::OPERATION_FAILED,
+                    ErrorCode::QUERY_EXCEEDED_MEMORY_LIMIT,
                     format!(
-                        "the merging part of this pipeline would need more than {docs_max} documents at the router"
+                        "the merging part of this pipeline needs more than {docs_max} documents \
+                         or {MERGE_BYTES_MAX} bytes at the router; add a $match or a $limit"
                     ),
                 ));
             }
+            let stream = &mut streams[index];
             if stream.cursor_id == 0 {
                 break;
             }

@@ -111,13 +111,9 @@ impl ShardKeyPattern {
     pub fn extract(&self, document: &Document) -> Result<Document, CommandError> {
         let mut key = Document::new();
         for (name, kind) in &self.fields {
-            let value = lookup_path(document, name).cloned().unwrap_or(Bson::Null);
-            if matches!(value, Bson::Array(_)) {
-                return Err(CommandError::new(
-                    ErrorCode::BAD_VALUE,
-                    format!("Shard key cannot contain an array: field '{name}'"),
-                ));
-            }
+            let value = key_path_value(document, name)?
+                .cloned()
+                .unwrap_or(Bson::Null);
             let value = match kind {
                 KeyKind::Ascending => value,
                 KeyKind::Hashed => Bson::Int64(hash_key_value(&value)),
@@ -139,6 +135,35 @@ impl ShardKeyPattern {
         }
         Ok(())
     }
+}
+
+/// The value of a shard-key path in a document: `None` when missing. An array anywhere along the
+/// path (or as the value) is refused, as MongoDB refuses arrays in shard keys: an array would
+/// let one document match several key values.
+fn key_path_value<'a>(
+    document: &'a Document,
+    path: &str,
+) -> Result<Option<&'a Bson>, CommandError> {
+    let refuse = || {
+        CommandError::new(
+            ErrorCode::BAD_VALUE,
+            format!("Shard key cannot contain an array: field '{path}'"),
+        )
+    };
+    let mut current = document;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Some(value) = current.get(part) else {
+            return Ok(None);
+        };
+        match value {
+            Bson::Array(_) => return Err(refuse()),
+            Bson::Document(inner) if parts.peek().is_some() => current = inner,
+            _ if parts.peek().is_some() => return Ok(None),
+            _ => return Ok(Some(value)),
+        }
+    }
+    Ok(None)
 }
 
 /// Follows a dotted path through embedded documents (not arrays: shard keys never contain them).
@@ -350,6 +375,11 @@ impl ChunkMap {
     /// owner and get minor versions above the current collection version.
     pub fn split_at(&mut self, at: &Document) -> Result<(), CommandError> {
         self.key.validate_key_shape(at)?;
+        if at.values().any(is_bound_sentinel) {
+            return Err(CommandError::bad_value(format!(
+                "cannot split on {at}: MinKey and MaxKey are the bounds of the key space"
+            )));
+        }
         let index = self.chunk_index_for_key(at);
         let chunk = self.chunks[index].clone();
         if compare_key_values(&chunk.min, at) == Ordering::Equal {
@@ -505,10 +535,28 @@ mod tests {
         );
         assert_eq!(map.collection_version().unwrap().major, 2);
         assert!(map.split_at(&doc! {"k": 5000}).is_err());
+        assert!(map.split_at(&doc! {"k": Bson::MaxKey}).is_err());
+        assert!(map.split_at(&doc! {"k": Bson::MinKey}).is_err());
         assert!(
             map.move_chunk(&doc! {"k": 1}, &ShardId::new("a").unwrap())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn shard_keys_refuse_arrays_anywhere_on_the_path() {
+        let key = ShardKeyPattern::parse(&doc! {"a.b": 1}).unwrap();
+        assert_eq!(key.extract(&doc! {"a": {"b": 5}}).unwrap(), doc! {"a.b": 5});
+        assert_eq!(
+            key.extract(&doc! {"a": 1}).unwrap(),
+            doc! {"a.b": Bson::Null}
+        );
+        assert_eq!(
+            key.extract(&doc! {"x": 1}).unwrap(),
+            doc! {"a.b": Bson::Null}
+        );
+        assert!(key.extract(&doc! {"a": [{"b": 5}]}).is_err());
+        assert!(key.extract(&doc! {"a": {"b": [5]}}).is_err());
     }
 
     #[test]

@@ -22,12 +22,11 @@ macro_rules! codes {
             /// Every code this crate names, for uniqueness checks and documentation.
             pub const ALL: &'static [ErrorCode] = &[$(ErrorCode($num)),*];
 
-            /// The `codeName` MongoDB uses for this code, or `"UnknownError"`-style fallbacks for
-            /// codes relayed from elsewhere that this table does not name.
-            pub fn name(self) -> &'static str {
+            /// The `codeName` MongoDB uses for this code, if this table names it.
+            pub fn known_name(self) -> Option<&'static str> {
                 match self.0 {
-                    $($num => $name,)*
-                    _ => "Location",
+                    $($num => Some($name),)*
+                    _ => None,
                 }
             }
         }
@@ -78,7 +77,27 @@ codes! {
     INVALID_BSON = 22, "InvalidBSON";
     LOCATION16979 = 16979, "Location16979";
     OP_QUERY_UNSUPPORTED = 5739101, "Location5739101";
-    NO_SHARD_KEY = 2001, "NoShardKey";
+    INVALID_LENGTH = 16, "InvalidLength";
+    ALREADY_INITIALIZED = 23, "AlreadyInitialized";
+    PATH_NOT_VIABLE = 28, "PathNotViable";
+    CONFLICTING_UPDATE_OPERATORS = 40, "ConflictingUpdateOperators";
+    INVALID_PIPELINE_OPERATOR = 168, "InvalidPipelineOperator";
+    CONVERSION_FAILURE = 241, "ConversionFailure";
+    QUERY_EXCEEDED_MEMORY_LIMIT = 292, "QueryExceededMemoryLimitNoDiskUseAllowed";
+    PROJECTION_PATH_COLLISION = 31250, "Location31250";
+    INCLUSION_IN_EXCLUSION = 31253, "Location31253";
+    EXCLUSION_IN_INCLUSION = 31254, "Location31254";
+}
+
+impl ErrorCode {
+    /// The `codeName` for this code: the table's name, or `Location<code>` as MongoDB names
+    /// codes raised at a single source location.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self.known_name() {
+            Some(name) => std::borrow::Cow::Borrowed(name),
+            None => std::borrow::Cow::Owned(format!("Location{}", self.0)),
+        }
+    }
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -165,7 +184,7 @@ impl CommandError {
             "ok": 0.0,
             "errmsg": self.errmsg.clone(),
             "code": self.code.0,
-            "codeName": self.code.name(),
+            "codeName": self.code.name().into_owned(),
         };
         if !self.labels.is_empty() {
             reply.insert("errorLabels", self.labels.clone());
@@ -260,8 +279,14 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for code in ErrorCode::ALL {
             assert!(seen.insert(code.0), "duplicate code {}", code.0);
-            assert_ne!(code.name(), "Location", "code {} has no name", code.0);
+            assert!(code.known_name().is_some(), "code {} has no name", code.0);
         }
+    }
+
+    #[test]
+    fn unnamed_codes_are_named_by_location() {
+        assert_eq!(ErrorCode(40414).name(), "Location40414");
+        assert_eq!(ErrorCode::DUPLICATE_KEY.name(), "DuplicateKey");
     }
 
     #[test]

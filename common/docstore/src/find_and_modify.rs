@@ -12,6 +12,7 @@ use crate::{
     engine::Engine,
     keys::CollectionEntry,
     matching::{collect_matching, find_matching},
+    shard_key::ShardKeyGuard,
     txn::Txn,
     write::{apply_update, stage_upsert},
 };
@@ -24,6 +25,7 @@ struct Request<'a> {
     action: Action<'a>,
     return_new: bool,
     upsert: bool,
+    guard: Option<ShardKeyGuard>,
 }
 
 enum Action<'a> {
@@ -81,6 +83,7 @@ fn parse_request<'a>(command: &'a Document, name: &'a str) -> Result<Request<'a>
         action,
         return_new,
         upsert,
+        guard: ShardKeyGuard::parse(&fields)?,
     })
 }
 
@@ -138,7 +141,7 @@ impl Engine {
                 (doc! {"n": 1}, Some(old))
             }
             (Some(entry), Some((key, old)), Some(update)) => {
-                let new = match apply_update(&update, &old)? {
+                let new = match apply_update(&update, &old, request.guard.as_ref())? {
                     Some(prepared) => {
                         txn.put_doc(entry.id, key, prepared.bytes)?;
                         prepared.document
@@ -149,7 +152,13 @@ impl Engine {
                 (doc! {"n": 1, "updatedExisting": true}, Some(value))
             }
             (_, None, Some(update)) if request.upsert => {
-                let (id, stored) = stage_upsert(&mut txn, &ns, &update, &request.query)?;
+                let (id, stored) = stage_upsert(
+                    &mut txn,
+                    &ns,
+                    &update,
+                    &request.query,
+                    request.guard.as_ref(),
+                )?;
                 let value = request.return_new.then_some(stored);
                 (
                     doc! {"n": 1, "updatedExisting": false, "upserted": id},

@@ -26,6 +26,7 @@ mod matching;
 mod read;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod shard_key;
 mod txn;
 mod write;
 

@@ -16,6 +16,7 @@ use crate::{
     error::StoreError,
     keys::{CollectionEntry, doc_key, encode_document},
     matching::find_matching,
+    shard_key::ShardKeyGuard,
     txn::{Reader, Txn},
 };
 
@@ -108,7 +109,7 @@ fn write_error(index: usize, err: &CommandError) -> Document {
     let mut entry = doc! {
         "index": count_i32(index as u64),
         "code": err.code.0,
-        "codeName": err.code.name(),
+        "codeName": err.code.name().into_owned(),
         "errmsg": err.errmsg.clone(),
     };
     for (key, value) in &err.extra {
@@ -262,9 +263,11 @@ struct UpdateOutcome {
 }
 
 /// Applies `update` to `old`; `None` when nothing changed, else the new encoded document.
+/// With a `guard`, a change of the shard key fails the update.
 pub(crate) fn apply_update(
     update: &Update,
     old: &Document,
+    guard: Option<&ShardKeyGuard>,
 ) -> Result<Option<Prepared>, CommandError> {
     let new = update.apply(old, false)?;
     let old_id = old.get("_id").cloned().unwrap_or(Bson::Null);
@@ -286,19 +289,27 @@ pub(crate) fn apply_update(
     if prepared.document == *old {
         return Ok(None);
     }
+    if let Some(guard) = guard {
+        guard.check_update(old, &prepared.document)?;
+    }
     Ok(Some(prepared))
 }
 
-/// Builds, checks and stages the document an upsert inserts.
+/// Builds, checks (with the shard-key `guard` too, when there is one) and stages the document
+/// an upsert inserts.
 pub(crate) fn stage_upsert(
     txn: &mut Txn<'_>,
     ns: &str,
     update: &Update,
     query: &Document,
+    guard: Option<&ShardKeyGuard>,
 ) -> Result<(Bson, Document), StmtError> {
     let document = update.upsert_document(query)?;
     check_top_level_names(&document)?;
     let prepared = prepare(&document)?;
+    if let Some(guard) = guard {
+        guard.check_upsert(&prepared.document)?;
+    }
     let id = prepared.id.clone();
     let stored = prepared.document.clone();
     stage_new(txn, ns, prepared)?;
@@ -351,11 +362,12 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         check_batch_len(statements.len())?;
         let ordered = fields.flag("ordered", true)?;
+        let guard = ShardKeyGuard::parse(&fields)?;
         let mut result = BatchResult::default();
         let _writer = self.lock_writer();
         let mut txn = Txn::new(self.kv.as_ref());
         for (index, statement) in statements.iter().enumerate() {
-            match stage_update(&mut txn, &ns, statement) {
+            match stage_update(&mut txn, &ns, statement, guard.as_ref()) {
                 Ok(outcome) => {
                     result.n += outcome.matched;
                     result.modified += outcome.modified;
@@ -411,6 +423,7 @@ fn stage_update(
     txn: &mut Txn<'_>,
     ns: &str,
     statement: &UpdateStatement<'_>,
+    guard: Option<&ShardKeyGuard>,
 ) -> Result<UpdateOutcome, StmtError> {
     let update = Update::parse(statement.u, statement.array_filters)?;
     if statement.multi && update.is_replacement() {
@@ -433,7 +446,7 @@ fn stage_update(
                 upserted: None,
             });
         }
-        let (id, _) = stage_upsert(txn, ns, &update, statement.q)?;
+        let (id, _) = stage_upsert(txn, ns, &update, statement.q, guard)?;
         return Ok(UpdateOutcome {
             matched: 1,
             modified: 0,
@@ -444,7 +457,7 @@ fn stage_update(
     // leaves no partial effect.
     let mut changed = Vec::new();
     for (key, old) in &matches {
-        if let Some(prepared) = apply_update(&update, old)? {
+        if let Some(prepared) = apply_update(&update, old, guard)? {
             changed.push((key.clone(), prepared.bytes));
         }
     }

@@ -12,7 +12,7 @@ use shoal_common::{CommandError, ErrorCode};
 use shoal_query::Filter;
 
 use super::{Placement, Router, command_namespace, document_field, int_field, shard_command};
-use crate::cursors::{Cursor, cursor_reply};
+use crate::cursors::Cursor;
 
 impl Router {
     /// The addresses of every shard and of the config server.
@@ -122,22 +122,7 @@ impl Router {
             .and_then(|cursor| super::count_field(cursor, "batchSize").ok().flatten())
             .unwrap_or(u64::MAX);
         let cursor = Cursor::Buffered(by_name.into_values().collect());
-        self.first_cursor_batch(&ns, cursor, batch_docs).await
-    }
-
-    async fn first_cursor_batch(
-        &self,
-        ns: &str,
-        mut cursor: Cursor,
-        batch_docs: u64,
-    ) -> Result<Document, CommandError> {
-        let batch_docs = usize::try_from(batch_docs).unwrap_or(usize::MAX);
-        let (batch, exhausted) = cursor.next_batch(&self.cluster, batch_docs).await?;
-        if exhausted {
-            return Ok(cursor_reply(0, ns, batch, true));
-        }
-        let id = self.cursors.register(ns, cursor)?;
-        Ok(cursor_reply(id, ns, batch, true))
+        self.first_batch(&ns, cursor, batch_docs, false).await
     }
 
     pub(super) async fn list_indexes(
@@ -148,12 +133,14 @@ impl Router {
         let ns = command_namespace(db, command, "listIndexes")?;
         let (placement, routing) = self.placement(&ns).await?;
         let host = match &placement {
-            Placement::Sharded(collection) => {
-                let shards = collection.map.shards();
-                let first = shards
-                    .first()
-                    .ok_or_else(|| CommandError::internal("sharded collection without chunks"))?;
-                routing.shard_host(first)?.to_owned()
+            // The primary shard holds every collection of its database, sharded or not, from
+            // `shardCollection` on, whatever chunks it owns.
+            Placement::Sharded(_) => {
+                let primary = routing.databases.get(&ns.db).map(|db| db.primary.clone());
+                let primary = primary.ok_or_else(|| {
+                    CommandError::internal(format!("sharded {ns} in a database without a primary"))
+                })?;
+                routing.shard_host(&primary)?.to_owned()
             }
             other => match self.unsharded_host(other, &routing)? {
                 Some(host) => host,
@@ -202,12 +189,11 @@ impl Router {
         let (placement, routing) = self.placement(&ns).await?;
         let request = shard_command(command);
         match &placement {
-            Placement::Sharded(collection) => {
+            Placement::Sharded(_) => {
                 let mut hosts = Vec::new();
                 for shard in routing.shard_ids() {
                     hosts.push(routing.shard_host(&shard)?.to_owned());
                 }
-                let _ = collection;
                 let calls = hosts
                     .iter()
                     .map(|host| self.cluster.call(host, db, request.clone()));

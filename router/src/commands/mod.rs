@@ -100,6 +100,7 @@ impl Router {
             .ok_or_else(|| CommandError::bad_value("empty command document"))?;
         self.counters.command.fetch_add(1, Ordering::Relaxed);
         shoal_common::ids::validate_db_name(db)?;
+        refuse_transactions(&command)?;
         match name.as_str() {
             "hello" | "isMaster" | "ismaster" => Ok(self.hello(&name, &command, ctx.conn_id)),
             "ping" | "buildInfo" | "buildinfo" | "serverStatus" | "getParameter" | "getLog"
@@ -143,17 +144,22 @@ impl Router {
         Ok((placement_in(&routing, ns), routing))
     }
 
+    /// The placement of a write that must not create the database (an update or delete without
+    /// upsert matches nothing in a database that does not exist).
+    async fn placement_for_read_of_write(
+        &self,
+        ns: &Namespace,
+    ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+        refuse_internal_write(ns)?;
+        self.placement(ns).await
+    }
+
     /// Like [`Router::placement`], creating the database first when a write needs it.
     async fn placement_for_write(
         &self,
         ns: &Namespace,
     ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
-        if ns.db == "config" || ns.db == "admin" || ns.db == "local" {
-            return Err(CommandError::new(
-                ErrorCode::INVALID_NAMESPACE,
-                format!("cannot write to '{ns}' through the router"),
-            ));
-        }
+        refuse_internal_write(ns)?;
         let (placement, routing) = self.placement(ns).await?;
         if !matches!(placement, Placement::Missing) {
             return Ok((placement, routing));
@@ -182,6 +188,32 @@ impl Router {
         self.cluster.refresh().await?;
         Ok(bson::doc! {"flushed": true, "ok": 1.0})
     }
+}
+
+/// Client writes go to user databases only; `config`, `admin` and `local` are the cluster's, and
+/// `system.*` collections are the server's.
+fn refuse_internal_write(ns: &Namespace) -> Result<(), CommandError> {
+    if matches!(ns.db.as_str(), "config" | "admin" | "local") || ns.coll.starts_with("system.") {
+        return Err(CommandError::new(
+            ErrorCode::INVALID_NAMESPACE,
+            format!("cannot write to '{ns}' through the router"),
+        ));
+    }
+    Ok(())
+}
+
+/// Multi-document transactions are not available yet: a statement that starts or continues one
+/// is refused rather than run outside it (which would keep writes the client later aborts).
+fn refuse_transactions(command: &Document) -> Result<(), CommandError> {
+    let starts = matches!(command.get("startTransaction"), Some(Bson::Boolean(true)));
+    let inside = matches!(command.get("autocommit"), Some(Bson::Boolean(false)));
+    if starts || inside {
+        return Err(CommandError::new(
+            ErrorCode::ILLEGAL_OPERATION,
+            "multi-document transactions are not supported by Shoal yet",
+        ));
+    }
+    Ok(())
 }
 
 fn placement_in(routing: &RoutingCache, ns: &Namespace) -> Placement {
@@ -235,12 +267,8 @@ fn document_field<'a>(
 
 /// A non-negative integer optional field.
 fn count_field(command: &Document, field: &str) -> Result<Option<u64>, CommandError> {
-    let value = match command.get(field) {
-        None | Some(Bson::Null) => return Ok(None),
-        Some(Bson::Int32(v)) => i64::from(*v),
-        Some(Bson::Int64(v)) => *v,
-        Some(Bson::Double(v)) if v.fract() == 0.0 => *v as i64,
-        Some(other) => return Err(CommandError::type_mismatch(field, "long", other)),
+    let Some(value) = integer_field(command, field)? else {
+        return Ok(None);
     };
     if value < 0 {
         return Err(CommandError::bad_value(format!(
@@ -248,6 +276,17 @@ fn count_field(command: &Document, field: &str) -> Result<Option<u64>, CommandEr
         )));
     }
     Ok(Some(value as u64))
+}
+
+/// An optional whole-number field of any numeric BSON type.
+fn integer_field(command: &Document, field: &str) -> Result<Option<i64>, CommandError> {
+    match command.get(field) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Int32(v)) => Ok(Some(i64::from(*v))),
+        Some(Bson::Int64(v)) => Ok(Some(*v)),
+        Some(Bson::Double(v)) if v.fract() == 0.0 => Ok(Some(*v as i64)),
+        Some(other) => Err(CommandError::type_mismatch(field, "long", other)),
+    }
 }
 
 /// An integer field of a reply, whatever its numeric BSON type; 0 when absent.

@@ -3,7 +3,7 @@
 //! that reaches several gets shard requests without `skip` (and with `limit` raised by it), and
 //! the router merges, skips, limits and, when a sort needs the sort keys, projects.
 
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, atomic::Ordering};
 
 use bson::{Bson, Document, doc};
 use futures::future::join_all;
@@ -11,7 +11,8 @@ use shoal_common::{CommandError, ErrorCode, bsonorder, chunks::Targeting};
 use shoal_query::{Pipeline, Projection, SortSpec};
 
 use super::{
-    Placement, Router, command_namespace, count_field, document_field, int_field, shard_command,
+    Placement, Router, command_namespace, count_field, document_field, int_field, integer_field,
+    shard_command,
 };
 use crate::{
     cursors::{Cursor, MergePlan, SHARD_GETMORE_DOCS, ShardStream, cursor_reply, drain},
@@ -54,11 +55,28 @@ impl Router {
             let reply = self.cluster.call(host, db, request.clone()).await?;
             ShardStream::from_reply(host, db, &reply)
         });
-        join_all(calls).await.into_iter().collect()
+        let mut streams = Vec::with_capacity(targets.len());
+        let mut first_error = None;
+        for result in join_all(calls).await {
+            match result {
+                Ok(stream) => streams.push(stream),
+                Err(error) => first_error = first_error.or(Some(error)),
+            }
+        }
+        let Some(error) = first_error else {
+            return Ok(streams);
+        };
+        // The cursors other shards opened would otherwise live until their idle timeout.
+        let mut opened = Cursor::Merge {
+            streams,
+            plan: MergePlan::default(),
+        };
+        opened.kill(&self.cluster).await;
+        Err(error)
     }
 
     /// Produces the first batch of `cursor` and registers it if it has more.
-    async fn first_batch(
+    pub(super) async fn first_batch(
         &self,
         ns: &str,
         mut cursor: Cursor,
@@ -74,7 +92,12 @@ impl Router {
             cursor.kill(&self.cluster).await;
             return Ok(cursor_reply(0, ns, batch, true));
         }
-        let id = self.cursors.register(ns, cursor)?;
+        let (id, evicted) = self.cursors.register(ns, cursor)?;
+        for idle in evicted {
+            let cluster = Arc::clone(&self.cluster);
+            // Closing an idle cursor's shard cursors must not delay this client's reply.
+            tokio::spawn(async move { idle.lock().await.kill(&cluster).await });
+        }
         Ok(cursor_reply(id, ns, batch, true))
     }
 
@@ -215,7 +238,10 @@ impl Router {
             .cloned()
             .unwrap_or_default();
         let skip = count_field(command, "skip")?.unwrap_or(0);
-        let limit = count_field(command, "limit")?.filter(|l| *l > 0);
+        // `count` reads a negative limit as its absolute value.
+        let limit = integer_field(command, "limit")?
+            .map(i64::unsigned_abs)
+            .filter(|l| *l > 0);
         let (placement, routing) = self.placement(&ns).await?;
         let targets = self.read_targets(&placement, &routing, &filter)?;
         if targets.len() == 1 {

@@ -47,6 +47,7 @@ impl Router {
             }
         };
         let ordered = ordered_flag(command)?;
+        check_batch_size(documents.len())?;
         self.counters
             .insert
             .fetch_add(documents.len() as u64, Ordering::Relaxed);
@@ -204,12 +205,28 @@ impl Router {
             }
         };
         let ordered = ordered_flag(command)?;
+        check_batch_size(statements.len())?;
+        let mut any_upsert = false;
+        for statement in statements.iter().filter_map(Bson::as_document) {
+            // A malformed `limit` or `multi` fails the whole command, as in MongoDB.
+            kind.touches_all(statement)?;
+            any_upsert |= matches!(statement.get("upsert"), Some(Bson::Boolean(true)));
+        }
         let counter = match kind {
             StatementKind::Update => &self.counters.update,
             StatementKind::Delete => &self.counters.delete,
         };
         counter.fetch_add(statements.len() as u64, Ordering::Relaxed);
-        let (placement, routing) = self.placement_for_write(&ns).await?;
+        // Only an upsert may create the database; matching nothing must not.
+        let (placement, routing) = if any_upsert {
+            self.placement_for_write(&ns).await?
+        } else {
+            self.placement_for_read_of_write(&ns).await?
+        };
+        if matches!(placement, Placement::Missing) {
+            let n_modified = matches!(kind, StatementKind::Update).then_some(0);
+            return Ok(write_reply(0, n_modified, Vec::new(), Vec::new()));
+        }
         let (mut n, mut n_modified) = (0, 0);
         let mut upserted = Vec::new();
         let mut errors = Vec::new();
@@ -267,35 +284,13 @@ impl Router {
         };
         let all_documents = kind.touches_all(statement)?;
         let upsert = matches!(statement.get("upsert"), Some(Bson::Boolean(true)));
-        let (shards, exact) = match placement {
-            Placement::Unsharded(shard) => (vec![shard.clone()], true),
-            Placement::Sharded(collection) => {
-                let keys = collection.map.equality_keys(&filter);
-                let exact = matches!(&keys, Some(keys) if keys.len() == 1);
-                let shoal_common::chunks::Targeting::Shards(shards) =
-                    collection.map.target_filter(&filter);
-                (shards, exact)
-            }
-            Placement::Config | Placement::Missing => {
-                return Err(CommandError::internal(
-                    "write statement without a placement",
-                ));
-            }
-        };
-        if upsert && !exact {
-            return Err(CommandError::new(
-                ErrorCode::SHARD_KEY_NOT_FOUND,
-                format!(
-                    "Failed to target upsert by query :: could not extract exact shard key from {filter}"
-                ),
-            ));
-        }
-        if let (StatementKind::Update, Placement::Sharded(collection)) = (kind, placement) {
-            check_shard_key_unchanged(&collection.map, &filter, statement)?;
-        }
+        let (shards, key_fields) = write_targets(placement, &filter, upsert)?;
         let mut request = shard_command(command);
         request.insert(kind.array_field(), vec![Bson::Document(statement.clone())]);
         request.insert("ordered", true);
+        if let StatementKind::Update = kind {
+            request.extend(key_fields);
+        }
         if all_documents || shards.len() == 1 {
             let sends = shards
                 .iter()
@@ -358,49 +353,189 @@ impl Router {
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, name)?;
         self.counters.update.fetch_add(1, Ordering::Relaxed);
-        let (placement, routing) = self.placement_for_write(&ns).await?;
-        let request = shard_command(command);
-        let collection = match &placement {
-            Placement::Sharded(collection) => collection,
+        let upsert = matches!(command.get("upsert"), Some(Bson::Boolean(true)));
+        let (placement, routing) = if upsert {
+            self.placement_for_write(&ns).await?
+        } else {
+            self.placement_for_read_of_write(&ns).await?
+        };
+        let mut request = shard_command(command);
+        match &placement {
+            Placement::Sharded(_) => {}
+            Placement::Missing => return Ok(find_and_modify_no_match()),
             other => {
                 let host = self
                     .unsharded_host(other, &routing)?
                     .ok_or_else(|| CommandError::internal("no host"))?;
                 return self.cluster.call(&host, &ns.db, request).await;
             }
-        };
+        }
         let filter = match command.get("query") {
             Some(Bson::Document(filter)) => filter.clone(),
             None | Some(Bson::Null) => Document::new(),
             Some(other) => return Err(CommandError::type_mismatch("query", "object", other)),
         };
-        let shoal_common::chunks::Targeting::Shards(shards) = collection.map.target_filter(&filter);
-        let upsert = matches!(command.get("upsert"), Some(Bson::Boolean(true)));
-        if upsert && shards.len() != 1 {
-            return Err(CommandError::new(
-                ErrorCode::SHARD_KEY_NOT_FOUND,
-                format!(
-                    "Query for sharded findAndModify with upsert must contain the shard key: {filter}"
-                ),
-            ));
-        }
+        let (shards, key_fields) = write_targets(&placement, &filter, upsert)?;
+        request.extend(key_fields);
+        let sort = match command.get("sort") {
+            Some(Bson::Document(sort)) if !sort.is_empty() && shards.len() > 1 => {
+                Some(sort.clone())
+            }
+            _ => None,
+        };
+        let Some(sort) = sort else {
+            return self
+                .find_and_modify_first_match(&ns, &shards, request, &routing)
+                .await;
+        };
+        self.find_and_modify_sorted(&ns, &shards, &filter, &sort, request, &routing)
+            .await
+    }
+
+    /// Without a sort, any matching document will do: the first shard with one takes it.
+    async fn find_and_modify_first_match(
+        &self,
+        ns: &Namespace,
+        shards: &[ShardId],
+        request: Document,
+        routing: &RoutingCache,
+    ) -> Result<Document, CommandError> {
         let mut last_reply = None;
-        for shard in &shards {
-            let reply = self
-                .cluster
-                .call_ok(routing.shard_host(shard)?, &ns.db, request.clone())
-                .await?;
-            let matched = reply
-                .get_document("lastErrorObject")
-                .map(|leo| int_field(leo, "n") > 0)
-                .unwrap_or(false);
-            if matched {
+        for shard in shards {
+            let host = routing.shard_host(shard)?;
+            let reply = self.cluster.call_ok(host, &ns.db, request.clone()).await?;
+            if find_and_modify_matched(&reply) {
                 return Ok(reply);
             }
             last_reply = Some(reply);
         }
-        Ok(last_reply.unwrap_or_else(|| doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null, "ok": 1.0}))
+        Ok(last_reply.unwrap_or_else(find_and_modify_no_match))
     }
+
+    /// With a sort across shards, the document to modify is the first in sort order over all
+    /// shards: find each shard's first, pick the winner, then modify it by `_id` on its shard.
+    /// If it changed in between, start again (bounded).
+    async fn find_and_modify_sorted(
+        &self,
+        ns: &Namespace,
+        shards: &[ShardId],
+        filter: &Document,
+        sort: &Document,
+        request: Document,
+        routing: &RoutingCache,
+    ) -> Result<Document, CommandError> {
+        let sort_spec = shoal_query::SortSpec::parse(sort).map_err(CommandError::from)?;
+        for _ in 0..FIND_AND_MODIFY_ATTEMPTS_MAX {
+            let probe = doc! {"find": ns.coll.clone(), "filter": filter.clone(), "sort": sort.clone(), "limit": 1, "singleBatch": true};
+            let probes = shards.iter().map(|shard| async {
+                let host = routing.shard_host(shard)?;
+                let reply = self.cluster.call_ok(host, &ns.db, probe.clone()).await?;
+                let (_, _, mut batch) = crate::cursors::parse_cursor(&reply, "firstBatch")?;
+                Ok::<_, CommandError>(batch.pop_front().map(|doc| (shard.clone(), doc)))
+            });
+            let mut winner: Option<(ShardId, Document)> = None;
+            for candidate in join_all(probes).await {
+                let Some((shard, doc)) = candidate? else {
+                    continue;
+                };
+                let better = match &winner {
+                    Some((_, best)) => sort_spec.compare(&doc, best).is_lt(),
+                    None => true,
+                };
+                if better {
+                    winner = Some((shard, doc));
+                }
+            }
+            let Some((shard, doc)) = winner else {
+                return Ok(find_and_modify_no_match());
+            };
+            let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+            let mut pinned = request.clone();
+            pinned.insert("query", doc! {"$and": [filter.clone(), {"_id": id}]});
+            let reply = self
+                .cluster
+                .call_ok(routing.shard_host(&shard)?, &ns.db, pinned)
+                .await?;
+            if find_and_modify_matched(&reply) {
+                return Ok(reply);
+            }
+        }
+        Err(CommandError::new(
+            ErrorCode(112),
+            "findAndModify kept racing with concurrent writes to the documents it selected",
+        ))
+    }
+}
+
+/// How often a sorted findAndModify across shards re-selects its document after a race.
+const FIND_AND_MODIFY_ATTEMPTS_MAX: usize = 5;
+
+fn find_and_modify_matched(reply: &Document) -> bool {
+    reply
+        .get_document("lastErrorObject")
+        .map(|leo| int_field(leo, "n") > 0)
+        .unwrap_or(false)
+}
+
+fn find_and_modify_no_match() -> Document {
+    doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null, "ok": 1.0}
+}
+
+/// The shards a write with `filter` reaches, and the fields that let the shard enforce the
+/// shard key: `shardKeyPattern` (the shard refuses an update that changes a document's key) and,
+/// for an upsert, `upsertShardKey` (the key the router routed the new document by). An upsert
+/// into a sharded collection must pin the whole shard key, as in MongoDB.
+fn write_targets(
+    placement: &Placement,
+    filter: &Document,
+    upsert: bool,
+) -> Result<(Vec<ShardId>, Document), CommandError> {
+    match placement {
+        Placement::Unsharded(shard) => Ok((vec![shard.clone()], Document::new())),
+        Placement::Sharded(collection) => {
+            let keys = collection
+                .map
+                .equality_keys(filter)
+                .filter(|keys| keys.len() == 1);
+            let mut key_fields = doc! {"shardKeyPattern": collection.map.key.to_document()};
+            match (upsert, keys) {
+                (true, Some(mut keys)) => {
+                    let key = keys.remove(0);
+                    let shard = collection.map.chunk_for_key(&key).shard.clone();
+                    key_fields.insert("upsertShardKey", key);
+                    Ok((vec![shard], key_fields))
+                }
+                (true, None) => Err(CommandError::new(
+                    ErrorCode::SHARD_KEY_NOT_FOUND,
+                    format!(
+                        "Failed to target upsert by query :: could not extract exact shard key from {filter}"
+                    ),
+                )),
+                (false, _) => {
+                    let shoal_common::chunks::Targeting::Shards(shards) =
+                        collection.map.target_filter(filter);
+                    Ok((shards, key_fields))
+                }
+            }
+        }
+        Placement::Config | Placement::Missing => Err(CommandError::internal(
+            "write statement without a placement",
+        )),
+    }
+}
+
+/// Write batches hold 1 to 100,000 statements, as in MongoDB.
+fn check_batch_size(len: usize) -> Result<(), CommandError> {
+    const WRITE_BATCH_STATEMENTS_MAX: usize = 100_000;
+    if len == 0 || len > WRITE_BATCH_STATEMENTS_MAX {
+        return Err(CommandError::new(
+            ErrorCode::INVALID_LENGTH,
+            format!(
+                "Write batch sizes must be between 1 and {WRITE_BATCH_STATEMENTS_MAX}. Got {len} operations."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Update or delete: the two statement-batch commands differ only in their field names and in
@@ -438,91 +573,13 @@ impl StatementKind {
                 Some(Bson::Double(v)) if *v == 0.0 => Ok(true),
                 Some(Bson::Int32(1)) | Some(Bson::Int64(1)) => Ok(false),
                 Some(Bson::Double(v)) if *v == 1.0 => Ok(false),
-                Some(other) => Err(CommandError::bad_value(format!(
+                Some(other) => Err(CommandError::failed_to_parse(format!(
                     "The limit field in delete objects must be 0 or 1. Got {other}"
                 ))),
                 None => Err(CommandError::bad_value("delete statement without 'limit'")),
             },
         }
     }
-}
-
-/// Refuses an update that could move a document to another chunk: documents only change
-/// shards through migrations, so an update may not change the shard key. A replacement must
-/// keep the key the filter pins; an operator update may not touch a shard-key field.
-fn check_shard_key_unchanged(
-    map: &shoal_common::chunks::ChunkMap,
-    filter: &Document,
-    statement: &Document,
-) -> Result<(), CommandError> {
-    let refuse = |field: &str| {
-        CommandError::new(
-            ErrorCode::IMMUTABLE_FIELD,
-            format!(
-                "Performing an update on the path '{field}' would modify the shard key {}; \
-                 changing a document's shard key is not supported yet",
-                map.key.to_document()
-            ),
-        )
-    };
-    let update = match statement.get("u") {
-        Some(Bson::Document(update)) => update,
-        // Pipeline updates may compute any field: refuse them only if they name a key field.
-        Some(Bson::Array(stages)) => {
-            let text = format!("{stages:?}");
-            return match map
-                .key
-                .fields
-                .iter()
-                .find(|(name, _)| text.contains(name.as_str()))
-            {
-                Some((name, _)) => Err(refuse(name)),
-                None => Ok(()),
-            };
-        }
-        _ => return Ok(()),
-    };
-    let is_replacement = update
-        .keys()
-        .next()
-        .is_some_and(|key| !key.starts_with('$'));
-    if is_replacement {
-        let pinned = map.equality_keys(filter).filter(|keys| keys.len() == 1);
-        let new_key = map.key.extract(update)?;
-        return match pinned {
-            Some(keys)
-                if shoal_common::bsonorder::compare_key_values(&keys[0], &new_key).is_eq() =>
-            {
-                Ok(())
-            }
-            _ => Err(refuse(&map.key.fields[0].0)),
-        };
-    }
-    for (operator, fields) in update {
-        let Bson::Document(fields) = fields else {
-            continue;
-        };
-        for path in fields.keys() {
-            let touches_key = map.key.fields.iter().any(|(key_field, _)| {
-                paths_overlap(path, key_field)
-                    || (operator == "$rename"
-                        && fields
-                            .get_str(path)
-                            .is_ok_and(|to| paths_overlap(to, key_field)))
-            });
-            if touches_key && operator != "$setOnInsert" {
-                return Err(refuse(path));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether two dotted paths name the same field or one contains the other.
-fn paths_overlap(a: &str, b: &str) -> bool {
-    let prefix_of =
-        |short: &str, long: &str| long == short || long.starts_with(&format!("{short}."));
-    prefix_of(a, b) || prefix_of(b, a)
 }
 
 fn ordered_flag(command: &Document) -> Result<bool, CommandError> {
@@ -590,7 +647,7 @@ fn write_error(index: usize, error: &CommandError) -> Document {
     let mut entry = doc! {
         "index": index as i32,
         "code": error.code.0,
-        "codeName": error.code.name(),
+        "codeName": error.code.name().into_owned(),
         "errmsg": error.errmsg.clone(),
     };
     for (key, value) in &error.extra {
@@ -693,31 +750,6 @@ mod tests {
         let error = prepare_document(&Bson::Document(doc! {"a": big})).unwrap_err();
         assert_eq!(error.code, ErrorCode::BSON_OBJECT_TOO_LARGE);
         assert!(prepare_document(&Bson::Int32(1)).is_err());
-    }
-
-    #[test]
-    fn updates_may_not_change_the_shard_key() {
-        use shoal_common::chunks::{Chunk, ChunkMap, ShardKeyPattern};
-        let key = ShardKeyPattern::parse(&doc! {"k": 1}).unwrap();
-        let epoch = shoal_common::Epoch(ObjectId::new());
-        let chunk = Chunk {
-            min: key.global_min(),
-            max: key.global_max(),
-            shard: ShardId::new("a").unwrap(),
-            version: shoal_common::ChunkVersion::initial(epoch),
-        };
-        let map = ChunkMap::new(key, vec![chunk]).unwrap();
-        let check = |filter: Document, u: Document| {
-            check_shard_key_unchanged(&map, &filter, &doc! {"u": u})
-        };
-        assert!(check(doc! {"k": 1}, doc! {"$set": {"x": 1}}).is_ok());
-        assert!(check(doc! {"k": 1}, doc! {"$set": {"k": 2}}).is_err());
-        assert!(check(doc! {"k": 1}, doc! {"$inc": {"k.z": 2}}).is_err());
-        assert!(check(doc! {"k": 1}, doc! {"$rename": {"x": "k"}}).is_err());
-        assert!(check(doc! {"k": 1}, doc! {"$set": {"kk": 2}}).is_ok());
-        assert!(check(doc! {"k": 1}, doc! {"k": 1, "x": 2}).is_ok());
-        assert!(check(doc! {"k": 1}, doc! {"k": 3, "x": 2}).is_err());
-        assert!(check(doc! {"x": 1}, doc! {"k": 1, "x": 2}).is_err());
     }
 
     #[test]
