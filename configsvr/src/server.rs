@@ -355,6 +355,19 @@ impl ConfigServer {
             })?;
             return Ok((ShardId::new(primary)?, false));
         }
+        let databases = store::find_all(core, coll::DATABASES, doc! {}).await?;
+        let same_but_case = databases
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok())
+            .find(|name| name.eq_ignore_ascii_case(db));
+        if let Some(existing) = same_but_case {
+            return Err(CommandError::new(
+                ErrorCode::DATABASE_DIFFER_CASE,
+                format!(
+                    "db already exists with different case already have: [{existing}] trying to create [{db}]"
+                ),
+            ));
+        }
         let shard_docs = store::find_all(core, coll::SHARDS, doc! {}).await?;
         let shards: Vec<ShardId> = shard_docs
             .iter()
@@ -370,8 +383,7 @@ impl ConfigServer {
                 ));
             }
             None => {
-                let primaries: Vec<ShardId> = store::find_all(core, coll::DATABASES, doc! {})
-                    .await?
+                let primaries: Vec<ShardId> = databases
                     .iter()
                     .filter_map(|d| d.get_str("primary").ok())
                     .filter_map(|s| ShardId::new(s).ok())

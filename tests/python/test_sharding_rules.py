@@ -137,6 +137,13 @@ def test_writes_that_match_nothing_create_no_database(client):
     assert client.config.databases.find_one({"_id": "ghost"}) is None
 
 
+def test_database_names_differing_only_in_case_are_refused(client):
+    client.casedb.c.insert_one({"a": 1})
+    with pytest.raises(OperationFailure) as error:
+        client.CaseDB.c.insert_one({"a": 1})
+    assert error.value.code == 13297
+
+
 def test_error_codes(client):
     with pytest.raises(OperationFailure) as error:
         client.rules7.command({"insert": "c", "documents": []})

@@ -78,6 +78,7 @@ codes! {
     LOCATION16979 = 16979, "Location16979";
     OP_QUERY_UNSUPPORTED = 5739101, "Location5739101";
     INVALID_LENGTH = 16, "InvalidLength";
+    DATABASE_DIFFER_CASE = 13297, "DatabaseDifferCase";
     ALREADY_INITIALIZED = 23, "AlreadyInitialized";
     PATH_NOT_VIABLE = 28, "PathNotViable";
     CONFLICTING_UPDATE_OPERATORS = 40, "ConflictingUpdateOperators";
