@@ -33,7 +33,6 @@ const UPDATE_STAGES: &[&str] = &[
 
 /// Real MongoDB stages this crate does not run (they need other collections or the server).
 const UNSUPPORTED_STAGES: &[&str] = &[
-    "$lookup",
     "$graphLookup",
     "$unionWith",
     "$out",
@@ -75,6 +74,7 @@ enum Stage {
     ReplaceRoot(Expression),
     Facet(Vec<(String, Pipeline)>),
     Sample(usize),
+    Lookup(crate::lookup::Lookup),
 }
 
 #[derive(Clone, Debug)]
@@ -112,11 +112,43 @@ impl Pipeline {
 
     /// Runs the pipeline over `input`, in order.
     pub fn run(&self, input: Vec<Document>) -> Result<Vec<Document>> {
+        self.run_stages(input, None)
+    }
+
+    /// Runs the pipeline over `input`, reading other collections (for `$lookup`) from `source`.
+    pub fn run_with_source(
+        &self,
+        input: Vec<Document>,
+        source: &dyn crate::lookup::CollectionSource,
+    ) -> Result<Vec<Document>> {
+        self.run_stages(input, Some(source))
+    }
+
+    fn run_stages(
+        &self,
+        input: Vec<Document>,
+        source: Option<&dyn crate::lookup::CollectionSource>,
+    ) -> Result<Vec<Document>> {
         let mut docs = input;
         for stage in &self.stages {
-            docs = run_stage(stage, docs)?;
+            docs = run_stage(stage, docs, source)?;
         }
         Ok(docs)
+    }
+
+    /// The collections this pipeline's `$lookup` stages read.
+    pub fn foreign_collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .stages
+            .iter()
+            .filter_map(|stage| match stage {
+                Stage::Lookup(lookup) => Some(lookup.from().to_owned()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// For a sharded collection: (stages every shard runs, stages the router runs on the
@@ -184,6 +216,7 @@ fn parse_stage(name: &str, argument: &Bson, out: &mut Vec<Stage>) -> Result<()> 
         }
         "$facet" => Stage::Facet(parse_facet(argument)?),
         "$sample" => Stage::Sample(parse_sample(argument)?),
+        "$lookup" => Stage::Lookup(crate::lookup::Lookup::parse(argument)?),
         other if UNSUPPORTED_STAGES.contains(&other) => {
             return Err(QueryError::bad_value(format!(
                 "{other} is not supported by this server"
@@ -451,7 +484,11 @@ fn parse_sample(argument: &Bson) -> Result<usize> {
 // Running
 // ---------------------------------------------------------------------------------------------
 
-fn run_stage(stage: &Stage, docs: Vec<Document>) -> Result<Vec<Document>> {
+fn run_stage(
+    stage: &Stage,
+    docs: Vec<Document>,
+    source: Option<&dyn crate::lookup::CollectionSource>,
+) -> Result<Vec<Document>> {
     match stage {
         Stage::Match(filter) => {
             let mut kept = Vec::with_capacity(docs.len());
@@ -494,7 +531,7 @@ fn run_stage(stage: &Stage, docs: Vec<Document>) -> Result<Vec<Document>> {
         Stage::Facet(facets) => {
             let mut out = Document::new();
             for (name, pipeline) in facets {
-                let results = pipeline.run(docs.clone())?;
+                let results = pipeline.run_stages(docs.clone(), source)?;
                 out.insert(
                     name.clone(),
                     results.into_iter().map(Bson::Document).collect::<Vec<_>>(),
@@ -509,6 +546,7 @@ fn run_stage(stage: &Stage, docs: Vec<Document>) -> Result<Vec<Document>> {
             let (chosen, _) = docs.partial_shuffle(&mut rng, amount);
             Ok(chosen.to_vec())
         }
+        Stage::Lookup(lookup) => lookup.run(docs, source),
     }
 }
 

@@ -339,7 +339,8 @@ fn stage_errors() {
         40600
     );
     assert_eq!(parse_code(bson!([{"$project": {}}])), 51272);
-    assert_eq!(parse_code(bson!([{"$lookup": {}}])), 2);
+    assert_eq!(parse_code(bson!([{"$lookup": {}}])), 9);
+    assert_eq!(parse_code(bson!([{"$graphLookup": {}}])), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
