@@ -4,6 +4,8 @@
 
 mod admin;
 mod catalog;
+mod explain;
+mod indexes;
 mod info;
 mod read;
 mod write;
@@ -128,6 +130,11 @@ impl Router {
                 self.admin_forward(db, &command).await
             }
             "flushRouterConfig" => self.flush_router_config().await,
+            "explain" => self.explain_command(db, &command).await,
+            "createIndexes" => self.create_indexes(db, &command).await,
+            "dropIndexes" | "deleteIndexes" => self.drop_indexes(db, &command).await,
+            "collMod" => self.coll_mod(db, &command).await,
+            "renameCollection" => self.rename_collection(db, &command).await,
             _ => Err(CommandError::new(
                 ErrorCode::COMMAND_NOT_FOUND,
                 format!("no such command: '{name}'"),

@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use bson::{Bson, Document, doc};
 use futures::future::join_all;
-use shoal_common::{CommandError, ErrorCode, bsonorder, chunks::Targeting};
+use shoal_common::{CommandError, ErrorCode, Namespace, bsonorder, chunks::Targeting};
 use shoal_query::{Pipeline, Projection, SortSpec};
 
 use super::{
@@ -18,6 +18,16 @@ use crate::{
     cursors::{Cursor, MergePlan, SHARD_GETMORE_DOCS, ShardStream, cursor_reply, drain},
     topology::RoutingCache,
 };
+
+/// The collections a pipeline's `$lookup` stages read, fetched by the router so it can run them
+/// in the merging half of a sharded pipeline.
+struct ForeignCollections(std::collections::HashMap<String, Vec<Document>>);
+
+impl shoal_query::CollectionSource for ForeignCollections {
+    fn collection_documents(&self, coll: &str) -> shoal_query::Result<Vec<Document>> {
+        Ok(self.0.get(coll).cloned().unwrap_or_default())
+    }
+}
 
 /// The first batch size when the client gives none, as in MongoDB.
 pub const FIRST_BATCH_DOCS_DEFAULT: u64 = 101;
@@ -338,9 +348,13 @@ impl Router {
                 ));
             }
         };
+        if matches!(command.get("explain"), Some(Bson::Boolean(true))) {
+            return self.explain_command(db, command).await;
+        }
         let (placement, routing) = self.placement(&ns).await?;
+        let foreign = self.lookup_sources(&ns, &pipeline, &routing).await?;
         let ns_string = ns.to_string();
-        let Placement::Sharded(collection) = &placement else {
+        let Placement::Sharded(_) = &placement else {
             let Some(host) = self.unsharded_host(&placement, &routing)? else {
                 return Ok(cursor_reply(0, &ns_string, Vec::new(), true));
             };
@@ -363,7 +377,6 @@ impl Router {
             .cloned();
         let targets =
             self.read_targets(&placement, &routing, &leading_match.unwrap_or_default())?;
-        let _ = collection;
         let mut request = shard_command(command);
         request.insert(
             "pipeline",
@@ -385,8 +398,9 @@ impl Router {
         }
         let gathered = drain(&mut streams, &self.cluster, AGGREGATE_MERGE_DOCS_MAX).await?;
         let merge_stages: Vec<Bson> = merge_stages.into_iter().map(Bson::Document).collect();
+        let source = ForeignCollections(foreign);
         let merged = Pipeline::parse(&merge_stages)
-            .and_then(|p| p.run(gathered))
+            .and_then(|p| p.run_with_source(gathered, &source))
             .map_err(CommandError::from)?;
         self.first_batch(
             &ns_string,
@@ -395,5 +409,46 @@ impl Router {
             false,
         )
         .await
+    }
+
+    /// Checks the collections `$lookup` reads (they must not be sharded: each shard would see
+    /// only its part) and, when `ns` is sharded so the join runs at the router, fetches them.
+    async fn lookup_sources(
+        &self,
+        ns: &Namespace,
+        pipeline: &[Bson],
+        routing: &RoutingCache,
+    ) -> Result<std::collections::HashMap<String, Vec<Document>>, CommandError> {
+        let mut fetched = std::collections::HashMap::new();
+        let local_sharded = routing.collection(ns).is_some();
+        for coll in shoal_query::lookup_collections(pipeline) {
+            let foreign = Namespace::new(&ns.db, &coll)?;
+            if routing.collection(&foreign).is_some() {
+                return Err(CommandError::new(
+                    ErrorCode(28769),
+                    format!("$lookup from a sharded collection ({foreign}) is not supported yet"),
+                ));
+            }
+            if local_sharded {
+                let docs = self.fetch_collection(&foreign, routing).await?;
+                fetched.insert(coll, docs);
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Every document of an unsharded collection, from its primary shard (bounded).
+    async fn fetch_collection(
+        &self,
+        ns: &Namespace,
+        routing: &RoutingCache,
+    ) -> Result<Vec<Document>, CommandError> {
+        let placement = super::placement_in(routing, ns);
+        let Some(host) = self.unsharded_host(&placement, routing)? else {
+            return Ok(Vec::new());
+        };
+        let request = doc! {"find": ns.coll.clone(), "batchSize": SHARD_GETMORE_DOCS};
+        let mut streams = self.open_streams(&ns.db, &[host], &request).await?;
+        drain(&mut streams, &self.cluster, AGGREGATE_MERGE_DOCS_MAX).await
     }
 }
