@@ -3,8 +3,12 @@
 //! collection sharded on `{k: 1}` (uniformly random k in 0..1,000,000, split at 500,000, upper
 //! chunk on the second shard). With `--up`: seconds from `shoal up` to its ready line over 3 runs.
 //!
-//! Usage: `shoal-bench [--uri URI] [--docs N] [--batch N] [--up]`. Without `--uri` it starts its
-//! own cluster (config server, 2 shards, router) from the binaries next to it.
+//! With `--index N`: N documents (issue 4 asks for 1,000,000) in a sharded collection, lookups by
+//! a secondary field timed without and then with an index on it, and `explain` for both.
+//!
+//! Usage: `shoal-bench [--uri URI] [--docs N] [--batch N] [--up] [--index N] [--no-insert]`.
+//! Without `--uri` it starts its own cluster (config server, 2 shards, router) from the binaries
+//! next to it.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,8 @@ struct Options {
     docs: usize,
     batch: usize,
     up: bool,
+    index_docs: Option<usize>,
+    insert: bool,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -35,6 +41,8 @@ fn parse_options() -> anyhow::Result<Options> {
         docs: DOCS_DEFAULT,
         batch: BATCH_DEFAULT,
         up: false,
+        index_docs: None,
+        insert: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,8 +55,12 @@ fn parse_options() -> anyhow::Result<Options> {
             "--docs" => options.docs = value("--docs")?.parse()?,
             "--batch" => options.batch = value("--batch")?.parse()?,
             "--up" => options.up = true,
+            "--index" => options.index_docs = Some(value("--index")?.parse()?),
+            "--no-insert" => options.insert = false,
             "--help" | "-h" => {
-                println!("usage: shoal-bench [--uri URI] [--docs N] [--batch N] [--up]");
+                println!(
+                    "usage: shoal-bench [--uri URI] [--docs N] [--batch N] [--up] [--index N] [--no-insert]"
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other} (try --help)"),
@@ -65,14 +77,14 @@ async fn main() -> anyhow::Result<()> {
     match &options.uri {
         Some(uri) => {
             let client = Client::with_uri_str(uri).await?;
-            summary.push(insert_benchmark(&client, &options).await?);
+            summary.extend(cluster_benchmarks(&client, &options).await?);
         }
         None => {
             let cluster = TestCluster::start(2).await?;
             let client = cluster.router_client().await?;
-            let line = insert_benchmark(&client, &options).await;
+            let lines = cluster_benchmarks(&client, &options).await;
             drop(client);
-            summary.push(line?);
+            summary.extend(lines?);
             cluster.finish();
         }
     }
@@ -84,6 +96,132 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+async fn cluster_benchmarks(client: &Client, options: &Options) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if options.insert {
+        lines.push(insert_benchmark(client, options).await?);
+    }
+    if let Some(docs) = options.index_docs {
+        lines.extend(index_benchmark(client, docs, options.batch).await?);
+    }
+    Ok(lines)
+}
+
+/// Lookups timed per access path: enough repetitions for the indexed path to be measurable.
+const LOOKUPS_WITHOUT_INDEX: usize = 10;
+const LOOKUPS_WITH_INDEX: usize = 1_000;
+
+/// Loads `docs` documents with a unique secondary field `f` into a sharded collection, then
+/// times `find_one({f})` without and with an index on `f`, and keeps both explains.
+async fn index_benchmark(
+    client: &Client,
+    docs: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<String>> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let db = format!("ixbench{stamp}");
+    shard_and_split(client, &db, "lookup", "k", Bson::Int64(KEY_SPACE / 2)).await?;
+    let coll: Collection<Document> = client.database(&db).collection("lookup");
+    let mut rng = rand::rng();
+    let load_started = Instant::now();
+    for first in (0..docs).step_by(batch) {
+        let size = batch.min(docs - first);
+        let batch: Vec<Document> = (first..first + size)
+            .map(|seq| doc! {"k": rng.random_range(0..KEY_SPACE), "f": format!("user-{seq}"), "v": (seq % 100) as i32})
+            .collect();
+        coll.insert_many(batch).ordered(false).await?;
+    }
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let probe = |rng: &mut rand::rngs::ThreadRng| format!("user-{}", rng.random_range(0..docs));
+    let without = time_lookups(&coll, LOOKUPS_WITHOUT_INDEX, || probe(&mut rand::rng())).await?;
+    let explain_without = explain_lookup(client, &db, &probe(&mut rng)).await?;
+    let build_started = Instant::now();
+    coll.create_index(mongodb::IndexModel::builder().keys(doc! {"f": 1}).build())
+        .await?;
+    let build_seconds = build_started.elapsed().as_secs_f64();
+    let with = time_lookups(&coll, LOOKUPS_WITH_INDEX, || probe(&mut rand::rng())).await?;
+    let explain_with = explain_lookup(client, &db, &probe(&mut rng)).await?;
+    let ratio = without.as_secs_f64() / with.as_secs_f64().max(f64::MIN_POSITIVE);
+    Ok(vec![
+        format!(
+            "index: loaded {docs} documents in {load_seconds:.1} s; index on f built in {build_seconds:.1} s"
+        ),
+        format!(
+            "index: find_one({{f}}) without index {:.1} ms, with index {:.3} ms: {ratio:.0}x faster",
+            without.as_secs_f64() * 1e3,
+            with.as_secs_f64() * 1e3
+        ),
+        format!("explain without index: {explain_without}"),
+        format!("explain with index: {explain_with}"),
+    ])
+}
+
+/// The mean time of `count` lookups of random existing values; each must find its document.
+async fn time_lookups(
+    coll: &Collection<Document>,
+    count: usize,
+    mut probe: impl FnMut() -> String,
+) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for _ in 0..count {
+        let value = probe();
+        let started = Instant::now();
+        let found = coll.find_one(doc! {"f": &value}).await?;
+        total += started.elapsed();
+        anyhow::ensure!(found.is_some(), "lookup of {value} found nothing");
+    }
+    Ok(total / u32::try_from(count.max(1)).unwrap_or(u32::MAX))
+}
+
+/// The plan summary of `find({f: value})`: stage per shard and keys/documents examined.
+async fn explain_lookup(client: &Client, db: &str, value: &str) -> anyhow::Result<String> {
+    let reply = client
+        .database(db)
+        .run_command(doc! {"explain": {"find": "lookup", "filter": {"f": value}}, "verbosity": "executionStats"})
+        .await?;
+    let stats = reply.get_document("executionStats")?;
+    let shards = reply
+        .get_document("queryPlanner")?
+        .get_document("winningPlan")?
+        .get_array("shards")?;
+    let plans: Vec<String> = shards
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|plan| {
+            let winning = plan
+                .get_document("winningPlan")
+                .cloned()
+                .unwrap_or_default();
+            let input = winning
+                .get_document("inputStage")
+                .ok()
+                .and_then(|s| s.get_str("stage").ok())
+                .unwrap_or("");
+            format!(
+                "{}: {} {}",
+                plan.get_str("shardName").unwrap_or("?"),
+                winning.get_str("stage").unwrap_or("?"),
+                input
+            )
+        })
+        .collect();
+    Ok(format!(
+        "[{}] nReturned {} totalKeysExamined {} totalDocsExamined {}",
+        plans.join(", "),
+        stats.get("nReturned").cloned().unwrap_or(Bson::Null),
+        stats
+            .get("totalKeysExamined")
+            .cloned()
+            .unwrap_or(Bson::Null),
+        stats
+            .get("totalDocsExamined")
+            .cloned()
+            .unwrap_or(Bson::Null),
+    ))
 }
 
 fn make_batch(rng: &mut impl Rng, first_seq: usize, size: usize, payload: &str) -> Vec<Document> {
