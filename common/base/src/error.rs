@@ -171,6 +171,15 @@ impl CommandError {
         )
     }
 
+    /// The IDL parser's error for a missing required field (`Location40414`), as MongoDB
+    /// words it.
+    pub fn missing_field(command: &str, field: &str) -> Self {
+        Self::new(
+            ErrorCode(40414),
+            format!("BSON field '{command}.{field}' is missing but a required field"),
+        )
+    }
+
     /// Adds an error label (e.g. `RetryableWriteError`).
     pub fn with_label(mut self, label: &str) -> Self {
         if !self.labels.iter().any(|l| l == label) {

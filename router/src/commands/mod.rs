@@ -62,12 +62,11 @@ pub enum Placement {
     Missing,
 }
 
-/// Fields a router does not pass to shards: session and cluster-time gossip, and `$db`, which
-/// each call sets itself.
+/// Fields a router does not pass to shards: cluster-time gossip, read preference (the router
+/// chose the member), and `$db`, which each call sets itself. `lsid` and `txnNumber` do go
+/// through: they say whether a write is retryable.
 const FIELDS_NOT_FORWARDED: &[&str] = &[
     "$db",
-    "lsid",
-    "txnNumber",
     "$clusterTime",
     "$readPreference",
     "autocommit",
@@ -278,9 +277,10 @@ fn count_field(command: &Document, field: &str) -> Result<Option<u64>, CommandEr
         return Ok(None);
     };
     if value < 0 {
-        return Err(CommandError::bad_value(format!(
-            "{field} value must be non-negative, but received: {value}"
-        )));
+        return Err(CommandError::new(
+            ErrorCode(51024),
+            format!("BSON field '{field}' value must be >= 0, actual value '{value}'"),
+        ));
     }
     Ok(Some(value as u64))
 }

@@ -40,11 +40,7 @@ impl Router {
         let documents = match command.get("documents") {
             Some(Bson::Array(documents)) => documents,
             Some(other) => return Err(CommandError::type_mismatch("documents", "array", other)),
-            None => {
-                return Err(CommandError::bad_value(
-                    "BSON field 'insert.documents' is missing but a required field",
-                ));
-            }
+            None => return Err(CommandError::missing_field("insert", "documents")),
         };
         let ordered = ordered_flag(command)?;
         check_batch_size(documents.len())?;
@@ -198,10 +194,10 @@ impl Router {
                 ));
             }
             None => {
-                return Err(CommandError::bad_value(format!(
-                    "missing '{}'",
-                    kind.array_field()
-                )));
+                return Err(CommandError::missing_field(
+                    kind.command(),
+                    kind.array_field(),
+                ));
             }
         };
         let ordered = ordered_flag(command)?;
@@ -324,13 +320,17 @@ impl Router {
         routing: &RoutingCache,
     ) -> Result<StatementOutcome, CommandError> {
         let host = routing.shard_host(shard)?;
+        let request_flags = ShardKeyChangeContext::of(&request);
         let reply = self.cluster.call_ok(host, &ns.db, request).await?;
         let first_error = reply
             .get_array("writeErrors")
             .ok()
             .and_then(|errors| errors.first());
         if let Some(Bson::Document(first)) = first_error {
-            return Err(error_from_write_error(first));
+            return Err(shard_key_change_error(
+                error_from_write_error(first),
+                &request_flags,
+            ));
         }
         let upserted_id = reply
             .get_array("upserted")
@@ -465,6 +465,56 @@ impl Router {
             "findAndModify kept racing with concurrent writes to the documents it selected",
         ))
     }
+}
+
+/// What decides MongoDB's answer to an update that would change a document's shard key.
+struct ShardKeyChangeContext {
+    multi: bool,
+    retryable: bool,
+}
+
+impl ShardKeyChangeContext {
+    fn of(request: &Document) -> ShardKeyChangeContext {
+        let multi = request
+            .get_array("updates")
+            .ok()
+            .and_then(|updates| updates.first())
+            .and_then(Bson::as_document)
+            .is_some_and(|update| matches!(update.get("multi"), Some(Bson::Boolean(true))));
+        ShardKeyChangeContext {
+            multi,
+            retryable: request.contains_key("txnNumber"),
+        }
+    }
+}
+
+/// The shard refuses a shard-key change with ImmutableField; MongoDB answers a multi update with
+/// InvalidOptions and a single update outside a retryable write with IllegalOperation. Inside a
+/// retryable write MongoDB would move the document, which needs a cross-shard atomic write Shoal
+/// does not have yet, so that case keeps the shard's ImmutableField.
+fn shard_key_change_error(error: CommandError, context: &ShardKeyChangeContext) -> CommandError {
+    if error.code != ErrorCode::IMMUTABLE_FIELD || !error.errmsg.contains("shard key") {
+        return error;
+    }
+    if context.multi {
+        return CommandError::new(
+            ErrorCode::INVALID_OPTIONS,
+            format!(
+                "Multi-update operations require all documents to have the same shard key; {}",
+                error.errmsg
+            ),
+        );
+    }
+    if !context.retryable {
+        return CommandError::new(
+            ErrorCode::ILLEGAL_OPERATION,
+            format!(
+                "Must run update to shard key field in a multi-statement transaction or with retryWrites: true; {}",
+                error.errmsg
+            ),
+        );
+    }
+    error
 }
 
 /// How often a sorted findAndModify across shards re-selects its document after a race.
