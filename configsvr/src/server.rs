@@ -436,7 +436,8 @@ impl ConfigServer {
         }
         let (primary, _) = self.ensure_database(core, &ns.db, None).await?;
         failpoint::hit("shardCollection.afterEnsureDatabase");
-        self.create_on_shard(core, &primary, &ns).await?;
+        self.create_on_shard(core, &primary, &ns, &key, unique)
+            .await?;
         let uuid = CollectionUuid::random();
         let epoch = Epoch(ObjectId::new());
         let chunk = Chunk {
@@ -460,25 +461,40 @@ impl ConfigServer {
         Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": uuid.to_bson(), "ok": 1.0})
     }
 
-    /// Creates the collection on its primary shard, as MongoDB does at `shardCollection`, so it
-    /// is listed (and later indexed) even before documents arrive. An existing one is fine.
+    /// Creates the collection and its shard-key index on its primary shard, as MongoDB does at
+    /// `shardCollection`, so it is listed and indexed even before documents arrive. An existing
+    /// collection or index is fine. Hashed keys get no index yet: hashed indexes do not exist.
     async fn create_on_shard(
         &self,
         core: &Arc<MemberCore>,
         shard: &ShardId,
         ns: &Namespace,
+        key: &ShardKeyPattern,
+        unique: bool,
     ) -> Result<(), CommandError> {
         let host = self.shard_host(core, shard).await?;
-        let request = doc! {"create": ns.coll.clone(), "$db": ns.db.clone()};
-        let reply = core
-            .rpc
-            .call(&host, request, SHARD_CALL_TIMEOUT)
-            .await
-            .map_err(CommandError::from)?;
-        match CommandError::from_reply(&reply) {
-            Some(error) if error.code != ErrorCode::NAMESPACE_EXISTS => Err(error),
-            _ => Ok(()),
+        let mut requests = vec![doc! {"create": ns.coll.clone(), "$db": ns.db.clone()}];
+        if !key.is_hashed() {
+            let mut index = doc! {"key": key.to_document(), "name": index_name(key)};
+            if unique {
+                index.insert("unique", true);
+            }
+            requests.push(
+                doc! {"createIndexes": ns.coll.clone(), "indexes": [index], "$db": ns.db.clone()},
+            );
         }
+        for request in requests {
+            let reply = core
+                .rpc
+                .call(&host, request, SHARD_CALL_TIMEOUT)
+                .await
+                .map_err(CommandError::from)?;
+            match CommandError::from_reply(&reply) {
+                Some(error) if error.code != ErrorCode::NAMESPACE_EXISTS => return Err(error),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn load_collection(
@@ -740,6 +756,16 @@ impl ConfigServer {
         ));
         store::apply(core, ops).await
     }
+}
+
+/// MongoDB's default index name: `field_1` parts joined by `_`.
+fn index_name(key: &ShardKeyPattern) -> String {
+    let parts: Vec<String> = key
+        .fields
+        .iter()
+        .map(|(field, _)| format!("{field}_1"))
+        .collect();
+    parts.join("_")
 }
 
 fn put(coll: &str, doc: Document) -> AtomicOp {

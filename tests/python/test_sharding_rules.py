@@ -124,10 +124,17 @@ def test_transactions_are_refused_not_ignored(client):
     assert c.count_documents({"_id": 1}) == 0
 
 
-def test_shard_collection_creates_the_collection(client):
+def test_shard_collection_creates_the_collection_and_key_index(client):
     client.admin.command("shardCollection", "rules6.d", key={"k": 1})
     assert "d" in client.rules6.list_collection_names()
-    assert [ix["name"] for ix in client.rules6.d.list_indexes()] == ["_id_"]
+    assert [ix["name"] for ix in client.rules6.d.list_indexes()] == ["_id_", "k_1"]
+    client.admin.command("shardCollection", "rules6.u", key={"k": 1}, unique=True)
+    key_index = [ix for ix in client.rules6.u.list_indexes() if ix["name"] == "k_1"][0]
+    assert key_index["unique"] is True
+    client.rules6.u.insert_one({"k": 1})
+    with pytest.raises(WriteError) as error:
+        client.rules6.u.insert_one({"k": 1})
+    assert error.value.code == 11000
 
 
 def test_writes_that_match_nothing_create_no_database(client):

@@ -79,6 +79,11 @@ codes! {
     OP_QUERY_UNSUPPORTED = 5739101, "Location5739101";
     INVALID_LENGTH = 16, "InvalidLength";
     DATABASE_DIFFER_CASE = 13297, "DatabaseDifferCase";
+    INDEX_OPTIONS_CONFLICT = 85, "IndexOptionsConflict";
+    INDEX_KEY_SPECS_CONFLICT = 86, "IndexKeySpecsConflict";
+    DOCUMENT_VALIDATION_FAILURE = 121, "DocumentValidationFailure";
+    CANNOT_INDEX_PARALLEL_ARRAYS = 171, "CannotIndexParallelArrays";
+    INVALID_INDEX_SPECIFICATION_OPTION = 197, "InvalidIndexSpecificationOption";
     ALREADY_INITIALIZED = 23, "AlreadyInitialized";
     PATH_NOT_VIABLE = 28, "PathNotViable";
     CONFLICTING_UPDATE_OPERATORS = 40, "ConflictingUpdateOperators";

@@ -2,15 +2,16 @@
 //! `aggregate: 1`) with the query crate, and returns a cursor over the results.
 //!
 //! The input is materialized, so two shapes are specialised to keep memory bounded: a leading
-//! `$match` filters during the scan, and the shape drivers send for `countDocuments`
-//! (`[$match?, $skip?, $limit?, $group {_id: <constant>, n: {$sum: 1}}]`) counts without
-//! holding any document.
+//! `$match` filters during the (planned, possibly indexed) scan, and the shape drivers send for
+//! `countDocuments` (`[$match?, $skip?, $limit?, $group {_id: <constant>, n: {$sum: 1}}]`)
+//! counts without holding any document. `$lookup` reads the other collections of the same
+//! database, each bounded like the input.
 
 use std::collections::VecDeque;
 
 use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode, Namespace};
-use shoal_query::{Filter, Pipeline};
+use shoal_query::{CollectionSource, Filter, Pipeline, QueryError, error::LocationCode};
 
 use crate::{
     args::{Fields, as_i64},
@@ -18,7 +19,9 @@ use crate::{
     cursor::Source,
     engine::Engine,
     matching::{collect_matching, count_matching},
-    read::{CursorSpec, FIRST_BATCH_DOCS_DEFAULT, number},
+    plan::{self, Plan, QueryShape},
+    read::{CursorSpec, FIRST_BATCH_DOCS_DEFAULT, hint_field, number},
+    scan::ExecStats,
     txn::Direct,
 };
 
@@ -134,6 +137,56 @@ fn parse_target(db: &str, command: &Document) -> Result<Target, CommandError> {
     }
 }
 
+/// The other collections of the aggregated database, for `$lookup`.
+struct LocalCollections<'a> {
+    engine: &'a Engine,
+    db: &'a str,
+}
+
+impl CollectionSource for LocalCollections<'_> {
+    fn collection_documents(&self, coll: &str) -> Result<Vec<Document>, QueryError> {
+        // The command error's code (InvalidNamespace, QueryExceededMemoryLimit...) is kept.
+        let keep_code =
+            |err: CommandError| QueryError::location(LocationCode(err.code.0), err.errmsg);
+        let ns = Namespace::new(self.db, coll).map_err(keep_code)?;
+        self.engine
+            .all_documents(&ns.to_string())
+            .map_err(keep_code)
+    }
+}
+
+/// The plan of an aggregation's leading `$match`, with what it examined.
+pub(crate) type Planned = Option<(Plan, ExecStats)>;
+
+/// A pipeline split into the part the planner runs (a leading `$match`) and the rest.
+pub(crate) struct AggregateRequest<'a> {
+    pub filter: Document,
+    pub rest: &'a [Bson],
+    pub hint: Option<Bson>,
+}
+
+impl<'a> AggregateRequest<'a> {
+    pub fn new(stages: &'a [Bson], hint: Option<Bson>) -> AggregateRequest<'a> {
+        // A leading $match becomes the scan filter so only matching documents are held.
+        let leading = stages
+            .split_first()
+            .and_then(|(first, rest)| match single_stage(first) {
+                Some(("$match", Bson::Document(filter))) => Some((filter.clone(), rest)),
+                _ => None,
+            });
+        let (filter, rest) = leading.unwrap_or((Document::new(), stages));
+        AggregateRequest { filter, rest, hint }
+    }
+
+    pub fn shape(&self) -> QueryShape<'_> {
+        QueryShape {
+            filter: &self.filter,
+            sort: None,
+            hint: self.hint.as_ref(),
+        }
+    }
+}
+
 impl Engine {
     /// `aggregate`.
     pub(crate) fn aggregate(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
@@ -143,10 +196,7 @@ impl Engine {
             .array("pipeline")?
             .ok_or_else(|| fields.missing("pipeline"))?;
         if fields.flag("explain", false)? {
-            return Err(CommandError::new(
-                ErrorCode::NOT_IMPLEMENTED,
-                "aggregate with explain is not supported",
-            ));
+            return self.explain_aggregate(db, command);
         }
         let cursor_options = fields.doc("cursor")?.ok_or_else(|| {
             CommandError::failed_to_parse(
@@ -156,13 +206,15 @@ impl Engine {
         let batch_docs = Fields::new(cursor_options, "aggregate.cursor")
             .non_negative("batchSize")?
             .unwrap_or(FIRST_BATCH_DOCS_DEFAULT);
+        let hint = hint_field(command, "aggregate")?;
         let (ns, coll, results) = match target {
             Target::Collection(ns) => {
-                let results = self.aggregate_collection(&ns, stages)?;
+                let (results, _) = self.aggregate_collection(&ns, stages, hint)?;
                 (ns.to_string(), ns.coll, results)
             }
             Target::Database => {
-                let results = Pipeline::parse(stages)?.run(Vec::new())?;
+                let source = LocalCollections { engine: self, db };
+                let results = Pipeline::parse(stages)?.run_with_source(Vec::new(), &source)?;
                 (
                     format!("{db}.$cmd.aggregate"),
                     "$cmd.aggregate".to_owned(),
@@ -180,41 +232,66 @@ impl Engine {
         })
     }
 
-    fn aggregate_collection(
+    /// Runs a pipeline over a collection; returns the results and, when the collection exists,
+    /// the plan of its leading `$match` with what it examined.
+    pub(crate) fn aggregate_collection(
         &self,
         ns: &Namespace,
         stages: &[Bson],
-    ) -> Result<Vec<Document>, CommandError> {
+        hint: Option<Bson>,
+    ) -> Result<(Vec<Document>, Planned), CommandError> {
         let reader = Direct(self.kv.as_ref());
         let entry = catalog::lookup(&reader, &ns.to_string())?;
         if let Some(shape) = count_shape(stages) {
             Filter::parse(&shape.filter)?;
-            let n = match &entry {
-                Some(entry) => {
-                    count_matching(&reader, entry.id, &shape.filter, shape.skip, shape.limit)?
-                }
-                None => 0,
+            let query = QueryShape {
+                filter: &shape.filter,
+                sort: None,
+                hint: hint.as_ref(),
             };
-            return Ok(count_result(&shape, n));
+            let Some(entry) = entry else {
+                return Ok((count_result(&shape, 0), None));
+            };
+            let plan = plan::choose(&entry, query)?;
+            let (n, stats) = count_matching(
+                &reader,
+                &entry,
+                &shape.filter,
+                Some(&plan),
+                shape.skip,
+                shape.limit,
+            )?;
+            return Ok((count_result(&shape, n), Some((plan, stats))));
         }
-        // A leading $match becomes the scan filter so only matching documents are held.
-        let (filter_doc, rest) =
-            match stages
-                .split_first()
-                .and_then(|(first, rest)| match single_stage(first) {
-                    Some(("$match", Bson::Document(filter))) => Some((filter.clone(), rest)),
-                    _ => None,
-                }) {
-                Some((filter, rest)) => (filter, rest),
-                None => (Document::new(), stages),
-            };
-        let filter = Filter::parse(&filter_doc)?;
-        let pipeline = Pipeline::parse(rest)?;
-        let input = match &entry {
-            Some(entry) => collect_matching(&reader, entry.id, &filter_doc, &filter)?,
-            None => Vec::new(),
+        let request = AggregateRequest::new(stages, hint);
+        let filter = Filter::parse(&request.filter)?;
+        let pipeline = Pipeline::parse(request.rest)?;
+        let (input, planned) = match &entry {
+            Some(entry) => {
+                let plan = plan::choose(entry, request.shape())?;
+                let mut stats = ExecStats::default();
+                let input = collect_matching(&reader, &plan, &filter, &mut stats)?;
+                (input, Some((plan, stats)))
+            }
+            None => (Vec::new(), None),
         };
-        Ok(pipeline.run(input)?)
+        let source = LocalCollections {
+            engine: self,
+            db: &ns.db,
+        };
+        Ok((pipeline.run_with_source(input, &source)?, planned))
+    }
+
+    /// Every document of `ns` (none when it does not exist), refusing to hold more than
+    /// [`crate::MATERIALIZE_BYTES_MAX`] bytes.
+    pub(crate) fn all_documents(&self, ns: &str) -> Result<Vec<Document>, CommandError> {
+        let reader = Direct(self.kv.as_ref());
+        let Some(entry) = catalog::lookup(&reader, ns)? else {
+            return Ok(Vec::new());
+        };
+        let plan = plan::choose(&entry, QueryShape::filter(&Document::new()))?;
+        let mut stats = ExecStats::default();
+        collect_matching(&reader, &plan, &Filter::match_all(), &mut stats)
     }
 }
 

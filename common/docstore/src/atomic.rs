@@ -11,9 +11,19 @@ use shoal_common::{CommandError, Namespace};
 use crate::{
     catalog,
     engine::Engine,
-    keys::{doc_key, encode_document},
-    txn::Txn,
+    error::StoreError,
+    index,
+    keys::{decode_document, doc_key, encode_document},
+    kv::Space,
+    txn::{Reader, Txn},
 };
+
+/// The document stored (or staged) at `key`.
+fn stored(txn: &Txn<'_>, key: &[u8]) -> Result<Option<Document>, StoreError> {
+    txn.get(Space::Docs, key)?
+        .map(|bytes| decode_document(key, &bytes))
+        .transpose()
+}
 
 /// The most operations one atomic batch takes.
 pub const ATOMIC_OPS_MAX: usize = 100_000;
@@ -56,13 +66,30 @@ impl Engine {
                     let id = doc
                         .get("_id")
                         .ok_or_else(|| CommandError::bad_value("an atomic put needs an _id"))?;
-                    let entry = catalog::ensure(&mut txn, &ns)?;
-                    txn.put_doc(entry.id, doc_key(entry.id, id), encode_document(doc))?;
+                    let mut entry = catalog::ensure(&mut txn, &ns)?;
+                    let key = doc_key(entry.id, id);
+                    // The replaced document matters only to indexes and validation.
+                    let old = if entry.indexes.is_empty() && entry.validation.is_empty() {
+                        None
+                    } else {
+                        stored(&txn, &key)?
+                    };
+                    index::stage_document(
+                        &mut txn,
+                        &mut entry,
+                        key,
+                        old.as_ref(),
+                        doc,
+                        encode_document(doc),
+                    )?;
                 }
                 AtomicOp::Delete { coll, id } => {
                     let ns = Namespace::new(db, coll)?.to_string();
-                    if let Some(entry) = catalog::lookup(&txn, &ns)? {
-                        txn.delete_doc(entry.id, doc_key(entry.id, id))?;
+                    if let Some(mut entry) = catalog::lookup(&txn, &ns)? {
+                        let key = doc_key(entry.id, id);
+                        if let Some(old) = stored(&txn, &key)? {
+                            index::unstage_document(&mut txn, &mut entry, key, &old)?;
+                        }
                     }
                 }
             }

@@ -49,6 +49,9 @@ pub(crate) fn create(txn: &mut Txn<'_>, ns: &str) -> Result<CollectionEntry, Sto
         uuid: CollectionUuid::random(),
         id,
         created: bson::DateTime::now(),
+        indexes: Vec::new(),
+        next_index_id: 1,
+        validation: crate::validation::Validation::default(),
     };
     txn.put(
         Space::Catalog,
@@ -70,11 +73,14 @@ pub(crate) fn ensure(txn: &mut Txn<'_>, ns: &str) -> Result<CollectionEntry, Sto
     }
 }
 
-/// Adds the removal of a collection (entry, statistics and every document) to `batch`.
+/// Adds the removal of a collection (entry, statistics, every document and index entry) to
+/// `batch`.
 pub(crate) fn drop_into(batch: &mut WriteBatch, entry: &CollectionEntry) {
     let (start, end) = crate::keys::collection_range(entry.id);
     batch.delete(Space::Catalog, catalog_key(&entry.ns));
     batch.delete(Space::Catalog, stats_key(entry.id));
+    batch.delete_range(Space::Docs, start, end);
+    let (start, end) = crate::index::collection_indexes_range(entry.id);
     batch.delete_range(Space::Docs, start, end);
 }
 

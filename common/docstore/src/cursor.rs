@@ -1,8 +1,9 @@
 //! Open cursors between `find`/`aggregate` and their `getMore`s.
 //!
-//! A cursor over an unsorted find keeps only its resume key and re-scans from there, so an open
-//! cursor costs a few hundred bytes however large the collection. Sorted finds and aggregations
-//! keep their materialized results. The table is bounded ([`CURSORS_MAX`]) and idle cursors
+//! A cursor over a find whose order the scan provides (no sort, or a sort an index gives) keeps
+//! only its resumable range scan and re-scans from there, so an open cursor costs a few hundred
+//! bytes however large the collection. Sorted finds and aggregations keep their materialized
+//! results. The table is bounded ([`CURSORS_MAX`]) and idle cursors
 //! expire after [`CURSOR_IDLE_TIMEOUT`]; expiry is checked lazily whenever the table is touched,
 //! so no background task is needed.
 
@@ -13,6 +14,8 @@ use std::{
 
 use bson::Document;
 
+use crate::scan::RangeScan;
+
 /// Most cursors open at once; beyond it the longest-idle cursor is closed to make room, so a
 /// client that leaks cursors degrades itself rather than blocking every new query.
 pub const CURSORS_MAX: usize = 10_000;
@@ -21,18 +24,16 @@ pub const CURSOR_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// Where a cursor's remaining documents come from.
 pub(crate) enum Source {
-    /// An unsorted collection scan, resumed by key.
+    /// A scan in result order, resumed by key.
     Scan(ScanState),
     /// Results computed up front (sorted find, aggregate, listings), already projected.
     Buffered(VecDeque<Document>),
 }
 
-/// The state of a resumable unsorted scan.
+/// The state of a resumable scan.
 pub(crate) struct ScanState {
-    /// The next key to read.
-    pub resume: Vec<u8>,
-    /// The first key not to read.
-    pub end: Vec<u8>,
+    /// Where the scan stands.
+    pub scan: RangeScan,
     /// The query filter, re-parsed on each batch so the stored state is plain data.
     pub filter: Document,
     /// The projection, if any.

@@ -15,20 +15,20 @@ use crate::{
     cursor::Source,
     engine::Engine,
     hash::Fnv128,
-    keys::{CollectionEntry, collection_range},
+    keys::{CollectionEntry, catalog_key, collection_range},
     kv::{Space, WriteBatch},
     read::{CursorSpec, FIRST_BATCH_DOCS_DEFAULT},
     txn::{Direct, Reader, Step, Txn, scan_documents},
+    validation::Validation,
 };
 
 /// `create` options that change behaviour we do not implement; refusing them beats silently
-/// ignoring a validator or a cap.
+/// ignoring a view definition or a time series layout.
 const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
     "viewOn",
     "pipeline",
     "timeseries",
     "clusteredIndex",
-    "validator",
     "encryptedFields",
 ];
 
@@ -55,7 +55,7 @@ fn collection_info(entry: &CollectionEntry) -> Document {
     doc! {
         "name": entry.coll_name(),
         "type": "collection",
-        "options": {},
+        "options": entry.validation.options(),
         "info": {"readOnly": false, "uuid": entry.uuid.to_bson()},
         "idIndex": id_index(),
     }
@@ -83,6 +83,8 @@ impl Engine {
                 ));
             }
         }
+        let mut validation = Validation::default();
+        validation.update_from(command, "create")?;
         let _writer = self.lock_writer();
         let mut txn = Txn::new(self.kv.as_ref());
         if catalog::lookup(&txn, &ns)?.is_some() {
@@ -91,7 +93,11 @@ impl Engine {
                 format!("Collection {ns} already exists."),
             ));
         }
-        catalog::create(&mut txn, &ns)?;
+        let mut entry = catalog::create(&mut txn, &ns)?;
+        if !validation.is_empty() {
+            entry.validation = validation;
+            txn.put(Space::Catalog, catalog_key(&ns), entry.encode());
+        }
         txn.commit()?;
         Ok(Document::new())
     }
@@ -110,7 +116,8 @@ impl Engine {
         catalog::drop_into(&mut batch, &entry);
         self.kv.write(batch, true)?;
         tracing::info!(ns, "dropped collection");
-        Ok(doc! {"nIndexesWas": 1, "ns": ns})
+        let indexes = i32::try_from(entry.indexes.len() + 1).unwrap_or(i32::MAX);
+        Ok(doc! {"nIndexesWas": indexes, "ns": ns})
     }
 
     /// `dropDatabase`.
@@ -202,29 +209,6 @@ impl Engine {
         Ok(doc! {"databases": databases, "totalSize": total, "totalSizeMb": total / (1024 * 1024)})
     }
 
-    /// `listIndexes`: only the `_id` index exists for now.
-    pub(crate) fn list_indexes(
-        &self,
-        db: &str,
-        command: &Document,
-    ) -> Result<Document, CommandError> {
-        let ns = collection_ns(db, command, "listIndexes")?;
-        let ns_str = ns.to_string();
-        let fields = Fields::new(command, "listIndexes");
-        let batch_docs = listing_batch(&fields)?;
-        if catalog::lookup(&Direct(self.kv.as_ref()), &ns_str)?.is_none() {
-            return Err(namespace_not_found(format!("ns does not exist: {ns_str}")));
-        }
-        self.open_cursor(CursorSpec {
-            ns: ns_str,
-            db: db.to_owned(),
-            coll: ns.coll,
-            source: Source::Buffered(VecDeque::from([id_index()])),
-            batch_docs,
-            single_batch: false,
-        })
-    }
-
     /// `collStats`, from the statistics kept with every write.
     pub(crate) fn coll_stats(
         &self,
@@ -246,6 +230,11 @@ impl Engine {
         } else {
             0
         };
+        let mut index_sizes = doc! {"_id_": 0_i64};
+        for index in &entry.indexes {
+            index_sizes.insert(index.name.clone(), 0_i64);
+        }
+        let nindexes = i32::try_from(entry.indexes.len() + 1).unwrap_or(i32::MAX);
         Ok(doc! {
             "ns": ns,
             "size": stats.bytes / scale,
@@ -254,8 +243,8 @@ impl Engine {
             "storageSize": stats.bytes / scale,
             "totalIndexSize": 0_i64,
             "totalSize": stats.bytes / scale,
-            "indexSizes": {"_id_": 0_i64},
-            "nindexes": 1,
+            "indexSizes": index_sizes,
+            "nindexes": nindexes,
             "scaleFactor": scale,
             "capped": false,
         })

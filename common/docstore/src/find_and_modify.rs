@@ -1,6 +1,6 @@
-//! `findAndModify`: pick one document (the first by `sort`, else by `_id`), then remove it,
-//! update it or upsert one, and return the old or new version. Unlike the batch write
-//! commands, every failure here is a command error (there is no `writeErrors` array).
+//! `findAndModify`: pick one document (the first by `sort`, else the first the plan yields),
+//! then remove it, update it or upsert one, and return the old or new version. Unlike the batch
+//! write commands, every failure here is a command error (there is no `writeErrors` array).
 
 use bson::{Bson, Document, doc};
 use shoal_common::CommandError;
@@ -10,8 +10,9 @@ use crate::{
     args::{Fields, collection_ns},
     catalog,
     engine::Engine,
+    index,
     keys::CollectionEntry,
-    matching::{collect_matching, find_matching},
+    matching::{find_matching, first_by_sort},
     shard_key::ShardKeyGuard,
     txn::Txn,
     write::{apply_update, stage_upsert},
@@ -20,6 +21,7 @@ use crate::{
 /// The parsed options of one `findAndModify`.
 struct Request<'a> {
     query: Document,
+    sort_doc: Document,
     sort: SortSpec,
     projection: Option<Projection>,
     action: Action<'a>,
@@ -36,7 +38,8 @@ enum Action<'a> {
 fn parse_request<'a>(command: &'a Document, name: &'a str) -> Result<Request<'a>, CommandError> {
     let fields = Fields::new(command, name);
     let query = fields.doc("query")?.cloned().unwrap_or_default();
-    let sort = SortSpec::parse(&fields.doc("sort")?.cloned().unwrap_or_default())?;
+    let sort_doc = fields.doc("sort")?.cloned().unwrap_or_default();
+    let sort = SortSpec::parse(&sort_doc)?;
     let projection = fields.doc("fields")?.map(Projection::parse).transpose()?;
     let remove = fields.flag("remove", false)?;
     let return_new = fields.flag("new", false)?;
@@ -78,6 +81,7 @@ fn parse_request<'a>(command: &'a Document, name: &'a str) -> Result<Request<'a>
     };
     Ok(Request {
         query,
+        sort_doc,
         sort,
         projection,
         action,
@@ -87,7 +91,7 @@ fn parse_request<'a>(command: &'a Document, name: &'a str) -> Result<Request<'a>
     })
 }
 
-/// The document `findAndModify` acts on: the first match by sort order, or by `_id` order.
+/// The document `findAndModify` acts on: the first match by sort order, or in plan order.
 fn pick_target(
     txn: &Txn<'_>,
     entry: &CollectionEntry,
@@ -95,22 +99,17 @@ fn pick_target(
     filter: &Filter,
 ) -> Result<Option<(Vec<u8>, Document)>, CommandError> {
     if request.sort.is_empty() {
-        let mut found =
-            find_matching::<CommandError>(txn, entry.id, &request.query, filter, Some(1))?;
+        let mut found = find_matching::<CommandError>(txn, entry, &request.query, filter, Some(1))?;
         return Ok(found.pop());
     }
-    let matches = collect_matching(txn, entry.id, &request.query, filter)?;
-    let best = matches.into_iter().reduce(|best, candidate| {
-        if request.sort.compare(&candidate, &best) == std::cmp::Ordering::Less {
-            candidate
-        } else {
-            best
-        }
-    });
-    Ok(best.map(|document| {
-        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-        (crate::keys::doc_key(entry.id, &id), document)
-    }))
+    first_by_sort(
+        txn,
+        entry,
+        &request.query,
+        filter,
+        &request.sort_doc,
+        &request.sort,
+    )
 }
 
 impl Engine {
@@ -125,7 +124,10 @@ impl Engine {
         let request = parse_request(command, name)?;
         let filter = Filter::parse(&request.query)?;
         let update = match &request.action {
-            Action::Update(update, array_filters) => Some(Update::parse(update, *array_filters)?),
+            // The query goes with the update for positional `$` paths.
+            Action::Update(update, array_filters) => {
+                Some(Update::parse(update, *array_filters)?.with_query(filter.clone()))
+            }
             Action::Remove => None,
         };
         let _writer = self.lock_writer();
@@ -136,14 +138,21 @@ impl Engine {
             None => None,
         };
         let (last_error, value) = match (entry, target, update) {
-            (Some(entry), Some((key, old)), None) => {
-                txn.delete_doc(entry.id, key)?;
+            (Some(mut entry), Some((key, old)), None) => {
+                index::unstage_document(&mut txn, &mut entry, key, &old)?;
                 (doc! {"n": 1}, Some(old))
             }
-            (Some(entry), Some((key, old)), Some(update)) => {
+            (Some(mut entry), Some((key, old)), Some(update)) => {
                 let new = match apply_update(&update, &old, request.guard.as_ref())? {
                     Some(prepared) => {
-                        txn.put_doc(entry.id, key, prepared.bytes)?;
+                        index::stage_document(
+                            &mut txn,
+                            &mut entry,
+                            key,
+                            Some(&old),
+                            &prepared.document,
+                            prepared.bytes,
+                        )?;
                         prepared.document
                     }
                     None => old.clone(),
@@ -172,7 +181,10 @@ impl Engine {
             }
         };
         txn.commit()?;
-        let value = match (value, &request.projection) {
+        let projection = request
+            .projection
+            .map(|projection| projection.with_query(filter));
+        let value = match (value, &projection) {
             (Some(document), Some(projection)) => Bson::Document(projection.apply(&document)?),
             (Some(document), None) => Bson::Document(document),
             (None, _) => Bson::Null,

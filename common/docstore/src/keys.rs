@@ -1,16 +1,19 @@
 //! The on-disk layout: which key holds what, and how catalog records are encoded.
 //!
-//! Catalog space: `c<db>.<coll>` -> BSON `{ns, uuid, id, created}`; `n` -> the last collection id
+//! Catalog space: `c<db>.<coll>` -> BSON `{ns, uuid, id, created, indexes, nextIndexId}` (the
+//! secondary indexes' definitions, see the index module); `n` -> the last collection id
 //! handed out (u64 big endian); `s<id>` -> the collection's document count and data bytes (two
 //! i64 big endian), maintained in the same batch as the documents so they never drift.
 //! Docs space: `d<id: u64 BE><keycode(_id)>` -> the raw BSON document. Ids are never reused, so
 //! a dropped collection's range can be deleted lazily without touching a newer incarnation, and
-//! big-endian ids keep one collection's documents contiguous and in `_id` order.
+//! big-endian ids keep one collection's documents contiguous and in `_id` order. Index entries
+//! live in the docs space too, under `x<id>` (see the index module), so a document and its
+//! entries are written in one batch.
 
 use bson::{Bson, Document, doc};
 use shoal_common::CollectionUuid;
 
-use crate::{error::StoreError, kv::prefix_end};
+use crate::{error::StoreError, index::IndexSpec, kv::prefix_end, validation::Validation};
 
 /// A collection's internal numeric id: the prefix of its documents' keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,6 +40,16 @@ pub(crate) fn collection_range(id: CollectionId) -> (Vec<u8>, Vec<u8>) {
     // allocated from 1 upwards so that cannot happen, but fall back to the next tag anyway.
     let end = prefix_end(&start).unwrap_or_else(|| vec![DOC_TAG + 1]);
     (start, end)
+}
+
+/// The first key after every key starting with `prefix` (`prefix` plus a byte when it is all
+/// 0xff, which the tagged prefixes of this layout never are).
+pub(crate) fn prefix_after(prefix: &[u8]) -> Vec<u8> {
+    prefix_end(prefix).unwrap_or_else(|| {
+        let mut end = prefix.to_vec();
+        end.push(u8::MAX);
+        end
+    })
 }
 
 /// The key of the document whose `_id` is `id_value` in collection `id`.
@@ -88,18 +101,29 @@ pub(crate) struct CollectionEntry {
     pub id: CollectionId,
     /// Creation time.
     pub created: bson::DateTime,
+    /// Secondary indexes (`_id_` is implicit), in creation order.
+    pub indexes: Vec<IndexSpec>,
+    /// The id the next created index gets.
+    pub next_index_id: u64,
+    /// Schema validation options.
+    pub validation: Validation,
 }
 
 impl CollectionEntry {
     /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let record = doc! {
+        let mut record = doc! {
             "ns": self.ns.clone(),
             "uuid": self.uuid.to_bson(),
             // Ids stay far below i64::MAX (one per created collection).
             "id": self.id.0 as i64,
             "created": self.created,
+            "indexes": self.indexes.iter().map(IndexSpec::to_record).collect::<Vec<_>>(),
+            "nextIndexId": i64::try_from(self.next_index_id).unwrap_or(i64::MAX),
         };
+        if !self.validation.is_empty() {
+            record.insert("options", self.validation.to_record());
+        }
         encode_document(&record)
     }
 
@@ -115,11 +139,30 @@ impl CollectionEntry {
         let id = record.get_i64("id").map_err(|_| bad("id"))?;
         let id = u64::try_from(id).map_err(|_| bad("negative id"))?;
         let created = *record.get_datetime("created").map_err(|_| bad("created"))?;
+        // Entries written before indexes existed have neither field.
+        let mut indexes = Vec::new();
+        if let Ok(records) = record.get_array("indexes") {
+            for index in records {
+                let index = index.as_document().ok_or_else(|| bad("index record"))?;
+                indexes.push(IndexSpec::from_record(index).map_err(|why| bad(&why))?);
+            }
+        }
+        let next_index_id = match record.get_i64("nextIndexId") {
+            Ok(next) => u64::try_from(next).map_err(|_| bad("negative nextIndexId"))?,
+            Err(_) => 1,
+        };
+        let validation = match record.get_document("options") {
+            Ok(options) => Validation::from_record(options).map_err(|why| bad(&why))?,
+            Err(_) => Validation::default(),
+        };
         Ok(CollectionEntry {
             ns,
             uuid,
             id: CollectionId(id),
             created,
+            indexes,
+            next_index_id,
+            validation,
         })
     }
 
@@ -191,6 +234,9 @@ mod tests {
             uuid: CollectionUuid::random(),
             id: CollectionId(7),
             created: bson::DateTime::from_millis(1_000),
+            indexes: Vec::new(),
+            next_index_id: 3,
+            validation: Validation::default(),
         };
         let back = CollectionEntry::decode(b"k", &entry.encode()).unwrap();
         assert_eq!(back, entry);

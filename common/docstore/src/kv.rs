@@ -125,6 +125,17 @@ pub trait Kv: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<KvPair>, StoreError>;
 
+    /// Up to `limit` pairs with `start <= key < end`, descending (from the end of the range):
+    /// index scans in the opposite direction of the index. Fewer than `limit` pairs means the
+    /// range is exhausted.
+    fn scan_reverse(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvPair>, StoreError>;
+
     /// Applies every operation of `batch` atomically; with `sync`, durably (fsync of the log)
     /// before returning.
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError>;
@@ -175,6 +186,27 @@ impl Kv for MemKv {
         let range = (Bound::Included(start), Bound::Excluded(end));
         let pairs = spaces[space.index()]
             .range::<[u8], _>(range)
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        Ok(pairs)
+    }
+
+    fn scan_reverse(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvPair>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let spaces = self.spaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let range = (Bound::Included(start), Bound::Excluded(end));
+        let pairs = spaces[space.index()]
+            .range::<[u8], _>(range)
+            .rev()
             .take(limit)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
@@ -244,6 +276,11 @@ mod tests {
         let page = kv.scan(Space::Docs, &[b'd', 2], &[b'd', 8], 3).unwrap();
         assert_eq!(page.len(), 3);
         assert_eq!(page[0].0, vec![b'd', 2]);
+        let back = kv
+            .scan_reverse(Space::Docs, &[b'd', 2], &[b'd', 8], 3)
+            .unwrap();
+        let keys: Vec<u8> = back.iter().map(|(k, _)| k[1]).collect();
+        assert_eq!(keys, vec![7, 6, 5]);
         let mut batch = WriteBatch::new();
         batch.delete_range(Space::Docs, vec![b'd', 3], vec![b'd', 7]);
         batch.delete(Space::Docs, vec![b'd', 0]);

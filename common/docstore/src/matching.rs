@@ -1,66 +1,48 @@
-//! Finding the documents a filter selects. There are no secondary indexes yet, so a query is a
-//! scan of the collection's key range in `_id` order, narrowed to a single key when the filter
-//! fixes `_id` by plain equality (the common `updateOne({_id: x})` / router-targeted case).
+//! Finding the documents a filter selects: the planner picks the ranges to scan (a collection
+//! scan, `_id` ranges or an index's ranges), and every document the scan yields is tested
+//! against the full filter, so the result never depends on the plan.
 
-use bson::{Bson, Document};
-use shoal_common::CommandError;
-use shoal_query::Filter;
+use bson::Document;
+use shoal_common::{CommandError, ErrorCode};
+use shoal_query::{Filter, SortSpec};
 
 use crate::{
     error::StoreError,
-    keys::{CollectionId, collection_range, doc_key},
-    kv::key_successor,
-    txn::{Reader, Step, scan_documents},
+    keys::{CollectionEntry, doc_key},
+    plan::{self, Plan, QueryShape},
+    scan::ExecStats,
+    txn::{Reader, Step},
 };
 
 /// Most bytes of documents a query may hold in memory at once (a sort, an aggregation's
 /// input), as MongoDB's 100 MB limit for blocking stages without `allowDiskUse`.
 pub const MATERIALIZE_BYTES_MAX: usize = 100 * 1024 * 1024;
 
-/// MongoDB's `QueryExceededMemoryLimitNoDiskUseAllowed`.
-const QUERY_EXCEEDED_MEMORY_LIMIT: shoal_common::ErrorCode = shoal_common::ErrorCode(292);
-
-/// The `_id` value a filter pins by plain equality, if any. Operators, regexes, arrays and null
-/// can match more than one stored `_id` form, so they fall back to a scan.
-fn pinned_id(filter: &Document) -> Option<&Bson> {
-    match filter.get("_id")? {
-        Bson::Document(inner) if inner.keys().next().is_some_and(|k| k.starts_with('$')) => None,
-        Bson::RegularExpression(_)
-        | Bson::Array(_)
-        | Bson::Null
-        | Bson::Undefined
-        | Bson::MinKey
-        | Bson::MaxKey => None,
-        value => Some(value),
-    }
+/// The error of a query that would hold more than [`MATERIALIZE_BYTES_MAX`].
+pub(crate) fn memory_limit_error() -> CommandError {
+    CommandError::new(
+        ErrorCode::QUERY_EXCEEDED_MEMORY_LIMIT,
+        format!(
+            "query needs more than {MATERIALIZE_BYTES_MAX} bytes of memory to sort or \
+             aggregate; add a more selective filter"
+        ),
+    )
 }
 
-/// The key range `filter` can match in collection `coll`.
-pub(crate) fn filter_range(coll: CollectionId, filter: &Document) -> (Vec<u8>, Vec<u8>) {
-    match pinned_id(filter) {
-        Some(id) => {
-            let key = doc_key(coll, id);
-            let end = key_successor(&key);
-            (key, end)
-        }
-        None => collection_range(coll),
-    }
-}
-
-/// The documents of `coll` matching `filter` (parsed from `filter_doc`), in `_id` order, with
-/// their keys; at most `limit` when given.
-pub(crate) fn find_matching<E: From<StoreError>>(
+/// The documents of `entry`'s collection matching `filter` (parsed from `filter_doc`), with
+/// their keys, in plan order; at most `limit` when given.
+pub(crate) fn find_matching<E: From<StoreError> + From<CommandError>>(
     reader: &dyn Reader,
-    coll: CollectionId,
+    entry: &CollectionEntry,
     filter_doc: &Document,
     filter: &Filter,
     limit: Option<usize>,
 ) -> Result<Vec<(Vec<u8>, Document)>, E> {
-    let (start, end) = filter_range(coll, filter_doc);
+    let plan = plan::choose(entry, QueryShape::filter(filter_doc))?;
     let mut found = Vec::new();
-    scan_documents(reader, &start, &end, |key, document, _| {
+    plan.scan().run(reader, |key, document, _| {
         if !filter.matches(&document) {
-            return Ok(Step::Next);
+            return Ok::<_, E>(Step::Next);
         }
         found.push((key.to_vec(), document));
         if limit.is_some_and(|limit| found.len() >= limit) {
@@ -71,92 +53,120 @@ pub(crate) fn find_matching<E: From<StoreError>>(
     Ok(found)
 }
 
-/// Every document of `coll` matching `filter`, refusing to hold more than
-/// [`MATERIALIZE_BYTES_MAX`] bytes.
-pub(crate) fn collect_matching(
+/// The first matching document in `sort` order (ties: the first in `_id` order), with its
+/// key: straight from the index when one provides the order, else by comparing every match.
+pub(crate) fn first_by_sort(
     reader: &dyn Reader,
-    coll: CollectionId,
+    entry: &CollectionEntry,
     filter_doc: &Document,
     filter: &Filter,
+    sort_doc: &Document,
+    sort: &SortSpec,
+) -> Result<Option<(Vec<u8>, Document)>, CommandError> {
+    let plan = plan::choose(
+        entry,
+        QueryShape {
+            filter: filter_doc,
+            sort: Some(sort_doc),
+            hint: None,
+        },
+    )?;
+    if plan.sorted {
+        let mut found = None;
+        plan.scan().run(reader, |key, document, _| {
+            if !filter.matches(&document) {
+                return Ok::<_, CommandError>(Step::Next);
+            }
+            found = Some((key.to_vec(), document));
+            Ok(Step::StopAfter)
+        })?;
+        return Ok(found);
+    }
+    let mut stats = ExecStats::default();
+    let matches = collect_matching(reader, &plan, filter, &mut stats)?;
+    let best = matches.into_iter().reduce(|best, candidate| {
+        if sort.compare(&candidate, &best) == std::cmp::Ordering::Less {
+            candidate
+        } else {
+            best
+        }
+    });
+    Ok(best.map(|document| {
+        let id = document.get("_id").cloned().unwrap_or(bson::Bson::Null);
+        (doc_key(entry.id, &id), document)
+    }))
+}
+
+/// Every document `plan` yields that matches `filter`, refusing to hold more than
+/// [`MATERIALIZE_BYTES_MAX`] bytes; adds what it examined to `stats`.
+pub(crate) fn collect_matching(
+    reader: &dyn Reader,
+    plan: &Plan,
+    filter: &Filter,
+    stats: &mut ExecStats,
 ) -> Result<Vec<Document>, CommandError> {
-    let (start, end) = filter_range(coll, filter_doc);
     let mut found = Vec::new();
     let mut bytes = 0usize;
-    scan_documents(reader, &start, &end, |_, document, size| {
+    let mut scan = plan.scan();
+    let result = scan.run(reader, |_, document, size| {
         if !filter.matches(&document) {
             return Ok::<_, CommandError>(Step::Next);
         }
         bytes += size;
         if bytes > MATERIALIZE_BYTES_MAX {
-            return Err(CommandError::new(
-                QUERY_EXCEEDED_MEMORY_LIMIT,
-                format!(
-                    "query needs more than {MATERIALIZE_BYTES_MAX} bytes of memory to sort or \
-                     aggregate; add a more selective filter"
-                ),
-            ));
+            return Err(memory_limit_error());
         }
         found.push(document);
         Ok(Step::Next)
-    })?;
+    });
+    stats.keys_examined += scan.stats.keys_examined;
+    stats.docs_examined += scan.stats.docs_examined;
+    result?;
     Ok(found)
 }
 
-/// How many documents of `coll` match, after `skip` and up to `limit` (0 = no limit).
+/// How many documents match, after `skip` and up to `limit` (0 = no limit), with what was
+/// examined. `plan` is `None` for the empty filter, answered from the statistics record.
 pub(crate) fn count_matching(
     reader: &dyn Reader,
-    coll: CollectionId,
+    entry: &CollectionEntry,
     filter_doc: &Document,
+    plan: Option<&Plan>,
     skip: u64,
     limit: u64,
-) -> Result<u64, CommandError> {
-    let total = if filter_doc.is_empty() {
+) -> Result<(u64, ExecStats), CommandError> {
+    let Some(plan) = plan.filter(|_| !filter_doc.is_empty()) else {
         // The statistics record is maintained in every write batch, so it is exact.
-        let stats = crate::catalog::stats(reader, coll)?;
-        u64::try_from(stats.count).unwrap_or(0)
-    } else {
-        let filter = Filter::parse(filter_doc)?;
-        let (start, end) = filter_range(coll, filter_doc);
-        // No need to count beyond what skip + limit can return.
-        let needed = if limit == 0 {
-            u64::MAX
-        } else {
-            skip.saturating_add(limit)
-        };
-        let mut n = 0u64;
-        scan_documents(reader, &start, &end, |_, document, _| {
-            if filter.matches(&document) {
-                n += 1;
-                if n >= needed {
-                    return Ok::<_, CommandError>(Step::StopAfter);
-                }
-            }
-            Ok(Step::Next)
-        })?;
-        n
+        let stats = crate::catalog::stats(reader, entry.id)?;
+        let total = u64::try_from(stats.count).unwrap_or(0);
+        return Ok((apply_skip_limit(total, skip, limit), ExecStats::default()));
     };
+    let filter = Filter::parse(filter_doc)?;
+    // No need to count beyond what skip + limit can return.
+    let needed = if limit == 0 {
+        u64::MAX
+    } else {
+        skip.saturating_add(limit)
+    };
+    let mut n = 0u64;
+    let mut scan = plan.scan();
+    scan.run(reader, |_, document, _| {
+        if filter.matches(&document) {
+            n += 1;
+            if n >= needed {
+                return Ok::<_, CommandError>(Step::StopAfter);
+            }
+        }
+        Ok(Step::Next)
+    })?;
+    Ok((apply_skip_limit(n, skip, limit), scan.stats))
+}
+
+fn apply_skip_limit(total: u64, skip: u64, limit: u64) -> u64 {
     let after_skip = total.saturating_sub(skip);
-    Ok(if limit == 0 {
+    if limit == 0 {
         after_skip
     } else {
         after_skip.min(limit)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use bson::doc;
-
-    use super::*;
-
-    #[test]
-    fn equality_on_id_narrows_to_one_key() {
-        let coll = CollectionId(3);
-        let (start, end) = filter_range(coll, &doc! {"_id": 5, "x": 1});
-        assert_eq!(end, key_successor(&start));
-        let (start, end) = filter_range(coll, &doc! {"_id": {"$gt": 5}});
-        assert_eq!((start, end), collection_range(coll));
-        let (start, _) = filter_range(coll, &doc! {"_id": {"a": 1}});
-        assert_eq!(start, doc_key(coll, &Bson::Document(doc! {"a": 1})));
     }
 }

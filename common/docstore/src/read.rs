@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bson::{Bson, Document, doc};
-use shoal_common::{CommandError, ErrorCode};
+use shoal_common::{CommandError, ErrorCode, Namespace};
 use shoal_query::{Filter, Projection, SortSpec};
 
 use crate::{
@@ -16,8 +16,10 @@ use crate::{
     cursor::{Cursor, ScanState, Source},
     engine::Engine,
     keys::encode_document,
-    matching::{collect_matching, count_matching, filter_range},
-    txn::{Direct, Step, scan_documents},
+    matching::{collect_matching, count_matching},
+    plan::{self, Plan, QueryShape},
+    scan::ExecStats,
+    txn::{Direct, Step},
 };
 
 /// Documents in a first batch when the client gives no `batchSize`, as MongoDB.
@@ -110,118 +112,116 @@ impl Engine {
             return Ok((Vec::new(), false));
         }
         let filter = Filter::parse(&state.filter)?;
-        let projection = state
-            .projection
-            .as_ref()
-            .map(Projection::parse)
-            .transpose()?;
+        let projection = parse_projection(state.projection.as_ref(), &filter)?;
         let mut batch = Vec::new();
         let mut bytes = 0usize;
-        let (start, end) = (std::mem::take(&mut state.resume), state.end.clone());
-        let resume = scan_documents(
-            &Direct(self.kv.as_ref()),
-            &start,
-            &end,
-            |_, document, size| {
-                if !filter.matches(&document) {
-                    return Ok::<_, CommandError>(Step::Next);
+        let ScanState {
+            scan,
+            skip_left,
+            limit_left,
+            ..
+        } = state;
+        let exhausted = scan.run(&Direct(self.kv.as_ref()), |_, document, size| {
+            if !filter.matches(&document) {
+                return Ok::<_, CommandError>(Step::Next);
+            }
+            if *skip_left > 0 {
+                *skip_left -= 1;
+                return Ok(Step::Next);
+            }
+            let (out, size) = match &projection {
+                Some(projection) => {
+                    let projected = projection.apply(&document)?;
+                    let size = encode_document(&projected).len();
+                    (projected, size)
                 }
-                if state.skip_left > 0 {
-                    state.skip_left -= 1;
-                    return Ok(Step::Next);
+                None => (document, size),
+            };
+            if !batch.is_empty() && bytes + size > BATCH_BYTES_MAX {
+                return Ok(Step::StopBefore);
+            }
+            bytes += size;
+            batch.push(out);
+            if let Some(left) = limit_left.as_mut() {
+                *left -= 1;
+                if *left == 0 {
+                    return Ok(Step::StopAfter);
                 }
-                let (out, size) = match &projection {
-                    Some(projection) => {
-                        let projected = projection.apply(&document)?;
-                        let size = encode_document(&projected).len();
-                        (projected, size)
-                    }
-                    None => (document, size),
-                };
-                if !batch.is_empty() && bytes + size > BATCH_BYTES_MAX {
-                    return Ok(Step::StopBefore);
-                }
-                bytes += size;
-                batch.push(out);
-                if let Some(left) = &mut state.limit_left {
-                    *left -= 1;
-                    if *left == 0 {
-                        return Ok(Step::StopAfter);
-                    }
-                }
-                Ok(if batch.len() >= docs_max {
-                    Step::StopAfter
-                } else {
-                    Step::Next
-                })
-            },
-        )?;
-        let exhausted = resume.is_none() || state.limit_left == Some(0);
-        state.resume = resume.unwrap_or_default();
-        Ok((batch, exhausted))
+            }
+            Ok(if batch.len() >= docs_max {
+                Step::StopAfter
+            } else {
+                Step::Next
+            })
+        })?;
+        Ok((batch, exhausted || state.limit_left == Some(0)))
     }
 
     /// `find`.
     pub(crate) fn find(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
-        let ns = collection_ns(db, command, "find")?;
-        let fields = Fields::new(command, "find");
-        let filter_doc = fields.doc("filter")?.cloned().unwrap_or_default();
-        let projection_doc = fields.doc("projection")?.cloned();
-        let sort_doc = fields.doc("sort")?.cloned().unwrap_or_default();
-        let skip = fields.non_negative("skip")?.unwrap_or(0);
-        let limit = fields.non_negative("limit")?.filter(|limit| *limit > 0);
-        let batch_docs = fields
-            .non_negative("batchSize")?
-            .unwrap_or(FIRST_BATCH_DOCS_DEFAULT);
-        let single_batch = fields.flag("singleBatch", false)?;
-        if fields.flag("tailable", false)? {
-            return Err(CommandError::bad_value(
-                "tailable cursor requested on non capped collection",
-            ));
-        }
-        // Parse everything first so that a bad query fails even on a missing collection.
-        let filter = Filter::parse(&filter_doc)?;
-        let projection = projection_doc.as_ref().map(Projection::parse).transpose()?;
-        let sort = SortSpec::parse(&sort_doc)?;
-        let ns_str = ns.to_string();
-        let Some(entry) = catalog::lookup(&Direct(self.kv.as_ref()), &ns_str)? else {
-            return Ok(cursor_reply(0, &ns_str, "firstBatch", Vec::new()));
+        let request = FindRequest::parse(db, command)?;
+        let ns = request.ns.to_string();
+        let Some(entry) = catalog::lookup(&Direct(self.kv.as_ref()), &ns)? else {
+            return Ok(cursor_reply(0, &ns, "firstBatch", Vec::new()));
         };
-        let source = if sort.is_empty() {
-            let (resume, end) = filter_range(entry.id, &filter_doc);
-            Source::Scan(ScanState {
-                resume,
-                end,
-                filter: filter_doc,
-                projection: projection_doc,
-                skip_left: skip,
-                limit_left: limit,
-            })
-        } else {
-            let mut matches =
-                collect_matching(&Direct(self.kv.as_ref()), entry.id, &filter_doc, &filter)?;
-            matches.sort_by(|a, b| sort.compare(a, b));
-            let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-            let take = limit.map_or(usize::MAX, |limit| {
-                usize::try_from(limit).unwrap_or(usize::MAX)
-            });
-            let mut results = VecDeque::new();
-            for document in matches.into_iter().skip(skip).take(take) {
-                results.push_back(match &projection {
-                    Some(projection) => projection.apply(&document)?,
-                    None => document,
-                });
-            }
-            Source::Buffered(results)
-        };
+        let plan = plan::choose(&entry, request.shape())?;
+        let mut stats = ExecStats::default();
+        let source = self.find_source(&request, &plan, &mut stats)?;
         self.open_cursor(CursorSpec {
-            ns: ns_str,
+            ns,
             db: db.to_owned(),
-            coll: ns.coll,
+            coll: request.ns.coll.clone(),
             source,
-            batch_docs,
-            single_batch,
+            batch_docs: request.batch_docs,
+            single_batch: request.single_batch,
         })
+    }
+
+    /// The results of a find under `plan`: a lazy scan when the plan yields them in order,
+    /// else materialized and sorted (what was examined then goes to `stats`).
+    pub(crate) fn find_source(
+        &self,
+        request: &FindRequest,
+        plan: &Plan,
+        stats: &mut ExecStats,
+    ) -> Result<Source, CommandError> {
+        if plan.sorted {
+            return Ok(Source::Scan(ScanState {
+                scan: plan.scan(),
+                filter: request.filter_doc.clone(),
+                projection: request.projection_doc.clone(),
+                skip_left: request.skip,
+                limit_left: request.limit,
+            }));
+        }
+        let reader = Direct(self.kv.as_ref());
+        let mut matches = collect_matching(&reader, plan, &request.filter, stats)?;
+        request.sort.sort(&mut matches);
+        let skip = usize::try_from(request.skip).unwrap_or(usize::MAX);
+        let take = request.limit.map_or(usize::MAX, |limit| {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        });
+        let projection = parse_projection(request.projection_doc.as_ref(), &request.filter)?;
+        let mut results = VecDeque::new();
+        for document in matches.into_iter().skip(skip).take(take) {
+            results.push_back(match &projection {
+                Some(projection) => projection.apply(&document)?,
+                None => document,
+            });
+        }
+        Ok(Source::Buffered(results))
+    }
+
+    /// Runs a source to its end, for explain: how many documents it returns.
+    pub(crate) fn drain(&self, source: &mut Source) -> Result<u64, CommandError> {
+        let mut returned = 0u64;
+        loop {
+            let (batch, exhausted) = self.next_batch(source, usize::MAX)?;
+            returned += batch.len() as u64;
+            if exhausted {
+                return Ok(returned);
+            }
+        }
     }
 
     /// `getMore`.
@@ -308,16 +308,21 @@ impl Engine {
 
     /// `count`.
     pub(crate) fn count(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
-        let ns = collection_ns(db, command, "count")?.to_string();
-        let fields = Fields::new(command, "count");
-        let query = fields.doc("query")?.cloned().unwrap_or_default();
-        let skip = fields.non_negative("skip")?.unwrap_or(0);
-        // A negative limit means the same as a positive one for count, as in MongoDB.
-        let limit = fields.i64("limit")?.unwrap_or(0).unsigned_abs();
-        Filter::parse(&query)?;
+        let request = CountRequest::parse(db, command)?;
         let reader = Direct(self.kv.as_ref());
-        let n = match catalog::lookup(&reader, &ns)? {
-            Some(entry) => count_matching(&reader, entry.id, &query, skip, limit)?,
+        let n = match catalog::lookup(&reader, &request.ns)? {
+            Some(entry) => {
+                let plan = plan::choose(&entry, request.shape())?;
+                let (n, _) = count_matching(
+                    &reader,
+                    &entry,
+                    &request.query,
+                    Some(&plan),
+                    request.skip,
+                    request.limit,
+                )?;
+                n
+            }
             None => 0,
         };
         Ok(doc! {"n": number(n)})
@@ -325,25 +330,33 @@ impl Engine {
 
     /// `distinct`.
     pub(crate) fn distinct(&self, db: &str, command: &Document) -> Result<Document, CommandError> {
-        let ns = collection_ns(db, command, "distinct")?.to_string();
-        let fields = Fields::new(command, "distinct");
-        let key = fields.str("key")?.ok_or_else(|| fields.missing("key"))?;
-        let query = fields.doc("query")?.cloned().unwrap_or_default();
-        let filter = Filter::parse(&query)?;
+        let request = DistinctRequest::parse(db, command)?;
         let reader = Direct(self.kv.as_ref());
-        let Some(entry) = catalog::lookup(&reader, &ns)? else {
+        let Some(entry) = catalog::lookup(&reader, &request.ns)? else {
             return Ok(doc! {"values": []});
         };
+        let plan = plan::choose(&entry, QueryShape::filter(&request.query))?;
+        let (values, _) = self.distinct_values(&request, &plan)?;
+        Ok(doc! {"values": values})
+    }
+
+    /// The distinct values of a `distinct` under `plan`, with what was examined.
+    pub(crate) fn distinct_values(
+        &self,
+        request: &DistinctRequest,
+        plan: &Plan,
+    ) -> Result<(Vec<Bson>, ExecStats), CommandError> {
+        let filter = Filter::parse(&request.query)?;
         // Keyed by the order-preserving encoding: equal values (1, 1.0) collapse to one, and
         // the reply comes out in BSON order.
         let mut values: BTreeMap<Vec<u8>, Bson> = BTreeMap::new();
         let mut bytes = 0usize;
-        let (start, end) = filter_range(entry.id, &query);
-        scan_documents(&reader, &start, &end, |_, document, _| {
+        let mut scan = plan.scan();
+        scan.run(&Direct(self.kv.as_ref()), |_, document, _| {
             if !filter.matches(&document) {
                 return Ok::<_, CommandError>(Step::Next);
             }
-            for value in shoal_query::path::distinct_values(&document, key) {
+            for value in shoal_query::path::distinct_values(&document, &request.key) {
                 let mut encoded = Vec::new();
                 shoal_query::keycode::encode(&value, &mut encoded);
                 if let std::collections::btree_map::Entry::Vacant(slot) = values.entry(encoded) {
@@ -359,6 +372,145 @@ impl Engine {
             }
             Ok(Step::Next)
         })?;
-        Ok(doc! {"values": values.into_values().collect::<Vec<_>>()})
+        Ok((values.into_values().collect(), scan.stats))
+    }
+}
+
+/// The positional-aware projection of a find.
+fn parse_projection(
+    projection: Option<&Document>,
+    filter: &Filter,
+) -> Result<Option<Projection>, CommandError> {
+    Ok(projection
+        .map(Projection::parse)
+        .transpose()?
+        .map(|projection| projection.with_query(filter.clone())))
+}
+
+/// A parsed `find`.
+pub(crate) struct FindRequest {
+    pub ns: Namespace,
+    pub filter_doc: Document,
+    pub filter: Filter,
+    pub projection_doc: Option<Document>,
+    pub sort_doc: Document,
+    pub sort: SortSpec,
+    pub skip: u64,
+    pub limit: Option<u64>,
+    pub batch_docs: u64,
+    pub single_batch: bool,
+    pub hint: Option<Bson>,
+}
+
+/// `hint` as given: an index name or key pattern (or `{$natural: 1}`).
+pub(crate) fn hint_field(command: &Document, label: &str) -> Result<Option<Bson>, CommandError> {
+    match command.get("hint") {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Document(key)) if key.is_empty() => Ok(None),
+        Some(hint @ (Bson::String(_) | Bson::Document(_))) => Ok(Some(hint.clone())),
+        Some(other) => Err(CommandError::type_mismatch(
+            &format!("{label}.hint"),
+            "object",
+            other,
+        )),
+    }
+}
+
+impl FindRequest {
+    /// Parses everything first so that a bad query fails even on a missing collection.
+    pub fn parse(db: &str, command: &Document) -> Result<FindRequest, CommandError> {
+        let ns = collection_ns(db, command, "find")?;
+        let fields = Fields::new(command, "find");
+        let filter_doc = fields.doc("filter")?.cloned().unwrap_or_default();
+        let projection_doc = fields.doc("projection")?.cloned();
+        let sort_doc = fields.doc("sort")?.cloned().unwrap_or_default();
+        if fields.flag("tailable", false)? {
+            return Err(CommandError::bad_value(
+                "tailable cursor requested on non capped collection",
+            ));
+        }
+        let filter = Filter::parse(&filter_doc)?;
+        parse_projection(projection_doc.as_ref(), &filter)?;
+        let sort = SortSpec::parse(&sort_doc)?;
+        Ok(FindRequest {
+            ns,
+            filter,
+            projection_doc,
+            sort,
+            skip: fields.non_negative("skip")?.unwrap_or(0),
+            limit: fields.non_negative("limit")?.filter(|limit| *limit > 0),
+            batch_docs: fields
+                .non_negative("batchSize")?
+                .unwrap_or(FIRST_BATCH_DOCS_DEFAULT),
+            single_batch: fields.flag("singleBatch", false)?,
+            hint: hint_field(command, "find")?,
+            filter_doc,
+            sort_doc,
+        })
+    }
+
+    /// What the planner needs.
+    pub fn shape(&self) -> QueryShape<'_> {
+        QueryShape {
+            filter: &self.filter_doc,
+            sort: Some(&self.sort_doc),
+            hint: self.hint.as_ref(),
+        }
+    }
+}
+
+/// A parsed `count`.
+pub(crate) struct CountRequest {
+    pub ns: String,
+    pub query: Document,
+    pub skip: u64,
+    pub limit: u64,
+    pub hint: Option<Bson>,
+}
+
+impl CountRequest {
+    pub fn parse(db: &str, command: &Document) -> Result<CountRequest, CommandError> {
+        let ns = collection_ns(db, command, "count")?.to_string();
+        let fields = Fields::new(command, "count");
+        let query = fields.doc("query")?.cloned().unwrap_or_default();
+        Filter::parse(&query)?;
+        Ok(CountRequest {
+            ns,
+            query,
+            skip: fields.non_negative("skip")?.unwrap_or(0),
+            // A negative limit means the same as a positive one for count, as in MongoDB.
+            limit: fields.i64("limit")?.unwrap_or(0).unsigned_abs(),
+            hint: hint_field(command, "count")?,
+        })
+    }
+
+    pub fn shape(&self) -> QueryShape<'_> {
+        QueryShape {
+            filter: &self.query,
+            sort: None,
+            hint: self.hint.as_ref(),
+        }
+    }
+}
+
+/// A parsed `distinct`.
+pub(crate) struct DistinctRequest {
+    pub ns: String,
+    pub key: String,
+    pub query: Document,
+}
+
+impl DistinctRequest {
+    pub fn parse(db: &str, command: &Document) -> Result<DistinctRequest, CommandError> {
+        let ns = collection_ns(db, command, "distinct")?.to_string();
+        let fields = Fields::new(command, "distinct");
+        let key = fields.str("key")?.ok_or_else(|| fields.missing("key"))?;
+        let query = fields.doc("query")?.cloned().unwrap_or_default();
+        Filter::parse(&query)?;
+        Ok(DistinctRequest {
+            ns,
+            key: key.to_owned(),
+            query,
+        })
     }
 }

@@ -89,6 +89,30 @@ impl Kv for RocksKv {
         Ok(pairs)
     }
 
+    fn scan_reverse(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvPair>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let family = self.family(space)?;
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(start.to_vec());
+        read.set_iterate_upper_bound(end.to_vec());
+        // With an upper bound set, `End` seeks to the last key below it.
+        let iter = self.db.iterator_cf_opt(&family, read, IteratorMode::End);
+        let mut pairs = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item.map_err(backend)?;
+            pairs.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(pairs)
+    }
+
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut rocks_batch = rocksdb::WriteBatch::default();
         for op in batch.ops {
@@ -133,6 +157,11 @@ mod tests {
             let page = kv.scan(Space::Docs, &[b'd', 2], &[b'd', 8], 3).unwrap();
             let keys: Vec<u8> = page.iter().map(|(k, _)| k[1]).collect();
             assert_eq!(keys, vec![2, 3, 4]);
+            let back = kv
+                .scan_reverse(Space::Docs, &[b'd', 2], &[b'd', 8], 3)
+                .unwrap();
+            let keys: Vec<u8> = back.iter().map(|(k, _)| k[1]).collect();
+            assert_eq!(keys, vec![7, 6, 5]);
             let mut batch = WriteBatch::new();
             batch.delete_range(Space::Docs, vec![b'd', 3], vec![b'd', 7]);
             batch.delete(Space::Docs, vec![b'd', 0]);
@@ -167,5 +196,47 @@ mod tests {
             .get_array("firstBatch")
             .unwrap();
         assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn indexes_survive_a_restart_on_rocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs: Vec<bson::Document> = (0..50)
+            .map(|i| doc! {"_id": i, "f": format!("v{i}"), "t": [i % 4, 9]})
+            .collect();
+        {
+            let engine = Engine::open(dir.path()).unwrap();
+            engine.execute("db", &doc! {"insert": "c", "documents": docs});
+            let reply = engine.execute(
+                "db",
+                &doc! {"createIndexes": "c", "indexes": [{"key": {"f": -1}, "unique": true}, {"key": {"t": 1}}]},
+            );
+            assert_eq!(reply.get_i32("numIndexesAfter").unwrap(), 3, "{reply}");
+        }
+        let engine = Engine::open(dir.path()).unwrap();
+        let reply = engine.execute(
+            "db",
+            // "v45".."v49" and "v5".."v9", in order straight from the descending index.
+            &doc! {"explain": {"find": "c", "filter": {"f": {"$gte": "v45"}}, "sort": {"f": 1}}},
+        );
+        let stats = reply.get_document("executionStats").unwrap();
+        assert_eq!(stats.get_i32("nReturned").unwrap(), 10, "{reply}");
+        assert_eq!(stats.get_i32("totalKeysExamined").unwrap(), 10, "{reply}");
+        let found = engine.execute(
+            "db",
+            &doc! {"find": "c", "filter": {"t": 2}, "sort": {"f": -1}},
+        );
+        let batch = found
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap();
+        assert_eq!(batch.len(), 12);
+        let reply = engine.execute("db", &doc! {"insert": "c", "documents": [{"f": "v7"}]});
+        let errors = reply.get_array("writeErrors").unwrap();
+        assert_eq!(
+            errors[0].as_document().unwrap().get_i32("code").unwrap(),
+            11000
+        );
     }
 }

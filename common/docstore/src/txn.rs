@@ -22,6 +22,8 @@ use crate::{
 pub(crate) const SCAN_PAGE_PAIRS: usize = 256;
 
 /// One page of a scan: the pairs, and where to resume (`None` once the range is exhausted).
+/// A reverse page holds its pairs in descending order and resumes with `next` as the new
+/// (exclusive) end of the range.
 pub(crate) struct ScanPage {
     pub pairs: Vec<KvPair>,
     pub next: Option<Vec<u8>>,
@@ -33,6 +35,9 @@ pub(crate) trait Reader {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// One page of `[start, end)`.
     fn scan_page(&self, space: Space, start: &[u8], end: &[u8]) -> Result<ScanPage, StoreError>;
+    /// One page of `[start, end)`, from the end downwards.
+    fn scan_page_rev(&self, space: Space, start: &[u8], end: &[u8])
+    -> Result<ScanPage, StoreError>;
 }
 
 /// Reads straight from storage.
@@ -53,6 +58,21 @@ fn page_from_storage(
     Ok(ScanPage { pairs, next })
 }
 
+fn page_from_storage_rev(
+    kv: &dyn Kv,
+    space: Space,
+    start: &[u8],
+    end: &[u8],
+) -> Result<ScanPage, StoreError> {
+    let pairs = kv.scan_reverse(space, start, end, SCAN_PAGE_PAIRS)?;
+    let next = if pairs.len() < SCAN_PAGE_PAIRS {
+        None
+    } else {
+        pairs.last().map(|(key, _)| key.clone())
+    };
+    Ok(ScanPage { pairs, next })
+}
+
 impl Reader for Direct<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get(space, key)
@@ -60,6 +80,15 @@ impl Reader for Direct<'_> {
 
     fn scan_page(&self, space: Space, start: &[u8], end: &[u8]) -> Result<ScanPage, StoreError> {
         page_from_storage(self.0, space, start, end)
+    }
+
+    fn scan_page_rev(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<ScanPage, StoreError> {
+        page_from_storage_rev(self.0, space, start, end)
     }
 }
 
@@ -100,12 +129,33 @@ pub(crate) fn scan_documents<E: From<StoreError>>(
     }
 }
 
+/// How to take back one staged change when a statement fails half-way.
+enum Undo {
+    /// Restore the staged state of a key (`None`: the key was not staged).
+    Pending {
+        slot: usize,
+        key: Vec<u8>,
+        previous: Option<Option<Vec<u8>>>,
+    },
+    /// Subtract a statistics delta again.
+    Stats {
+        coll: CollectionId,
+        delta: CollStats,
+    },
+}
+
 /// A write overlay over storage; see the module doc.
+///
+/// Statements: between [`Txn::begin_statement`] and [`Txn::rollback_statement`] every change is
+/// also logged so that a statement failing after it staged part of its writes (a multi-update
+/// whose third document violates a unique index) leaves no trace, while earlier statements of
+/// the same command stay staged.
 pub(crate) struct Txn<'a> {
     kv: &'a dyn Kv,
     pending: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 2],
     stats: HashMap<CollectionId, CollStats>,
     order: Vec<CollectionId>,
+    undo: Option<Vec<Undo>>,
 }
 
 fn slot(space: Space) -> usize {
@@ -123,12 +173,65 @@ impl<'a> Txn<'a> {
             pending: [BTreeMap::new(), BTreeMap::new()],
             stats: HashMap::new(),
             order: Vec::new(),
+            undo: None,
         }
+    }
+
+    /// Starts logging changes so that [`Txn::rollback_statement`] can take them back.
+    pub fn begin_statement(&mut self) {
+        self.undo = Some(Vec::new());
+    }
+
+    /// Takes back every change since [`Txn::begin_statement`] and stops logging.
+    pub fn rollback_statement(&mut self) {
+        let Some(log) = self.undo.take() else {
+            return;
+        };
+        for entry in log.into_iter().rev() {
+            match entry {
+                Undo::Pending {
+                    slot,
+                    key,
+                    previous,
+                } => match previous {
+                    Some(previous) => {
+                        self.pending[slot].insert(key, previous);
+                    }
+                    None => {
+                        self.pending[slot].remove(&key);
+                    }
+                },
+                Undo::Stats { coll, delta } => {
+                    if let Some(stats) = self.stats.get_mut(&coll) {
+                        stats.count -= delta.count;
+                        stats.bytes -= delta.bytes;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stages `value` (or a delete, for `None`) at `key` in slot `slot`, logging the change.
+    fn stage(&mut self, slot: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Some(log) = &mut self.undo {
+            let previous = self.pending[slot].get(&key).cloned();
+            log.push(Undo::Pending {
+                slot,
+                key: key.clone(),
+                previous,
+            });
+        }
+        self.pending[slot].insert(key, value);
     }
 
     /// Stages `key = value` in `space`.
     pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.pending[slot(space)].insert(key, Some(value));
+        self.stage(slot(space), key, Some(value));
+    }
+
+    /// Stages the removal of `key` from `space` (no statistics: not for documents).
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.stage(slot(space), key, None);
     }
 
     /// Stages a document write, keeping the collection's statistics in step.
@@ -150,7 +253,7 @@ impl<'a> Txn<'a> {
             },
         };
         self.add_stats(coll, delta);
-        self.pending[slot(Space::Docs)].insert(key, Some(value));
+        self.stage(slot(Space::Docs), key, Some(value));
         Ok(())
     }
 
@@ -164,7 +267,7 @@ impl<'a> Txn<'a> {
                     bytes: -len_i64(old.len()),
                 },
             );
-            self.pending[slot(Space::Docs)].insert(key, None);
+            self.stage(slot(Space::Docs), key, None);
         }
         Ok(())
     }
@@ -176,6 +279,14 @@ impl<'a> Txn<'a> {
         });
         entry.count += delta.count;
         entry.bytes += delta.bytes;
+        if let Some(log) = &mut self.undo {
+            log.push(Undo::Stats { coll, delta });
+        }
+    }
+
+    /// What is staged at `key` (`Some(None)`: a staged delete), without reading storage.
+    pub fn staged(&self, space: Space, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.pending[slot(space)].get(key)
     }
 
     /// Whether nothing was staged.
@@ -184,16 +295,17 @@ impl<'a> Txn<'a> {
     }
 
     /// Writes everything staged as one synced batch.
-    pub fn commit(self) -> Result<(), StoreError> {
+    pub fn commit(mut self) -> Result<(), StoreError> {
         if self.is_empty() {
             return Ok(());
         }
         let mut batch = WriteBatch::new();
         for space in Space::ALL {
-            for (key, value) in &self.pending[slot(space)] {
+            // Moved, not copied: an index build stages one entry per document.
+            for (key, value) in std::mem::take(&mut self.pending[slot(space)]) {
                 match value {
-                    Some(value) => batch.put(space, key.clone(), value.clone()),
-                    None => batch.delete(space, key.clone()),
+                    Some(value) => batch.put(space, key, value),
+                    None => batch.delete(space, key),
                 }
             }
         }
@@ -201,6 +313,9 @@ impl<'a> Txn<'a> {
             let Some(delta) = self.stats.get(coll) else {
                 continue;
             };
+            if *delta == CollStats::default() {
+                continue;
+            }
             let key = stats_key(*coll);
             let mut stats = match self.kv.get(Space::Catalog, &key)? {
                 Some(bytes) => CollStats::decode(&key, &bytes)?,
@@ -247,6 +362,32 @@ impl Reader for Txn<'_> {
             next: base.next,
         })
     }
+
+    fn scan_page_rev(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<ScanPage, StoreError> {
+        let base = page_from_storage_rev(self.kv, space, start, end)?;
+        // The storage page covers [covered, end): merge staged keys only there.
+        let covered = base.next.clone().unwrap_or_else(|| start.to_vec());
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.pairs.into_iter().collect();
+        let staged = &self.pending[slot(space)];
+        for (key, value) in staged.range::<[u8], _>((
+            std::ops::Bound::Included(covered.as_slice()),
+            std::ops::Bound::Excluded(end),
+        )) {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(ScanPage {
+            pairs: merged.into_iter().rev().collect(),
+            next: base.next,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -287,5 +428,36 @@ mod tests {
             txn.get(Space::Docs, &700u16.to_be_bytes()).unwrap(),
             Some(vec![2])
         );
+        let mut back = Vec::new();
+        let mut end = vec![0xff, 0xff];
+        loop {
+            let page = txn.scan_page_rev(Space::Docs, &[0u8], &end).unwrap();
+            back.extend(page.pairs);
+            match page.next {
+                Some(next) => end = next,
+                None => break,
+            }
+        }
+        back.reverse();
+        assert_eq!(back, seen);
+    }
+
+    #[test]
+    fn a_rolled_back_statement_leaves_earlier_ones_staged() {
+        let kv = MemKv::new();
+        let mut txn = Txn::new(&kv);
+        let coll = CollectionId(1);
+        txn.put_doc(coll, b"a".to_vec(), vec![1]).unwrap();
+        txn.begin_statement();
+        txn.put_doc(coll, b"a".to_vec(), vec![1, 2]).unwrap();
+        txn.put_doc(coll, b"b".to_vec(), vec![3]).unwrap();
+        txn.delete(Space::Catalog, b"k".to_vec());
+        txn.rollback_statement();
+        assert_eq!(txn.get(Space::Docs, b"a").unwrap(), Some(vec![1]));
+        assert_eq!(txn.get(Space::Docs, b"b").unwrap(), None);
+        assert!(txn.staged(Space::Catalog, b"k").is_none());
+        txn.commit().unwrap();
+        let stats = crate::catalog::stats(&Direct(&kv), coll).unwrap();
+        assert_eq!(stats, CollStats { count: 1, bytes: 1 });
     }
 }

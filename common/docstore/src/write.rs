@@ -14,6 +14,7 @@ use crate::{
     catalog,
     engine::Engine,
     error::StoreError,
+    index,
     keys::{CollectionEntry, doc_key, encode_document},
     matching::find_matching,
     shard_key::ShardKeyGuard,
@@ -206,19 +207,24 @@ fn check_top_level_names(document: &Document) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// Stages the insert of a prepared document, creating the collection when needed.
+/// Stages the insert of a prepared document with its index entries, creating the collection
+/// when needed. `cached` keeps the catalog entry between the statements of one command (the
+/// entry changes only through this overlay, and [`index::stage_document`] keeps it current).
 fn stage_new(
     txn: &mut Txn<'_>,
     ns: &str,
+    cached: &mut Option<CollectionEntry>,
     prepared: Prepared,
-) -> Result<CollectionEntry, StmtError> {
-    let entry = catalog::ensure(txn, ns)?;
+) -> Result<(), StmtError> {
+    let entry = match cached {
+        Some(entry) => entry,
+        None => cached.insert(catalog::ensure(txn, ns)?),
+    };
     let key = doc_key(entry.id, &prepared.id);
     if txn.get(crate::kv::Space::Docs, &key)?.is_some() {
         return Err(StmtError::Write(duplicate_key(ns, &prepared.id)));
     }
-    txn.put_doc(entry.id, key, prepared.bytes)?;
-    Ok(entry)
+    index::stage_document(txn, entry, key, None, &prepared.document, prepared.bytes)
 }
 
 /// One parsed `update` statement.
@@ -312,7 +318,7 @@ pub(crate) fn stage_upsert(
     }
     let id = prepared.id.clone();
     let stored = prepared.document.clone();
-    stage_new(txn, ns, prepared)?;
+    stage_new(txn, ns, &mut None, prepared)?;
     Ok((id, stored))
 }
 
@@ -330,11 +336,12 @@ impl Engine {
         let mut result = BatchResult::default();
         let _writer = self.lock_writer();
         let mut txn = Txn::new(self.kv.as_ref());
+        let mut entry = None;
         for (index, document) in items.into_iter().enumerate() {
             let staged = check_top_level_names(document)
                 .and_then(|()| prepare(document))
                 .map_err(StmtError::Write)
-                .and_then(|prepared| stage_new(&mut txn, &ns, prepared));
+                .and_then(|prepared| stage_new(&mut txn, &ns, &mut entry, prepared));
             match staged {
                 Ok(_) => result.n += 1,
                 Err(err) => {
@@ -367,7 +374,12 @@ impl Engine {
         let _writer = self.lock_writer();
         let mut txn = Txn::new(self.kv.as_ref());
         for (index, statement) in statements.iter().enumerate() {
-            match stage_update(&mut txn, &ns, statement, guard.as_ref()) {
+            txn.begin_statement();
+            let staged = stage_update(&mut txn, &ns, statement, guard.as_ref());
+            if staged.is_err() {
+                txn.rollback_statement();
+            }
+            match staged {
                 Ok(outcome) => {
                     result.n += outcome.matched;
                     result.modified += outcome.modified;
@@ -425,20 +437,21 @@ fn stage_update(
     statement: &UpdateStatement<'_>,
     guard: Option<&ShardKeyGuard>,
 ) -> Result<UpdateOutcome, StmtError> {
-    let update = Update::parse(statement.u, statement.array_filters)?;
+    let filter = Filter::parse(statement.q)?;
+    // The query goes with the update for positional `$` paths.
+    let update = Update::parse(statement.u, statement.array_filters)?.with_query(filter.clone());
     if statement.multi && update.is_replacement() {
         return Err(StmtError::Write(CommandError::failed_to_parse(
             "multi update is not supported for replacement-style update",
         )));
     }
-    let filter = Filter::parse(statement.q)?;
     let limit = if statement.multi { None } else { Some(1) };
     let entry = catalog::lookup(txn, ns)?;
     let matches = match &entry {
-        Some(entry) => find_matching::<StmtError>(txn, entry.id, statement.q, &filter, limit)?,
+        Some(entry) => find_matching::<StmtError>(txn, entry, statement.q, &filter, limit)?,
         None => Vec::new(),
     };
-    let Some(entry) = entry.filter(|_| !matches.is_empty()) else {
+    let Some(mut entry) = entry.filter(|_| !matches.is_empty()) else {
         if !statement.upsert {
             return Ok(UpdateOutcome {
                 matched: 0,
@@ -453,17 +466,25 @@ fn stage_update(
             upserted: Some(id),
         });
     };
-    // Compute every new document before staging any, so a failing multi-update statement
-    // leaves no partial effect.
+    // Compute every new document before staging any, so an update that fails on the data
+    // stages nothing; a unique index violation half-way is taken back by the caller's
+    // statement rollback.
     let mut changed = Vec::new();
     for (key, old) in &matches {
         if let Some(prepared) = apply_update(&update, old, guard)? {
-            changed.push((key.clone(), prepared.bytes));
+            changed.push((key.clone(), old, prepared));
         }
     }
     let modified = changed.len() as u64;
-    for (key, bytes) in changed {
-        txn.put_doc(entry.id, key, bytes)?;
+    for (key, old, prepared) in changed {
+        index::stage_document(
+            txn,
+            &mut entry,
+            key,
+            Some(old),
+            &prepared.document,
+            prepared.bytes,
+        )?;
     }
     Ok(UpdateOutcome {
         matched: matches.len() as u64,
@@ -495,14 +516,14 @@ fn stage_delete(
     just_one: bool,
 ) -> Result<u64, StmtError> {
     let filter = Filter::parse(query)?;
-    let Some(entry) = catalog::lookup(txn, ns)? else {
+    let Some(mut entry) = catalog::lookup(txn, ns)? else {
         return Ok(0);
     };
     let limit = if just_one { Some(1) } else { None };
-    let matches = find_matching::<StmtError>(txn, entry.id, query, &filter, limit)?;
+    let matches = find_matching::<StmtError>(txn, &entry, query, &filter, limit)?;
     let n = matches.len() as u64;
-    for (key, _) in matches {
-        txn.delete_doc(entry.id, key)?;
+    for (key, old) in matches {
+        index::unstage_document(txn, &mut entry, key, &old)?;
     }
     Ok(n)
 }

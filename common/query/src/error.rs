@@ -13,8 +13,6 @@ use shoal_common::{CommandError, ErrorCode};
 pub struct LocationCode(pub i32);
 
 impl LocationCode {
-    /// `$divide` by zero.
-    pub const DIVIDE_BY_ZERO: LocationCode = LocationCode(16608);
     /// `$mod` by zero.
     pub const MOD_BY_ZERO: LocationCode = LocationCode(16610);
     /// An arithmetic operator got a non-numeric argument.
@@ -118,6 +116,9 @@ pub enum QueryError {
     /// `ImmutableField` (66): an update that changes `_id`.
     #[error("{0}")]
     ImmutableField(String),
+    /// `IndexNotFound` (27): a query that needs an index that does not exist (`$text`).
+    #[error("{0}")]
+    IndexNotFound(String),
     /// `InvalidOptions` (72): a stage that an update pipeline does not allow.
     #[error("{0}")]
     InvalidOptions(String),
@@ -169,6 +170,7 @@ impl QueryError {
             QueryError::DollarPrefixedFieldName(_) => ErrorCode::DOLLAR_PREFIXED_FIELD_NAME,
             QueryError::EmptyFieldName(_) => ErrorCode::EMPTY_FIELD_NAME,
             QueryError::ImmutableField(_) => ErrorCode::IMMUTABLE_FIELD,
+            QueryError::IndexNotFound(_) => ErrorCode::INDEX_NOT_FOUND,
             QueryError::InvalidOptions(_) => ErrorCode::INVALID_OPTIONS,
             QueryError::InvalidPipelineOperator(_) => ErrorCode(168),
             QueryError::ConversionFailure(_) => ErrorCode(241),
@@ -181,6 +183,19 @@ impl QueryError {
 
     pub(crate) fn bad_value(message: impl Into<String>) -> Self {
         QueryError::BadValue(message.into())
+    }
+
+    /// An error by MongoDB code: the named codes this crate has a variant for get that variant,
+    /// any other code is a numbered assertion. Lets one table of operator specs name its codes.
+    pub(crate) fn coded(code: i32, message: impl Into<String>) -> Self {
+        let message = message.into();
+        match code {
+            2 => QueryError::BadValue(message),
+            9 => QueryError::FailedToParse(message),
+            14 => QueryError::TypeMismatch(message),
+            241 => QueryError::ConversionFailure(message),
+            other => QueryError::location(LocationCode(other), message),
+        }
     }
 }
 
@@ -202,6 +217,12 @@ mod tests {
         assert_eq!(command.errmsg, "unknown operator: $foo");
         let located = QueryError::location(LocationCode::UNKNOWN_STAGE, "x");
         assert_eq!(CommandError::from(located).code, ErrorCode(40324));
+        assert_eq!(
+            QueryError::coded(9, "x"),
+            QueryError::FailedToParse("x".into())
+        );
+        assert_eq!(QueryError::coded(241, "x").code().0, 241);
+        assert_eq!(QueryError::coded(5166403, "x").code().0, 5166403);
     }
 
     #[test]
@@ -215,6 +236,7 @@ mod tests {
             QueryError::DollarPrefixedFieldName(String::new()),
             QueryError::EmptyFieldName(String::new()),
             QueryError::ImmutableField(String::new()),
+            QueryError::IndexNotFound(String::new()),
             QueryError::InvalidOptions(String::new()),
             QueryError::InvalidPipelineOperator(String::new()),
             QueryError::ConversionFailure(String::new()),

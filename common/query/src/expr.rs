@@ -14,10 +14,21 @@ use shoal_common::error::type_name;
 
 use crate::error::{LocationCode, QueryError, Result};
 
+mod arith;
+mod convert;
 mod date;
+mod date_arith;
+mod date_parts;
+#[cfg(test)]
+mod manual_tests;
+mod named;
 mod ops;
+mod sets;
+mod strings;
 
+pub(crate) use named::NamedOp;
 pub(crate) use ops::{slice_count, slice_from};
+pub(crate) use sets::SortBy;
 
 /// The result of evaluating an expression: `None` is "missing".
 pub type Value = Option<Bson>;
@@ -77,10 +88,27 @@ pub(crate) enum Expr {
         input: Box<Expr>,
         chars: Option<Box<Expr>>,
     },
-    RegexMatch {
+    /// An object-form operator whose arguments are all expressions (`$regexFind`, `$dateAdd`,
+    /// `$convert`, ...): one slot per argument name, in the order [`NamedOp`]'s spec lists them.
+    Named(NamedOp, Vec<Option<Expr>>),
+    Zip {
+        inputs: Vec<Expr>,
+        defaults: Vec<Expr>,
+        longest: bool,
+    },
+    SortArray {
         input: Box<Expr>,
-        regex: Box<Expr>,
-        options: Option<Box<Expr>>,
+        sort_by: SortBy,
+    },
+    GetField {
+        field: String,
+        input: Box<Expr>,
+    },
+    /// `$setField` and `$unsetField` (whose value is `$$REMOVE`).
+    SetField {
+        field: String,
+        input: Box<Expr>,
+        value: Box<Expr>,
     },
 }
 
@@ -173,7 +201,19 @@ pub(crate) enum Op {
     ToDouble,
     ToBool,
     ToDate,
+    ToDecimal,
+    ToObjectId,
     IsNumber,
+    Log,
+    IndexOfBytes,
+    IndexOfCP,
+    IndexOfArray,
+    SetEquals,
+    SetIsSubset,
+    SetDifference,
+    SetIntersection,
+    AnyElementTrue,
+    AllElementsTrue,
 }
 
 /// Operators with positional arguments: name, operator, minimum and maximum argument count.
@@ -239,7 +279,19 @@ const POSITIONAL_OPS: &[(&str, Op, usize, usize)] = &[
     ("$toDouble", Op::ToDouble, 1, 1),
     ("$toBool", Op::ToBool, 1, 1),
     ("$toDate", Op::ToDate, 1, 1),
+    ("$toDecimal", Op::ToDecimal, 1, 1),
+    ("$toObjectId", Op::ToObjectId, 1, 1),
     ("$isNumber", Op::IsNumber, 1, 1),
+    ("$log", Op::Log, 2, 2),
+    ("$indexOfBytes", Op::IndexOfBytes, 2, 4),
+    ("$indexOfCP", Op::IndexOfCP, 2, 4),
+    ("$indexOfArray", Op::IndexOfArray, 2, 4),
+    ("$setEquals", Op::SetEquals, 2, usize::MAX),
+    ("$setIsSubset", Op::SetIsSubset, 2, 2),
+    ("$setDifference", Op::SetDifference, 2, 2),
+    ("$setIntersection", Op::SetIntersection, 0, usize::MAX),
+    ("$anyElementTrue", Op::AnyElementTrue, 1, 1),
+    ("$allElementsTrue", Op::AllElementsTrue, 1, 1),
 ];
 
 const DATE_PARTS: &[(&str, DatePart)] = &[
@@ -431,20 +483,42 @@ fn positional_args(arg: &Bson, scope: &mut Vec<String>) -> Result<Vec<Expr>> {
     }
 }
 
+/// MongoDB's arity error: operators with their own check use its code, fixed arity is 16020,
+/// a range 28667, the `$to*` conversion shortcuts 50723.
 fn arity_error(name: &str, min: usize, max: usize, got: usize) -> QueryError {
-    let expected = if min == max {
-        format!("exactly {min}")
-    } else if max == usize::MAX {
-        format!("at least {min}")
-    } else {
-        format!("between {min} and {max}")
+    let (code, message) = match name {
+        "$ifNull" => (
+            1257300,
+            format!("$ifNull needs at least two arguments, had: {got}"),
+        ),
+        "$setEquals" => (
+            17045,
+            format!("$setEquals needs at least two arguments had: {got}"),
+        ),
+        _ if name.starts_with("$to") => (
+            50723,
+            format!("{name} requires a single argument, got {got}"),
+        ),
+        _ if min == max => (
+            16020,
+            format!("Expression {name} takes exactly {min} arguments. {got} were passed in."),
+        ),
+        _ if max == usize::MAX => (
+            16020,
+            format!("Expression {name} takes at least {min} arguments. {got} were passed in."),
+        ),
+        _ => (
+            28667,
+            format!(
+                "Expression {name} takes at least {min} arguments, and at most {max}. {got} were passed in."
+            ),
+        ),
     };
-    QueryError::location(
-        LocationCode::ARITY,
-        format!("Expression {name} takes {expected} arguments. {got} were passed in."),
-    )
+    QueryError::location(LocationCode(code), message)
 }
 
+/// `$year` and friends: `{$year: <date>}`, `{$year: [<date>]}` or
+/// `{$year: {date: <date>, timezone: <tz>}}`.
 fn parse_date_part(
     part: DatePart,
     name: &str,
@@ -452,7 +526,7 @@ fn parse_date_part(
     scope: &mut Vec<String>,
 ) -> Result<Expr> {
     if let Bson::Document(spec) = arg
-        && spec.contains_key("date")
+        && spec.keys().next().is_some_and(|key| !key.starts_with('$'))
     {
         let mut date = None;
         let mut timezone = None;
@@ -462,14 +536,18 @@ fn parse_date_part(
                 "timezone" => timezone = Some(Box::new(parse_expr(value, scope)?)),
                 other => {
                     return Err(QueryError::location(
-                        LocationCode::EXPRESSION_SPEC,
+                        LocationCode(40535),
                         format!("unrecognized option to {name}: \"{other}\""),
                     ));
                 }
             }
         }
-        let date = date
-            .ok_or_else(|| QueryError::location(LocationCode::EXPRESSION_SPEC, "missing 'date'"))?;
+        let date = date.ok_or_else(|| {
+            QueryError::location(
+                LocationCode(40539),
+                format!("missing 'date' argument to {name}, provided: {spec}"),
+            )
+        })?;
         return Ok(Expr::DatePart {
             part,
             date,
@@ -477,7 +555,15 @@ fn parse_date_part(
         });
     }
     let args = positional_args(arg, scope)?;
-    let [date] = <[Expr; 1]>::try_from(args).map_err(|args| arity_error(name, 1, 1, args.len()))?;
+    let [date] = <[Expr; 1]>::try_from(args).map_err(|args| {
+        QueryError::location(
+            LocationCode(40536),
+            format!(
+                "{name} accepts exactly one argument if given an array, but was given {}",
+                args.len()
+            ),
+        )
+    })?;
     Ok(Expr::DatePart {
         part,
         date: Box::new(date),
@@ -581,6 +667,19 @@ pub(crate) fn field_from_value(value: &Bson, parts: &[String]) -> Value {
         }
         _ => None,
     }
+}
+
+/// Null, undefined or missing: the values most operators answer null for.
+pub(crate) fn nullish(value: &Value) -> bool {
+    matches!(value, None | Some(Bson::Null) | Some(Bson::Undefined))
+}
+
+/// The name a positional operator was written with, for error messages.
+pub(crate) fn op_name(op: Op) -> &'static str {
+    POSITIONAL_OPS
+        .iter()
+        .find(|(_, o, ..)| *o == op)
+        .map_or("$op", |(n, ..)| *n)
 }
 
 /// MongoDB truthiness: false, null, missing, undefined and numeric zero are false.
@@ -818,7 +917,7 @@ mod tests {
             (bson!({"$sqrt": 16}), bson!(4.0)),
             (bson!({"$range": [0, 10, 3]}), bson!([0, 3, 6, 9])),
             (bson!({"$reverseArray": "$arr"}), bson!([3, 1, 3])),
-            (bson!({"$setUnion": ["$arr", [1, 5]]}), bson!([3, 1, 5])),
+            (bson!({"$setUnion": ["$arr", [1, 5]]}), bson!([1, 3, 5])),
             (bson!({"$first": "$arr"}), bson!(3)),
             (bson!({"$last": [[]]}), bson!("<missing>")),
             (

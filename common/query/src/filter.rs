@@ -176,7 +176,11 @@ fn parse_top_operator(operator: &str, value: &Bson) -> Result<Node> {
         "comment" => Ok(Node::Const(true)),
         "alwaysTrue" => Ok(Node::Const(true)),
         "alwaysFalse" => Ok(Node::Const(false)),
-        "where" | "text" | "jsonSchema" | "sampleRate" => Err(QueryError::bad_value(format!(
+        // No collection has a text index, so `$text` fails the way MongoDB fails without one.
+        "text" => Err(QueryError::IndexNotFound(
+            "text index required for $text query".to_owned(),
+        )),
+        "where" | "jsonSchema" | "sampleRate" => Err(QueryError::bad_value(format!(
             "${operator} is not supported by this server"
         ))),
         other => Err(QueryError::bad_value(format!(
@@ -1176,6 +1180,11 @@ mod tests {
             "unknown operator: $foo"
         );
         assert_eq!(parse_code(doc! {"a": {"$foo": 1}}), 2);
+        assert_eq!(parse_code(doc! {"$text": {"$search": "journal"}}), 27);
+        assert_eq!(
+            parse_message(doc! {"$text": {"$search": "journal"}}),
+            "text index required for $text query"
+        );
         assert_eq!(
             parse_message(doc! {"$foo": 1}),
             "unknown top level operator: $foo"

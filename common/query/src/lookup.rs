@@ -6,7 +6,11 @@
 //! Both MongoDB forms are supported: equality (`localField`/`foreignField`, with arrays matching
 //! element-wise and a missing local field matching null or missing foreign fields, as in the
 //! manual) and `pipeline` (run on the matched foreign documents, or on all of them when no
-//! fields are given). `let` variables are refused with InvalidOptions.
+//! fields are given), with `let` variables. A `let` variable is a constant for each input
+//! document, so it is evaluated there and substituted as a `$literal` into the sub-pipeline's
+//! expressions (in `$match`, only under `$expr`, the one place MongoDB expands variables in a
+//! query) before that pipeline is parsed for the document. An inner `$let`/`$map` variable of
+//! the same name would be shadowed by the substitution; give inner variables other names.
 
 use bson::{Bson, Document};
 
@@ -29,7 +33,17 @@ pub(crate) struct Lookup {
     fields: Option<(String, String)>,
     as_field: String,
     pipeline: Option<Pipeline>,
+    /// `let`: variable names with their expressions, and the raw sub-pipeline they are
+    /// substituted into per input document.
+    variables: Option<LetBinding>,
 }
+
+/// A `$lookup`'s `let` variables (names and expressions) and its raw sub-pipeline.
+type LetBinding = (Vec<(String, crate::Expression)>, Vec<Bson>);
+
+/// The most distinct documents' worth of sub-pipelines a `let` lookup parses per run: each input
+/// document gets its own, so the bound keeps a huge input from parsing without end.
+const LET_PIPELINES_MAX: usize = 1_000_000;
 
 fn string_option(spec: &Document, name: &str) -> Result<Option<String>> {
     match spec.get(name) {
@@ -50,12 +64,7 @@ impl Lookup {
         };
         for key in spec.keys() {
             match key.as_str() {
-                "from" | "localField" | "foreignField" | "as" | "pipeline" => {}
-                "let" => {
-                    return Err(QueryError::InvalidOptions(
-                        "$lookup with 'let' variables is not supported yet".to_owned(),
-                    ));
-                }
+                "from" | "localField" | "foreignField" | "as" | "pipeline" | "let" => {}
                 other => {
                     return Err(QueryError::FailedToParse(format!(
                         "unknown argument to $lookup: {other}"
@@ -84,6 +93,8 @@ impl Lookup {
         };
         let pipeline = match spec.get("pipeline") {
             None => None,
+            // With `let`, the sub-pipeline only parses once variables are substituted.
+            Some(Bson::Array(_)) if spec.contains_key("let") => None,
             Some(Bson::Array(stages)) => Some(Pipeline::parse(stages)?),
             Some(other) => {
                 return Err(QueryError::FailedToParse(format!(
@@ -91,7 +102,28 @@ impl Lookup {
                 )));
             }
         };
-        if fields.is_none() && pipeline.is_none() {
+        let variables = match spec.get("let") {
+            None => None,
+            Some(Bson::Document(lets)) => {
+                let Some(Bson::Array(stages)) = spec.get("pipeline") else {
+                    return Err(QueryError::FailedToParse(
+                        "$lookup with 'let' needs a 'pipeline'".to_owned(),
+                    ));
+                };
+                let mut parsed = Vec::with_capacity(lets.len());
+                for (name, expression) in lets {
+                    check_variable_name(name)?;
+                    parsed.push((name.clone(), crate::Expression::parse(expression)?));
+                }
+                Some((parsed, stages.clone()))
+            }
+            Some(other) => {
+                return Err(QueryError::FailedToParse(format!(
+                    "$lookup argument 'let: {other}' must be an object"
+                )));
+            }
+        };
+        if fields.is_none() && pipeline.is_none() && variables.is_none() {
             return Err(QueryError::FailedToParse(
                 "$lookup requires either 'pipeline' or both 'localField' and 'foreignField'"
                     .to_owned(),
@@ -102,6 +134,7 @@ impl Lookup {
             fields,
             as_field,
             pipeline,
+            variables,
         })
     }
 
@@ -119,6 +152,9 @@ impl Lookup {
             QueryError::bad_value("$lookup cannot run here: no access to other collections")
         })?;
         let foreign = source.collection_documents(&self.from)?;
+        if let Some((variables, stages)) = &self.variables {
+            return self.run_with_variables(docs, &foreign, variables, stages, source);
+        }
         // Without join fields every input document joins the same documents: compute once.
         let uncorrelated = match (&self.fields, &self.pipeline) {
             (None, Some(pipeline)) => Some(pipeline.run_with_source(foreign.clone(), source)?),
@@ -145,6 +181,134 @@ impl Lookup {
             out.push(doc);
         }
         Ok(out)
+    }
+}
+
+impl Lookup {
+    /// The `let` form: per input document, bind the variables, substitute them into the
+    /// sub-pipeline, and run it over the (field-matched, if fields are given) foreign documents.
+    fn run_with_variables(
+        &self,
+        docs: Vec<Document>,
+        foreign: &[Document],
+        variables: &[(String, crate::Expression)],
+        stages: &[Bson],
+        source: &dyn CollectionSource,
+    ) -> Result<Vec<Document>> {
+        if docs.len() > LET_PIPELINES_MAX {
+            return Err(QueryError::bad_value(format!(
+                "$lookup with 'let' runs at most {LET_PIPELINES_MAX} sub-pipelines per batch"
+            )));
+        }
+        let mut out = Vec::with_capacity(docs.len());
+        for mut doc in docs {
+            let mut values = Vec::with_capacity(variables.len());
+            for (name, expression) in variables {
+                values.push((name.as_str(), expression.evaluate(&doc)?));
+            }
+            let bound: Vec<Bson> = stages
+                .iter()
+                .map(|stage| substitute_stage(stage, &values))
+                .collect();
+            let pipeline = Pipeline::parse(&bound)?;
+            let candidates = match &self.fields {
+                Some((local, foreign_field)) => matching(&doc, local, foreign_field, foreign)?,
+                None => foreign.to_vec(),
+            };
+            let joined = pipeline.run_with_source(candidates, source)?;
+            set_path(
+                &mut doc,
+                &self.as_field,
+                Bson::Array(joined.into_iter().map(Bson::Document).collect()),
+            );
+            out.push(doc);
+        }
+        Ok(out)
+    }
+}
+
+/// `let` names follow MongoDB's rule: a lowercase letter or non-ASCII first, then letters,
+/// digits and `_`.
+fn check_variable_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || !c.is_ascii());
+    if first_ok && chars.all(|c| c.is_alphanumeric() || c == '_') {
+        return Ok(());
+    }
+    Err(QueryError::FailedToParse(format!(
+        "'{name}' starts with an invalid character for a user variable name"
+    )))
+}
+
+/// Substitutes variables in one stage: everywhere except in a `$match`, where only `$expr`
+/// subtrees are expressions.
+fn substitute_stage(stage: &Bson, values: &[(&str, Option<Bson>)]) -> Bson {
+    let Bson::Document(spec) = stage else {
+        return stage.clone();
+    };
+    match spec.get("$match") {
+        Some(Bson::Document(filter)) => {
+            Bson::Document(bson::doc! {"$match": substitute_match(filter, values)})
+        }
+        _ => substitute(stage, values),
+    }
+}
+
+fn substitute_match(filter: &Document, values: &[(&str, Option<Bson>)]) -> Document {
+    let mut out = Document::new();
+    for (key, value) in filter {
+        let value = match (key.as_str(), value) {
+            ("$expr", expression) => substitute(expression, values),
+            ("$and" | "$or" | "$nor", Bson::Array(clauses)) => Bson::Array(
+                clauses
+                    .iter()
+                    .map(|clause| match clause {
+                        Bson::Document(clause) => Bson::Document(substitute_match(clause, values)),
+                        other => other.clone(),
+                    })
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        out.insert(key.clone(), value);
+    }
+    out
+}
+
+/// Replaces `"$$name"` and `"$$name.path"` strings with the variable's value as a `$literal`
+/// (`"$$REMOVE"` when it is missing), leaving `$literal` subtrees alone.
+fn substitute(value: &Bson, values: &[(&str, Option<Bson>)]) -> Bson {
+    match value {
+        Bson::String(text) if text.starts_with("$$") => {
+            let (name, rest) = match text[2..].split_once('.') {
+                Some((name, rest)) => (name, Some(rest)),
+                None => (&text[2..], None),
+            };
+            let Some((_, bound)) = values.iter().find(|(variable, _)| *variable == name) else {
+                return value.clone();
+            };
+            let resolved = match (bound, rest) {
+                (Some(Bson::Document(doc)), Some(rest)) => path::lookup(doc, rest).cloned(),
+                (_, Some(_)) => None,
+                (bound, None) => bound.clone(),
+            };
+            match resolved {
+                Some(resolved) => Bson::Document(bson::doc! {"$literal": resolved}),
+                None => Bson::String("$$REMOVE".to_owned()),
+            }
+        }
+        Bson::Document(doc) if doc.contains_key("$literal") => value.clone(),
+        Bson::Document(doc) => Bson::Document(
+            doc.iter()
+                .map(|(k, v)| (k.clone(), substitute(v, values)))
+                .collect(),
+        ),
+        Bson::Array(items) => {
+            Bson::Array(items.iter().map(|item| substitute(item, values)).collect())
+        }
+        other => other.clone(),
     }
 }
 
@@ -289,6 +453,38 @@ mod tests {
     }
 
     #[test]
+    fn let_variables_reach_the_sub_pipeline() {
+        // The manual's "join conditions and subqueries" example, reduced.
+        let stage = doc! {"$lookup": {
+            "from": "inventory",
+            "let": {"wanted": "$item", "minimum": "$min"},
+            "pipeline": [
+                {"$match": {"$expr": {"$and": [{"$eq": ["$sku", "$$wanted"]}, {"$gte": ["$instock", "$$minimum"]}]}}},
+                {"$project": {"_id": 0, "instock": 1, "asked": "$$wanted"}},
+            ],
+            "as": "stock",
+        }};
+        let input = vec![
+            doc! {"_id": 1, "item": "almonds", "min": 100},
+            doc! {"_id": 2, "item": "pecans", "min": 100},
+        ];
+        let out = run(vec![Bson::Document(stage)], input).unwrap();
+        assert_eq!(
+            out[0].get_array("stock").unwrap(),
+            &vec![Bson::Document(doc! {"instock": 120, "asked": "almonds"})]
+        );
+        assert!(out[1].get_array("stock").unwrap().is_empty());
+        // Outside $expr a "$$name" string in $match is a plain value, as in MongoDB.
+        let literal = doc! {"$lookup": {"from": "inventory", "let": {"wanted": "$item"}, "pipeline": [{"$match": {"sku": "$$wanted"}}], "as": "s"}};
+        let out = run(
+            vec![Bson::Document(literal)],
+            vec![doc! {"_id": 1, "item": "almonds"}],
+        )
+        .unwrap();
+        assert!(out[0].get_array("s").unwrap().is_empty());
+    }
+
+    #[test]
     fn uncorrelated_pipelines_and_errors() {
         let stage = doc! {"$lookup": {"from": "inventory", "pipeline": [{"$count": "n"}], "as": "stats.all"}};
         let out = run(vec![Bson::Document(stage)], vec![doc! {"_id": 1}]).unwrap();
@@ -297,7 +493,8 @@ mod tests {
             doc! {"$lookup": {"from": "inventory", "localField": "a", "as": "x"}},
             doc! {"$lookup": {"from": "inventory", "localField": "a", "foreignField": "b"}},
             doc! {"$lookup": {"localField": "a", "foreignField": "b", "as": "x"}},
-            doc! {"$lookup": {"from": "inventory", "let": {}, "pipeline": [], "as": "x"}},
+            doc! {"$lookup": {"from": "inventory", "let": {"Bad": 1}, "pipeline": [], "as": "x"}},
+            doc! {"$lookup": {"from": "inventory", "let": {"a": 1}, "as": "x"}},
         ] {
             assert!(
                 Pipeline::parse(&[Bson::Document(bad.clone())]).is_err(),

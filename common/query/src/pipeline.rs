@@ -280,7 +280,7 @@ fn parse_sort_stage(argument: &Bson) -> Result<SortSpec> {
             "$sort stage must have at least one sort key",
         ));
     }
-    SortSpec::parse(spec).map_err(|err| QueryError::location(LocationCode(15975), err.to_string()))
+    SortSpec::parse(spec)
 }
 
 fn parse_count_arg(

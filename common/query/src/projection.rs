@@ -368,7 +368,9 @@ impl Projection {
                 Some(Item::Sub(sub)) => self.include_value(sub, value, ctx)?,
                 Some(Item::Slice { skip, limit }) => Some(slice_value(value, *skip, *limit)),
                 Some(Item::ElemMatch(filter)) => elem_match_value(filter, value),
-                Some(Item::Positional(parts)) => self.positional_value(parts, value, ctx.root()),
+                Some(Item::Positional(parts)) => {
+                    Some(self.positional_value(parts, value, ctx.root())?)
+                }
             };
             if let Some(projected) = projected {
                 out.insert(key.clone(), projected);
@@ -450,16 +452,23 @@ impl Projection {
         }
     }
 
-    /// `field.$`: the first element the query matched, or the whole field without a query.
-    fn positional_value(&self, parts: &[String], value: &Bson, root: &Document) -> Option<Bson> {
+    /// `field.$`: the first element the query matched, or the whole field without a query or
+    /// when it is not an array. An array none of whose elements the query matched is MongoDB's
+    /// 51246 (the query did not select the document through this array).
+    fn positional_value(&self, parts: &[String], value: &Bson, root: &Document) -> Result<Bson> {
         let Bson::Array(items) = value else {
-            return Some(value.clone());
+            return Ok(value.clone());
         };
         let Some(query) = &self.query else {
-            return Some(value.clone());
+            return Ok(value.clone());
         };
-        let index = first_matching_element(query, root, parts, items)?;
-        Some(Bson::Array(vec![items[index].clone()]))
+        let index = first_matching_element(query, root, parts, items).ok_or_else(|| {
+            QueryError::location(
+                LocationCode(51246),
+                "positional operator '.$' couldn't find a matching element in the array",
+            )
+        })?;
+        Ok(Bson::Array(vec![items[index].clone()]))
     }
 }
 
@@ -821,6 +830,47 @@ mod tests {
         assert_eq!(positional, doc! {"_id": 1, "games": [{"s": 9}]});
         let without_query = project(doc! {"games.$": 1}, d.clone());
         assert_eq!(without_query.get("games"), d.get("games"));
+    }
+
+    /// The manual's positional projection examples (`grades` collection), and 51246 when the
+    /// query selected the document without going through the array.
+    #[test]
+    fn positional_projection_follows_the_query() {
+        let grades = [
+            doc! {"_id": 1, "semester": 1, "grades": [70, 87, 90]},
+            doc! {"_id": 2, "semester": 1, "grades": [90, 88, 92]},
+            doc! {"_id": 3, "semester": 1, "grades": [85, 100, 90]},
+            doc! {"_id": 4, "semester": 2, "grades": [79, 85, 80]},
+        ];
+        let run = |filter: Document, spec: Document| -> Vec<Result<Document>> {
+            let query = Filter::parse(&filter).unwrap();
+            let projection = Projection::parse(&spec).unwrap().with_query(query.clone());
+            grades
+                .iter()
+                .filter(|d| query.matches(d))
+                .map(|d| projection.apply(d))
+                .collect()
+        };
+        let out = run(
+            doc! {"semester": 1, "grades": {"$gte": 85}},
+            doc! {"grades.$": 1},
+        );
+        assert_eq!(
+            out,
+            vec![
+                Ok(doc! {"_id": 1, "grades": [87]}),
+                Ok(doc! {"_id": 2, "grades": [90]}),
+                Ok(doc! {"_id": 3, "grades": [85]}),
+            ]
+        );
+        let out = run(doc! {"_id": 4}, doc! {"grades.$": 1});
+        assert_eq!(out[0].as_ref().unwrap_err().code().0, 51246);
+        let scalar = Projection::parse(&doc! {"semester.$": 1})
+            .unwrap()
+            .with_query(Filter::parse(&doc! {"semester": 1}).unwrap())
+            .apply(&grades[0])
+            .unwrap();
+        assert_eq!(scalar, doc! {"_id": 1, "semester": 1});
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use bson::{Bson, Document};
 use shoal_common::bsonorder;
 
-use crate::error::{QueryError, Result};
+use crate::error::{LocationCode, QueryError, Result};
 use crate::expr::Num;
 use crate::path;
 
@@ -27,8 +27,9 @@ pub struct SortSpec {
 }
 
 impl SortSpec {
-    /// Parses `{field: 1 | -1, ...}`; directions may be int, long or double. Anything else is
-    /// BadValue (2).
+    /// Parses `{field: 1 | -1, ...}`; directions may be int, long or double. A number other
+    /// than 1/-1 is MongoDB's 15975, a non-number 15974; `{$meta: ...}` keys need metadata
+    /// (text scores) that no document here carries, so they fail as MongoDB does without it.
     pub fn parse(spec: &Document) -> Result<SortSpec> {
         let mut keys = Vec::with_capacity(spec.len());
         for (field, direction) in spec {
@@ -37,18 +38,10 @@ impl SortSpec {
                     "Invalid sort key: '{field}'"
                 )));
             }
-            let ascending = match sort_direction(direction) {
-                Some(ascending) => ascending,
-                None => {
-                    return Err(QueryError::bad_value(format!(
-                        "$sort key ordering must be 1 (for ascending) or -1 (for descending) (field '{field}': {direction})"
-                    )));
-                }
-            };
             keys.push(SortKey {
                 path: field.clone(),
                 parts: path::split(field),
-                ascending,
+                ascending: parse_direction(field, direction)?,
             });
         }
         Ok(SortSpec { keys })
@@ -107,6 +100,56 @@ impl SortSpec {
     }
 }
 
+/// One key's direction, with MongoDB's error for each malformed kind.
+fn parse_direction(field: &str, direction: &Bson) -> Result<bool> {
+    if let Some(ascending) = sort_direction(direction) {
+        return Ok(ascending);
+    }
+    match direction {
+        Bson::Document(meta) => Err(meta_sort_error(meta)),
+        other if Num::of(other).is_some() => Err(QueryError::location(
+            LocationCode(15975),
+            "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
+        )),
+        other => Err(QueryError::location(
+            LocationCode(15974),
+            format!("Illegal key in $sort specification: {field}: {other}"),
+        )),
+    }
+}
+
+/// `{$meta: ...}` sort keys: valid syntax, but the metadata they sort by is never available.
+fn meta_sort_error(meta: &Document) -> QueryError {
+    let Some((key, value)) = meta.iter().next() else {
+        return QueryError::location(
+            LocationCode(17312),
+            "$meta is the only expression supported by $sort right now",
+        );
+    };
+    if key != "$meta" {
+        return QueryError::location(
+            LocationCode(17312),
+            "$meta is the only expression supported by $sort right now",
+        );
+    }
+    if meta.len() > 1 {
+        return QueryError::FailedToParse(
+            "Cannot have additional keys in a $meta sort specification".to_owned(),
+        );
+    }
+    match value {
+        Bson::String(name) if name == "textScore" => QueryError::location(
+            LocationCode(40218),
+            "query requires text score metadata, but it is not available",
+        ),
+        Bson::String(name) => QueryError::location(
+            LocationCode(17308),
+            format!("Unsupported argument to $meta: {name}"),
+        ),
+        _ => QueryError::location(LocationCode(17307), "$meta only supports string arguments"),
+    }
+}
+
 /// Reads a sort direction: 1 (ascending) or -1 (descending) as int, long or double.
 pub(crate) fn sort_direction(value: &Bson) -> Option<bool> {
     match Num::of(value).map(Num::as_f64) {
@@ -142,15 +185,23 @@ mod tests {
     #[test]
     fn parse_accepts_numeric_directions_only() {
         assert!(SortSpec::parse(&doc! {"a": 1, "b": -1.0, "c": Bson::Int64(1)}).is_ok());
-        for bad in [
-            doc! {"a": 2},
-            doc! {"a": "asc"},
-            doc! {"a": 0},
-            doc! {"a": {"$meta": "textScore"}},
+        for (bad, code) in [
+            (doc! {"a": 2}, 15975),
+            (doc! {"a": 0}, 15975),
+            (doc! {"a": "asc"}, 15974),
+            (doc! {"a": {"$meta": "textScore"}}, 40218),
+            (doc! {"a": {"$meta": 1}}, 17307),
+            (doc! {"a": {"$foo": 1}}, 17312),
+            (doc! {"": 1}, 2),
         ] {
             let err = SortSpec::parse(&bad).unwrap_err();
-            assert_eq!(err.code().0, 2, "{bad}");
+            assert_eq!(err.code().0, code, "{bad}");
         }
+        let message = SortSpec::parse(&doc! {"a": 2}).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "$sort key ordering must be 1 (for ascending) or -1 (for descending)"
+        );
         assert!(SortSpec::parse(&doc! {}).unwrap().is_empty());
         assert_eq!(
             SortSpec::parse(&doc! {"a": 1.0, "b": -1})

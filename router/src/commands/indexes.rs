@@ -190,9 +190,11 @@ fn check_unique_indexes(
     shard_key: &ShardKeyPattern,
     command: &Document,
 ) -> Result<(), CommandError> {
-    let specs = command
-        .get_array("indexes")
-        .map_err(|_| CommandError::bad_value("createIndexes needs 'indexes'"))?;
+    let specs = match command.get("indexes") {
+        Some(Bson::Array(specs)) => specs,
+        Some(other) => return Err(CommandError::type_mismatch("indexes", "array", other)),
+        None => return Err(CommandError::missing_field("createIndexes", "indexes")),
+    };
     for spec in specs.iter().filter_map(Bson::as_document) {
         if !matches!(spec.get("unique"), Some(Bson::Boolean(true))) {
             continue;

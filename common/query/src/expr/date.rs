@@ -1,16 +1,39 @@
-//! Date operators (`$year` ... `$dateToString`, `$toDate`). Dates are BSON milliseconds since the
-//! epoch; calendar fields are computed in UTC or in a fixed offset ("+05:30"). Named time zones
-//! need a zone database, which this crate does not carry, so they are rejected with MongoDB's
-//! "unrecognized time zone identifier" error rather than silently treated as UTC.
+//! Date operators (`$year` ... `$dateToString`) and the time zones every date operator takes.
+//! Dates are BSON milliseconds since the epoch; calendar fields are computed in UTC, a fixed
+//! offset ("+05:30", "-0800", "+03") or a named IANA zone ("America/New_York", through
+//! chrono-tz), which applies daylight saving time at each instant exactly as MongoDB's zone
+//! database does.
+
+use std::str::FromStr;
 
 use bson::Bson;
-use chrono::{DateTime, Datelike, FixedOffset, Timelike};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
 
-use super::{Ctx, DatePart, Expr, Value, eval, type_of};
+use super::{Ctx, DatePart, Expr, Value, eval, nullish, type_of};
 use crate::error::{LocationCode, QueryError, Result};
 
 /// MongoDB's default `$dateToString` format.
 const DEFAULT_FORMAT: &str = "%Y-%m-%dT%H:%M:%S.%LZ";
+
+/// The `%` specifiers `$dateToString` accepts.
+pub(super) const TO_STRING_SPECIFIERS: &str = "bBdGHjLmMSwuUVYzZ";
+
+/// Month names for `%b` and `%B`.
+pub(super) const MONTH_NAMES: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 
 /// ISO-8601 with milliseconds in UTC, as `$toString` prints dates.
 pub(crate) fn iso_string(date: bson::DateTime) -> String {
@@ -20,7 +43,7 @@ pub(crate) fn iso_string(date: bson::DateTime) -> String {
 }
 
 /// A value usable as a date: a date, a timestamp (its seconds) or an ObjectId (its creation time).
-fn as_date(value: &Bson) -> Option<bson::DateTime> {
+pub(super) fn as_date(value: &Bson) -> Option<bson::DateTime> {
     match value {
         Bson::DateTime(date) => Some(*date),
         Bson::Timestamp(ts) => Some(bson::DateTime::from_millis(i64::from(ts.time) * 1000)),
@@ -29,76 +52,154 @@ fn as_date(value: &Bson) -> Option<bson::DateTime> {
     }
 }
 
-/// `$toDate`'s conversion.
-pub(super) fn to_date(value: &Bson) -> Result<bson::DateTime> {
-    if let Some(date) = as_date(value) {
-        return Ok(date);
-    }
-    match value {
-        Bson::Int64(millis) => Ok(bson::DateTime::from_millis(*millis)),
-        Bson::Double(millis) if millis.is_finite() => {
-            Ok(bson::DateTime::from_millis(*millis as i64))
-        }
-        Bson::String(text) => DateTime::parse_from_rfc3339(text)
-            .map(|parsed| bson::DateTime::from_millis(parsed.timestamp_millis()))
-            .map_err(|_| {
-                QueryError::ConversionFailure(format!("Error parsing date string '{text}'"))
-            }),
-        other => Err(QueryError::ConversionFailure(format!(
-            "Unsupported conversion from {} to date in $convert with no onError value",
-            type_of(Some(other))
-        ))),
-    }
-}
-
-/// Parses "UTC"/"GMT"/"Z" or a fixed offset "+hh", "+hhmm", "+hh:mm".
-fn parse_timezone(name: &str) -> Result<FixedOffset> {
-    let unrecognized = || {
+/// [`as_date`] or MongoDB's 16006 "can't convert from BSON type ... to Date".
+pub(super) fn coerce_date(value: &Bson) -> Result<bson::DateTime> {
+    as_date(value).ok_or_else(|| {
         QueryError::location(
-            LocationCode::TIMEZONE,
-            format!("unrecognized time zone identifier: \"{name}\""),
+            LocationCode::DATE_TYPE,
+            format!(
+                "can't convert from BSON type {} to Date",
+                type_of(Some(value))
+            ),
         )
-    };
-    if matches!(name, "UTC" | "GMT" | "Z" | "Etc/UTC" | "Etc/GMT") {
-        return FixedOffset::east_opt(0).ok_or_else(unrecognized);
-    }
-    let (sign, digits) = match name.as_bytes().first() {
-        Some(b'+') => (1, &name[1..]),
-        Some(b'-') => (-1, &name[1..]),
-        _ => return Err(unrecognized()),
-    };
-    let digits: String = digits.chars().filter(|c| *c != ':').collect();
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
-        return Err(unrecognized());
-    }
-    let hours: i32 = digits[..2].parse().map_err(|_| unrecognized())?;
-    let minutes: i32 = if digits.len() == 4 {
-        digits[2..].parse().map_err(|_| unrecognized())?
-    } else {
-        0
-    };
-    FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60)).ok_or_else(unrecognized)
+    })
 }
 
-fn eval_timezone(timezone: Option<&Expr>, ctx: &mut Ctx<'_>) -> Result<Option<FixedOffset>> {
+/// A time zone argument: UTC, a fixed offset, or a named zone with its daylight saving rules.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Zone {
+    Fixed(FixedOffset),
+    Named(Tz),
+}
+
+impl Zone {
+    /// UTC, the zone of every date operator without a `timezone`.
+    pub(crate) fn utc() -> Zone {
+        Zone::Fixed(Utc.fix())
+    }
+
+    /// Parses a zone the way MongoDB does: an Olson identifier ("UTC" included) or a UTC
+    /// offset "+hh", "+hhmm" or "+hh:mm"; anything else is 40485.
+    pub(crate) fn parse(name: &str) -> Result<Zone> {
+        if name == "UTC" {
+            return Ok(Zone::utc());
+        }
+        if let Ok(zone) = Tz::from_str(name) {
+            return Ok(Zone::Named(zone));
+        }
+        parse_offset(name).map(Zone::Fixed).ok_or_else(|| {
+            QueryError::location(
+                LocationCode::TIMEZONE,
+                format!("unrecognized time zone identifier: \"{name}\""),
+            )
+        })
+    }
+
+    /// Whether this is MongoDB's UTC zone (a zero fixed offset).
+    pub(crate) fn is_utc(&self) -> bool {
+        matches!(self, Zone::Fixed(offset) if offset.local_minus_utc() == 0)
+    }
+
+    /// The offset from UTC in effect at an instant.
+    pub(crate) fn offset_at_millis(&self, millis: i64) -> FixedOffset {
+        match self {
+            Zone::Fixed(offset) => *offset,
+            Zone::Named(zone) => {
+                let instant = bson::DateTime::from_millis(millis).to_chrono();
+                zone.offset_from_utc_datetime(&instant.naive_utc()).fix()
+            }
+        }
+    }
+
+    /// The wall-clock time of a date in this zone.
+    pub(crate) fn localize(&self, date: bson::DateTime) -> DateTime<FixedOffset> {
+        let offset = self.offset_at_millis(date.timestamp_millis());
+        date.to_chrono().with_timezone(&offset)
+    }
+
+    /// The instant (milliseconds) a wall-clock time denotes in this zone. A time that occurs
+    /// twice (autumn) is its first occurrence; one skipped by a spring-forward gap takes the
+    /// offset in effect after the gap, as MongoDB's zone library resolves it.
+    pub(crate) fn resolve(&self, local: NaiveDateTime) -> i64 {
+        let offset = match self {
+            Zone::Fixed(offset) => *offset,
+            Zone::Named(zone) => match zone.from_local_datetime(&local) {
+                chrono::LocalResult::Single(at) => at.offset().fix(),
+                chrono::LocalResult::Ambiguous(first, _) => first.offset().fix(),
+                chrono::LocalResult::None => {
+                    let as_utc = local.and_utc().timestamp_millis();
+                    let current = self.offset_at_millis(as_utc);
+                    let shifted = as_utc - i64::from(current.local_minus_utc()) * 1000;
+                    self.offset_at_millis(shifted)
+                }
+            },
+        };
+        local.and_utc().timestamp_millis() - i64::from(offset.local_minus_utc()) * 1000
+    }
+}
+
+/// "+hh", "+hhmm" or "+hh:mm" (or with "-"), MongoDB's UTC offset forms.
+fn parse_offset(text: &str) -> Option<FixedOffset> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    let (hours, minutes) = match rest.len() {
+        2 if digits(rest) => (rest, "00"),
+        4 if digits(&rest[..2]) && digits(&rest[2..]) => (&rest[..2], &rest[2..]),
+        5 if digits(&rest[..2]) && &rest[2..3] == ":" && digits(&rest[3..]) => {
+            (&rest[..2], &rest[3..])
+        }
+        _ => return None,
+    };
+    let seconds = hours.parse::<i32>().ok()? * 3600 + minutes.parse::<i32>().ok()? * 60;
+    FixedOffset::east_opt(sign * seconds)
+}
+
+/// Evaluates a `timezone` argument: UTC when absent, `None` when it evaluates to null.
+pub(super) fn eval_timezone(timezone: Option<&Expr>, ctx: &mut Ctx<'_>) -> Result<Option<Zone>> {
     let Some(timezone) = timezone else {
-        return parse_timezone("UTC").map(Some);
+        return Ok(Some(Zone::utc()));
     };
     match eval(timezone, ctx)? {
-        None | Some(Bson::Null) => Ok(None),
-        Some(Bson::String(name)) => parse_timezone(&name).map(Some),
-        Some(other) => Err(QueryError::location(
-            LocationCode::TIMEZONE,
+        value if nullish(&value) => Ok(None),
+        Some(Bson::String(name)) => Zone::parse(&name).map(Some),
+        other => Err(QueryError::location(
+            LocationCode(40517),
             format!(
                 "timezone must evaluate to a string, found {}",
-                type_of(Some(&other))
+                type_of(other.as_ref())
             ),
         )),
     }
 }
 
-fn localize(date: bson::DateTime, offset: FixedOffset) -> DateTime<FixedOffset> {
-    date.to_chrono().with_timezone(&offset)
+/// Checks a format string's `%` specifiers against those an operator accepts (18535, 18536).
+pub(super) fn validate_format(format: &str, allowed: &str) -> Result<()> {
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        match chars.next() {
+            None => {
+                return Err(QueryError::location(
+                    LocationCode(18535),
+                    "Unmatched '%' at end of format string",
+                ));
+            }
+            Some(spec) if spec == '%' || allowed.contains(spec) => {}
+            Some(spec) => {
+                return Err(QueryError::location(
+                    LocationCode::DATE_FORMAT,
+                    format!("Invalid format character '%{spec}' in format string"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn eval_date_part(
@@ -108,22 +209,14 @@ pub(super) fn eval_date_part(
     ctx: &mut Ctx<'_>,
 ) -> Result<Value> {
     let value = match eval(date, ctx)? {
-        None | Some(Bson::Null) | Some(Bson::Undefined) => return Ok(Some(Bson::Null)),
+        value if nullish(&value) => return Ok(Some(Bson::Null)),
         Some(value) => value,
+        None => return Ok(Some(Bson::Null)),
     };
-    let Some(date) = as_date(&value) else {
-        return Err(QueryError::location(
-            LocationCode::DATE_TYPE,
-            format!(
-                "can't convert from BSON type {} to Date",
-                type_of(Some(&value))
-            ),
-        ));
-    };
-    let Some(offset) = eval_timezone(timezone, ctx)? else {
+    let Some(zone) = eval_timezone(timezone, ctx)? else {
         return Ok(Some(Bson::Null));
     };
-    let local = localize(date, offset);
+    let local = zone.localize(coerce_date(&value)?);
     let number = match part {
         DatePart::Year => local.year(),
         DatePart::Month => to_i32(local.month()),
@@ -142,6 +235,11 @@ pub(super) fn eval_date_part(
     Ok(Some(Bson::Int32(number)))
 }
 
+fn month_name(month: u32) -> &'static str {
+    let index = usize::try_from(month.saturating_sub(1)).unwrap_or(0);
+    MONTH_NAMES.get(index).copied().unwrap_or("January")
+}
+
 fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
@@ -153,6 +251,8 @@ fn sunday_week(local: &DateTime<FixedOffset>) -> i32 {
     (day_of_year + 7 - weekday) / 7
 }
 
+/// `$dateToString`, checking in MongoDB 7.0's order: the format first (even for a null date),
+/// then the time zone, then the date (null gives `onNull`).
 pub(super) fn eval_date_to_string(
     date: &Expr,
     format: Option<&Expr>,
@@ -161,50 +261,45 @@ pub(super) fn eval_date_to_string(
     ctx: &mut Ctx<'_>,
 ) -> Result<Value> {
     let value = eval(date, ctx)?;
+    let format = match format {
+        None => Some(DEFAULT_FORMAT.to_owned()),
+        Some(format) => match eval(format, ctx)? {
+            text if nullish(&text) => None,
+            Some(Bson::String(text)) => {
+                validate_format(&text, TO_STRING_SPECIFIERS)?;
+                Some(text)
+            }
+            other => {
+                return Err(QueryError::location(
+                    LocationCode(18533),
+                    format!(
+                        "$dateToString requires that 'format' be a string, found: {}",
+                        type_of(other.as_ref())
+                    ),
+                ));
+            }
+        },
+    };
+    let zone = eval_timezone(timezone, ctx)?;
     let value = match value {
-        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+        value if nullish(&value) => {
             return match on_null {
                 Some(on_null) => eval(on_null, ctx),
                 None => Ok(Some(Bson::Null)),
             };
         }
         Some(value) => value,
+        None => return Ok(Some(Bson::Null)),
     };
-    let Some(date) = as_date(&value) else {
-        return Err(QueryError::location(
-            LocationCode::DATE_TYPE,
-            format!(
-                "can't convert from BSON type {} to Date",
-                type_of(Some(&value))
-            ),
-        ));
-    };
-    let format = match format {
-        None => DEFAULT_FORMAT.to_owned(),
-        Some(format) => match eval(format, ctx)? {
-            None | Some(Bson::Null) => return Ok(Some(Bson::Null)),
-            Some(Bson::String(text)) => text,
-            Some(other) => {
-                return Err(QueryError::location(
-                    LocationCode(18533),
-                    format!(
-                        "$dateToString requires that 'format' be a string, found: {}",
-                        type_of(Some(&other))
-                    ),
-                ));
-            }
-        },
-    };
-    let Some(offset) = eval_timezone(timezone, ctx)? else {
+    let (Some(zone), Some(format)) = (zone, format) else {
         return Ok(Some(Bson::Null));
     };
-    Ok(Some(Bson::String(format_date(
-        &localize(date, offset),
-        &format,
-    )?)))
+    let local = zone.localize(coerce_date(&value)?);
+    Ok(Some(Bson::String(format_date(&local, &format)?)))
 }
 
-fn format_date(local: &DateTime<FixedOffset>, format: &str) -> Result<String> {
+/// Formats a wall-clock time with `$dateToString`'s specifiers.
+pub(super) fn format_date(local: &DateTime<FixedOffset>, format: &str) -> Result<String> {
     let mut out = String::with_capacity(format.len() + 16);
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
@@ -227,6 +322,8 @@ fn format_spec(local: &DateTime<FixedOffset>, spec: char, out: &mut String) -> R
     let offset_seconds = local.offset().local_minus_utc();
     let text = match spec {
         'Y' => format!("{:04}", local.year()),
+        'b' => month_name(local.month())[..3].to_owned(),
+        'B' => month_name(local.month()).to_owned(),
         'G' => format!("{:04}", local.iso_week().year()),
         'm' => format!("{:02}", local.month()),
         'd' => format!("{:02}", local.day()),
@@ -315,8 +412,13 @@ mod tests {
             &d,
         );
         assert_eq!(on_null, bson!("none"));
+        let paris = eval(
+            bson!({"$dateToString": {"date": "$date", "format": "%H:%M %z", "timezone": "Europe/Paris"}}),
+            &d,
+        );
+        assert_eq!(paris, bson!("09:15 +0100"));
         let err = Expression::parse(
-            &bson!({"$dateToString": {"date": "$date", "timezone": "Europe/Paris"}}),
+            &bson!({"$dateToString": {"date": "$date", "timezone": "Mars/Olympus"}}),
         )
         .unwrap()
         .evaluate(&d)

@@ -7,13 +7,19 @@ use std::cmp::Ordering;
 use bson::{Bson, Document};
 use shoal_common::bsonorder;
 
-use super::date;
 use super::{
-    Ctx, Expr, Num, Op, TrimKind, Value, compare_values, eval, eval_or_null, parse_expr, truthy,
-    type_label, type_of, with_var,
+    Ctx, Expr, Num, Op, TrimKind, Value, compare_values, eval, eval_or_null, nullish as is_nullish,
+    op_name, parse_expr, truthy, type_label, type_of, with_var,
 };
+use super::{arith, convert, date, named, sets, strings};
 use crate::error::{LocationCode, QueryError, Result};
-use crate::filter::compile_regex;
+
+/// What `$trim` removes without `chars`: MongoDB's list, not Unicode's whitespace property.
+const TRIM_DEFAULT_CHARS: &[char] = &[
+    '\0', ' ', '\t', '\n', '\u{0B}', '\u{0C}', '\r', '\u{A0}', '\u{1680}', '\u{2000}', '\u{2001}',
+    '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}', '\u{2008}', '\u{2009}',
+    '\u{200A}',
+];
 
 /// The most elements `$range` may produce, so one expression cannot exhaust memory.
 const RANGE_ELEMENTS_MAX: usize = 1_000_000;
@@ -128,17 +134,16 @@ pub(super) fn parse_named(name: &str, arg: &Bson, scope: &mut Vec<String>) -> Re
                 chars: optional(slots[1], scope)?,
             })
         }
-        "$regexMatch" => {
-            let slots = object_args(name, arg, &["input", "regex", "options"])?;
-            Ok(Expr::RegexMatch {
-                input: required_expr(name, "input", slots[0], scope)?,
-                regex: required_expr(name, "regex", slots[1], scope)?,
-                options: optional(slots[2], scope)?,
-            })
-        }
-        _ => Err(QueryError::InvalidPipelineOperator(format!(
-            "Unrecognized expression '{name}'"
-        ))),
+        "$zip" => sets::parse_zip(arg, scope),
+        "$sortArray" => sets::parse_sort_array(arg, scope),
+        "$getField" => sets::parse_get_field(arg, scope),
+        "$setField" | "$unsetField" => sets::parse_set_field(name, arg, scope),
+        _ => match named::lookup(name) {
+            Some(op) => named::parse(op, arg, scope),
+            None => Err(QueryError::InvalidPipelineOperator(format!(
+                "Unrecognized expression '{name}'"
+            ))),
+        },
     }
 }
 
@@ -289,11 +294,19 @@ pub(super) fn eval_named(expr: &Expr, ctx: &mut Ctx<'_>) -> Result<Value> {
             timezone,
         } => date::eval_date_part(*part, date, timezone.as_deref(), ctx),
         Expr::Trim { kind, input, chars } => eval_trim(*kind, input, chars.as_deref(), ctx),
-        Expr::RegexMatch {
+        Expr::Named(op, slots) => named::eval(*op, slots, ctx),
+        Expr::Zip {
+            inputs,
+            defaults,
+            longest,
+        } => sets::eval_zip(inputs, defaults, *longest, ctx),
+        Expr::SortArray { input, sort_by } => sets::eval_sort_array(input, sort_by, ctx),
+        Expr::GetField { field, input } => sets::eval_get_field(field, input, ctx),
+        Expr::SetField {
+            field,
             input,
-            regex,
-            options,
-        } => eval_regex_match(input, regex, options.as_deref(), ctx),
+            value,
+        } => sets::eval_set_field(field, input, value, ctx),
         Expr::Literal(_)
         | Expr::Field(_)
         | Expr::Var(..)
@@ -450,7 +463,7 @@ fn eval_trim(
     };
     let is_trimmed = |c: char| match &trim_set {
         Some(set) => set.contains(&c),
-        None => c.is_whitespace() || c == '\0',
+        None => TRIM_DEFAULT_CHARS.contains(&c),
     };
     let trimmed = match kind {
         TrimKind::Both => text.trim_matches(is_trimmed),
@@ -460,67 +473,19 @@ fn eval_trim(
     Ok(Some(Bson::String(trimmed.to_owned())))
 }
 
-fn eval_regex_match(
-    input: &Expr,
-    regex: &Expr,
-    options: Option<&Expr>,
-    ctx: &mut Ctx<'_>,
-) -> Result<Value> {
-    let text = match eval(input, ctx)? {
-        None | Some(Bson::Null) => return Ok(Some(Bson::Boolean(false))),
-        Some(Bson::String(text)) => text,
-        Some(other) => {
-            return Err(located(
-                51104,
-                format!(
-                    "$regexMatch needs 'input' to be of type string, got {}",
-                    type_of(Some(&other))
-                ),
-            ));
-        }
-    };
-    let extra_options = match options {
-        None => String::new(),
-        Some(options_expr) => match eval(options_expr, ctx)? {
-            None | Some(Bson::Null) => String::new(),
-            Some(Bson::String(o)) => o,
-            Some(_) => {
-                return Err(located(
-                    51106,
-                    "$regexMatch needs 'options' to be of type string",
-                ));
-            }
-        },
-    };
-    let (pattern, mut flags) = match eval(regex, ctx)? {
-        None | Some(Bson::Null) => return Ok(Some(Bson::Boolean(false))),
-        Some(Bson::String(p)) => (p, String::new()),
-        Some(Bson::RegularExpression(r)) => (r.pattern, r.options),
-        Some(_) => {
-            return Err(located(
-                51105,
-                "$regexMatch needs 'regex' to be of type string or regex",
-            ));
-        }
-    };
-    flags.push_str(&extra_options);
-    let compiled = compile_regex(&pattern, &flags)?;
-    Ok(Some(Bson::Boolean(compiled.is_match(&text))))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Positional operators
 // ---------------------------------------------------------------------------------------------
 
 pub(super) fn apply_op(op: Op, args: Vec<Value>) -> Result<Value> {
     match op {
-        Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Mod | Op::Pow => {
-            arithmetic(op, args)
+        Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Mod | Op::Pow | Op::Log => {
+            arith::arithmetic(op, args)
         }
         Op::Abs | Op::Ceil | Op::Floor | Op::Sqrt | Op::Exp | Op::Ln | Op::Log10 => {
-            unary_math(op, args)
+            arith::unary_math(op, args)
         }
-        Op::Round | Op::Trunc => round(op, args),
+        Op::Round | Op::Trunc => arith::round(op, args),
         Op::Eq | Op::Ne | Op::Gt | Op::Gte | Op::Lt | Op::Lte | Op::Cmp => {
             Ok(Some(compare_op(op, &args)))
         }
@@ -536,289 +501,33 @@ pub(super) fn apply_op(op: Op, args: Vec<Value>) -> Result<Value> {
         Op::ConcatArrays | Op::Slice | Op::ReverseArray | Op::Range | Op::SetUnion => {
             array_build(op, args)
         }
+        Op::IndexOfBytes | Op::IndexOfCP => strings::index_of(op, args),
+        Op::IndexOfArray => sets::index_of_array(args),
+        Op::SetEquals
+        | Op::SetIsSubset
+        | Op::SetDifference
+        | Op::SetIntersection
+        | Op::AnyElementTrue
+        | Op::AllElementsTrue => sets::set_op(op, args),
         Op::ObjectToArray | Op::ArrayToObject | Op::MergeObjects => object_op(op, args),
         Op::Max | Op::Min | Op::Sum | Op::Avg => group_like(op, args),
-        Op::Type
-        | Op::ToString
+        Op::Type => Ok(Some(Bson::String(type_of(first(&args)).to_owned()))),
+        Op::IsNumber => Ok(Some(Bson::Boolean(
+            first(&args).and_then(Num::of).is_some(),
+        ))),
+        Op::ToString
         | Op::ToInt
         | Op::ToLong
         | Op::ToDouble
+        | Op::ToDecimal
         | Op::ToBool
         | Op::ToDate
-        | Op::IsNumber => convert(op, args),
+        | Op::ToObjectId => convert::shortcut(op, args),
     }
 }
 
 fn first(args: &[Value]) -> Option<&Bson> {
     args.first().and_then(Option::as_ref)
-}
-
-fn is_nullish(value: &Value) -> bool {
-    matches!(value, None | Some(Bson::Null) | Some(Bson::Undefined))
-}
-
-fn op_name(op: Op) -> &'static str {
-    super::POSITIONAL_OPS
-        .iter()
-        .find(|(_, o, ..)| *o == op)
-        .map_or("$op", |(n, ..)| *n)
-}
-
-fn number_arg(op: Op, value: &Value, code: i32) -> Result<Num> {
-    value.as_ref().and_then(Num::of).ok_or_else(|| {
-        located(
-            code,
-            format!(
-                "{} only supports numeric types, not {}",
-                op_name(op),
-                type_label(value)
-            ),
-        )
-    })
-}
-
-fn arithmetic(op: Op, args: Vec<Value>) -> Result<Value> {
-    if args.iter().any(is_nullish) {
-        return Ok(Some(Bson::Null));
-    }
-    match op {
-        Op::Add => add(args),
-        Op::Subtract => subtract(&args[0], &args[1]),
-        Op::Multiply => {
-            let mut product = Num::I32(1);
-            for arg in &args {
-                product = product.mul(number_arg(op, arg, 16555)?);
-            }
-            Ok(Some(product.to_bson()))
-        }
-        Op::Divide => {
-            let dividend = number_arg(op, &args[0], 16609)?;
-            let divisor = number_arg(op, &args[1], 16609)?;
-            if divisor.as_f64() == 0.0 {
-                return Err(QueryError::location(
-                    LocationCode::DIVIDE_BY_ZERO,
-                    "can't $divide by zero",
-                ));
-            }
-            Ok(Some(Bson::Double(dividend.as_f64() / divisor.as_f64())))
-        }
-        Op::Mod => modulo(
-            number_arg(op, &args[0], 16611)?,
-            number_arg(op, &args[1], 16611)?,
-        ),
-        _ => power(
-            number_arg(op, &args[0], 28762)?,
-            number_arg(op, &args[1], 28763)?,
-        ),
-    }
-}
-
-fn add(args: Vec<Value>) -> Result<Value> {
-    let mut sum = Num::I32(0);
-    let mut date_millis: Option<i64> = None;
-    for arg in &args {
-        match arg {
-            Some(Bson::DateTime(date)) if date_millis.is_none() => {
-                date_millis = Some(date.timestamp_millis())
-            }
-            Some(Bson::DateTime(_)) => {
-                return Err(located(
-                    16612,
-                    "only one date allowed in an $add expression",
-                ));
-            }
-            other => {
-                let number = other.as_ref().and_then(Num::of).ok_or_else(|| {
-                    QueryError::location(
-                        LocationCode::ARITHMETIC_TYPE,
-                        format!(
-                            "$add only supports numeric or date types, not {}",
-                            type_label(other)
-                        ),
-                    )
-                })?;
-                sum = sum.add(number);
-            }
-        }
-    }
-    Ok(Some(match date_millis {
-        Some(millis) => Bson::DateTime(bson::DateTime::from_millis(
-            millis.saturating_add(round_millis(sum)),
-        )),
-        None => sum.to_bson(),
-    }))
-}
-
-fn round_millis(number: Num) -> i64 {
-    match number {
-        Num::F64(v) => v.round() as i64,
-        Num::I32(v) => i64::from(v),
-        Num::I64(v) => v,
-    }
-}
-
-fn subtract(left: &Value, right: &Value) -> Result<Value> {
-    match (left, right) {
-        (Some(Bson::DateTime(a)), Some(Bson::DateTime(b))) => Ok(Some(Bson::Int64(
-            a.timestamp_millis().saturating_sub(b.timestamp_millis()),
-        ))),
-        (Some(Bson::DateTime(a)), Some(other)) => {
-            let number = Num::of(other).ok_or_else(|| {
-                located(
-                    16613,
-                    format!("cant $subtract a {} from a Date", type_of(Some(other))),
-                )
-            })?;
-            Ok(Some(Bson::DateTime(bson::DateTime::from_millis(
-                a.timestamp_millis().saturating_sub(round_millis(number)),
-            ))))
-        }
-        _ => {
-            let a = left.as_ref().and_then(Num::of);
-            let b = right.as_ref().and_then(Num::of);
-            match (a, b) {
-                (Some(a), Some(b)) => Ok(Some(a.sub(b).to_bson())),
-                _ => Err(located(
-                    16556,
-                    format!(
-                        "cant $subtract a {} from a {}",
-                        type_label(right),
-                        type_label(left)
-                    ),
-                )),
-            }
-        }
-    }
-}
-
-fn modulo(dividend: Num, divisor: Num) -> Result<Value> {
-    if divisor.as_f64() == 0.0 {
-        return Err(QueryError::location(
-            LocationCode::MOD_BY_ZERO,
-            "can't $mod by zero",
-        ));
-    }
-    let result = match (dividend, divisor) {
-        (Num::I32(a), Num::I32(b)) => Num::I32(a.wrapping_rem(b)),
-        (Num::F64(_), _) | (_, Num::F64(_)) => Num::F64(dividend.as_f64() % divisor.as_f64()),
-        _ => {
-            let a = dividend.as_whole().unwrap_or(0);
-            let b = divisor.as_whole().unwrap_or(1);
-            Num::I64(a.wrapping_rem(b))
-        }
-    };
-    Ok(Some(result.to_bson()))
-}
-
-fn power(base: Num, exponent: Num) -> Result<Value> {
-    let both_int = !matches!(base, Num::F64(_)) && !matches!(exponent, Num::F64(_));
-    if both_int {
-        let b = base.as_whole().unwrap_or(0);
-        let e = exponent.as_whole().unwrap_or(0);
-        if b == 0 && e < 0 {
-            return Err(located(
-                28764,
-                "$pow cannot take a base of 0 and a negative exponent",
-            ));
-        }
-        if let Ok(e32) = u32::try_from(e)
-            && let Some(result) = b.checked_pow(e32)
-        {
-            let keep_int = matches!((base, exponent), (Num::I32(_), Num::I32(_)));
-            return Ok(Some(Num::from_i64_narrow(result, keep_int).to_bson()));
-        }
-    }
-    Ok(Some(Bson::Double(base.as_f64().powf(exponent.as_f64()))))
-}
-
-fn unary_math(op: Op, args: Vec<Value>) -> Result<Value> {
-    let arg = &args[0];
-    if is_nullish(arg) {
-        return Ok(Some(Bson::Null));
-    }
-    let number = number_arg(op, arg, 28765)?;
-    let float = number.as_f64();
-    let result = match op {
-        Op::Abs => match number {
-            Num::I32(v) => v
-                .checked_abs()
-                .map_or(Num::I64(i64::from(v).abs()), Num::I32),
-            Num::I64(v) => v.checked_abs().map_or(Num::F64(float.abs()), Num::I64),
-            Num::F64(v) => Num::F64(v.abs()),
-        },
-        Op::Ceil => map_float(number, f64::ceil),
-        Op::Floor => map_float(number, f64::floor),
-        Op::Sqrt if float < 0.0 => {
-            return Err(located(
-                28714,
-                "$sqrt's argument must be greater than or equal to 0",
-            ));
-        }
-        Op::Sqrt => Num::F64(float.sqrt()),
-        Op::Exp => Num::F64(float.exp()),
-        Op::Ln if float <= 0.0 => {
-            return Err(located(
-                28766,
-                format!("$ln's argument must be a positive number, but is {float}"),
-            ));
-        }
-        Op::Ln => Num::F64(float.ln()),
-        Op::Log10 if float <= 0.0 => {
-            return Err(located(
-                28761,
-                format!("$log10's argument must be a positive number, but is {float}"),
-            ));
-        }
-        _ => Num::F64(float.log10()),
-    };
-    Ok(Some(result.to_bson()))
-}
-
-fn map_float(number: Num, f: fn(f64) -> f64) -> Num {
-    match number {
-        Num::F64(v) => Num::F64(f(v)),
-        integral => integral,
-    }
-}
-
-fn round(op: Op, args: Vec<Value>) -> Result<Value> {
-    if args.iter().any(is_nullish) {
-        return Ok(Some(Bson::Null));
-    }
-    let number = number_arg(op, &args[0], 51081)?;
-    let place = match args.get(1) {
-        None => 0,
-        Some(place) => match place.as_ref().and_then(Num::of).and_then(Num::as_whole) {
-            Some(p) if (-20..=100).contains(&p) => p,
-            _ => {
-                return Err(located(
-                    51083,
-                    format!(
-                        "{} place must be an integer between -20 and 100",
-                        op_name(op)
-                    ),
-                ));
-            }
-        },
-    };
-    let rounder: fn(f64) -> f64 = if op == Op::Round {
-        f64::round_ties_even
-    } else {
-        f64::trunc
-    };
-    let result = match number {
-        Num::F64(v) => Num::F64(scaled(v, place, rounder)),
-        integral if place >= 0 => integral,
-        Num::I32(v) => Num::I32(scaled(f64::from(v), place, rounder) as i32),
-        other => Num::I64(scaled(other.as_f64(), place, rounder) as i64),
-    };
-    Ok(Some(result.to_bson()))
-}
-
-fn scaled(value: f64, place: i64, rounder: fn(f64) -> f64) -> f64 {
-    let factor = 10f64.powi(i32::try_from(place).unwrap_or(0));
-    let result = rounder(value * factor) / factor;
-    if result.is_finite() { result } else { value }
 }
 
 fn compare_op(op: Op, args: &[Value]) -> Bson {
@@ -1177,7 +886,7 @@ fn array_build(op: Op, args: Vec<Value>) -> Result<Value> {
         })),
         Op::SetUnion => Ok(Some(match arrays_or_null(op, args, 17043)? {
             None => Bson::Null,
-            Some(arrays) => Bson::Array(union(arrays.into_iter().flatten())),
+            Some(arrays) => Bson::Array(sets::sorted_set(arrays.into_iter().flatten())),
         })),
         Op::ReverseArray => match &args[0] {
             None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(Some(Bson::Null)),
@@ -1195,20 +904,6 @@ fn array_build(op: Op, args: Vec<Value>) -> Result<Value> {
         Op::Range => range(&args),
         _ => slice(&args),
     }
-}
-
-/// Distinct values in first-seen order (MongoDB equality: 1 and 1.0 are the same value).
-pub(crate) fn union(values: impl IntoIterator<Item = Bson>) -> Vec<Bson> {
-    let mut out: Vec<Bson> = Vec::new();
-    for value in values {
-        if !out
-            .iter()
-            .any(|seen| bsonorder::compare(seen, &value) == Ordering::Equal)
-        {
-            out.push(value);
-        }
-    }
-    out
 }
 
 fn range(args: &[Value]) -> Result<Value> {
@@ -1426,98 +1121,4 @@ fn group_like(op: Op, args: Vec<Value>) -> Result<Value> {
             }
         }
     }))
-}
-
-fn conversion_error(value: &Bson, target: &str) -> QueryError {
-    QueryError::ConversionFailure(format!(
-        "Unsupported conversion from {} to {target} in $convert with no onError value",
-        type_of(Some(value))
-    ))
-}
-
-fn convert(op: Op, args: Vec<Value>) -> Result<Value> {
-    let arg = args.into_iter().next().flatten();
-    match op {
-        Op::Type => return Ok(Some(Bson::String(type_of(arg.as_ref()).to_owned()))),
-        Op::IsNumber => {
-            return Ok(Some(Bson::Boolean(
-                arg.as_ref().and_then(Num::of).is_some(),
-            )));
-        }
-        _ => {}
-    }
-    let Some(value) = arg.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)) else {
-        return Ok(Some(Bson::Null));
-    };
-    let converted = match op {
-        Op::ToString => to_string(&value)?,
-        Op::ToInt => {
-            let whole = to_whole(&value, "int")?;
-            Bson::Int32(i32::try_from(whole).map_err(|_| {
-                QueryError::ConversionFailure(format!("Conversion would overflow target type in $convert with no onError value: {whole}"))
-            })?)
-        }
-        Op::ToLong => Bson::Int64(to_whole(&value, "long")?),
-        Op::ToDouble => Bson::Double(to_double(&value)?),
-        Op::ToBool => Bson::Boolean(match &value {
-            Bson::String(_) => true,
-            other => truthy(Some(other)),
-        }),
-        _ => Bson::DateTime(date::to_date(&value)?),
-    };
-    Ok(Some(converted))
-}
-
-fn to_string(value: &Bson) -> Result<Bson> {
-    let text = match value {
-        Bson::String(s) => s.clone(),
-        Bson::Boolean(b) => b.to_string(),
-        Bson::Int32(v) => v.to_string(),
-        Bson::Int64(v) => v.to_string(),
-        Bson::Double(v) => format_double(*v),
-        Bson::Decimal128(d) => d.to_string(),
-        Bson::ObjectId(oid) => oid.to_hex(),
-        Bson::DateTime(d) => date::iso_string(*d),
-        other => return Err(conversion_error(other, "string")),
-    };
-    Ok(Bson::String(text))
-}
-
-fn to_whole(value: &Bson, target: &str) -> Result<i64> {
-    match value {
-        Bson::Boolean(b) => Ok(i64::from(*b)),
-        Bson::Int32(v) => Ok(i64::from(*v)),
-        Bson::Int64(v) => Ok(*v),
-        Bson::Double(_) | Bson::Decimal128(_) => {
-            let float = Num::of(value).map_or(f64::NAN, Num::as_f64);
-            if !float.is_finite() || float.abs() >= 9.223_372_036_854_775e18 {
-                return Err(QueryError::ConversionFailure(format!(
-                    "Conversion would overflow target type in $convert with no onError value: {float}"
-                )));
-            }
-            Ok(float.trunc() as i64)
-        }
-        Bson::DateTime(d) if target == "long" => Ok(d.timestamp_millis()),
-        Bson::String(s) => s.trim().parse::<i64>().map_err(|_| {
-            QueryError::ConversionFailure(format!(
-                "Failed to parse number '{s}' in $convert with no onError value"
-            ))
-        }),
-        other => Err(conversion_error(other, target)),
-    }
-}
-
-fn to_double(value: &Bson) -> Result<f64> {
-    match value {
-        Bson::Boolean(b) => Ok(if *b { 1.0 } else { 0.0 }),
-        Bson::DateTime(d) => Ok(d.timestamp_millis() as f64),
-        Bson::String(s) => s.trim().parse::<f64>().map_err(|_| {
-            QueryError::ConversionFailure(format!(
-                "Failed to parse number '{s}' in $convert with no onError value"
-            ))
-        }),
-        other => Num::of(other)
-            .map(Num::as_f64)
-            .ok_or_else(|| conversion_error(other, "double")),
-    }
 }

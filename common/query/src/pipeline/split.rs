@@ -14,7 +14,7 @@
 //!
 //! Everything from the first stage that cannot be split onwards runs on the router.
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, bson, doc};
 
 use super::group::{AccOp, parse_accumulator};
 use crate::error::Result;
@@ -201,8 +201,28 @@ fn decompose(name: &str, op: AccOp, argument: &Bson) -> Option<Parts> {
             )],
             finish: None,
         }),
-        AccOp::Push => Some(list_parts(name, "$push", "$concatArrays", argument)),
-        AccOp::AddToSet => Some(list_parts(name, "$addToSet", "$setUnion", argument)),
+        AccOp::Push => Some(list_parts(
+            name,
+            "$push",
+            bson!({"$concatArrays": ["$$value", "$$this"]}),
+            argument,
+        )),
+        // Appends each shard's values not seen yet, keeping first-seen order as `$addToSet`
+        // does on one node (`$setUnion` would return the values sorted).
+        AccOp::AddToSet => Some(list_parts(
+            name,
+            "$addToSet",
+            bson!({"$reduce": {
+                "input": "$$this",
+                "initialValue": "$$value",
+                "in": {"$cond": [
+                    {"$in": ["$$this", "$$value"]},
+                    "$$value",
+                    {"$concatArrays": ["$$value", ["$$this"]]},
+                ]},
+            }}),
+            argument,
+        )),
         AccOp::Avg => Some(avg_parts(name, argument)),
         AccOp::MergeObjects | AccOp::StdDevPop | AccOp::StdDevSamp => None,
     }
@@ -210,7 +230,7 @@ fn decompose(name: &str, op: AccOp, argument: &Bson) -> Option<Parts> {
 
 /// `$push`/`$addToSet`: shards build lists, the router collects them and combines them in
 /// shard order.
-fn list_parts(name: &str, accumulator: &str, combine: &str, argument: &Bson) -> Parts {
+fn list_parts(name: &str, accumulator: &str, combine: Bson, argument: &Bson) -> Parts {
     Parts {
         partial: vec![(
             name.to_owned(),
@@ -223,7 +243,7 @@ fn list_parts(name: &str, accumulator: &str, combine: &str, argument: &Bson) -> 
         finish: Some(Bson::Document(doc! {"$reduce": {
             "input": field_ref(name),
             "initialValue": [],
-            "in": {combine: ["$$value", "$$this"]},
+            "in": combine,
         }})),
     }
 }
