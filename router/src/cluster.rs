@@ -177,6 +177,9 @@ impl Cluster {
     }
 }
 
+/// How often a router looks for shard-key moves another router left unfinished.
+pub const KEY_MOVE_RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often a router records itself in `config.mongos` (read by `sh.status()`).
 pub const ROUTER_PING_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -210,8 +213,17 @@ async fn ping_config(
 pub async fn refresh_loop(cluster: Arc<Cluster>, host: String) {
     let started = std::time::Instant::now();
     let mut last_ping: Option<std::time::Instant> = None;
+    let mut last_recovery = std::time::Instant::now();
     let mut failing = false;
     loop {
+        if last_recovery.elapsed() >= KEY_MOVE_RECOVERY_INTERVAL {
+            last_recovery = std::time::Instant::now();
+            match crate::commands::key_move::recover_key_moves(&cluster).await {
+                Ok(0) => {}
+                Ok(finished) => tracing::info!(finished, "finished interrupted shard-key moves"),
+                Err(error) => tracing::debug!(error = %error, "key-move recovery pass failed"),
+            }
+        }
         if last_ping.is_none_or(|at| at.elapsed() >= ROUTER_PING_INTERVAL) {
             // A missed ping only makes `sh.status()` show the router as less recently active.
             if ping_config(&cluster, &host, started).await.is_ok() {

@@ -35,26 +35,26 @@ def sharded(client, db, key, split, move_find):
     return int(primary[-1]), int(other[-1])
 
 
-def test_updates_never_move_a_shard_key(cluster, client):
+def test_shard_key_changes_move_documents_and_never_misplace_them(cluster, client):
     low, high = sharded(client, "rules1", {"k": 1}, {"k": 50}, {"k": 50})
     c = client.rules1.c
     c.insert_many([{"_id": i, "k": i, "x": 0} for i in (3, 10, 60, 82)])
 
-    with pytest.raises(WriteError) as error:
-        c.update_one({"k": 3}, {"$set": {"k": 90}})
-    assert error.value.code == 66
-    with pytest.raises(OperationFailure) as error:
-        c.find_one_and_update({"k": 3}, {"$set": {"k": 90}})
-    assert error.value.code == 66
-    with pytest.raises(OperationFailure) as error:
-        c.find_one_and_replace({"_id": 82}, {"k": 1.25})
-    assert error.value.code == 66
+    # pymongo sends retryable writes, in which MongoDB moves the document to its new shard.
+    assert c.update_one({"k": 3}, {"$set": {"k": 90}}).modified_count == 1
+    assert c.find_one_and_update({"k": 90}, {"$set": {"k": 4}}, return_document=ReturnDocument.AFTER)["k"] == 4
+    assert c.find_one_and_replace({"_id": 82}, {"k": 1.25})["k"] == 82
+    assert c.find_one({"k": 1.25}) == {"_id": 82, "k": 1.25}
+    # Upserts must pin their key, and may not insert a document with another key.
     with pytest.raises(WriteError) as error:
         c.update_one({"k": -5}, {"$setOnInsert": {"k": 95.5}}, upsert=True)
     assert error.value.code == 66
     with pytest.raises(OperationFailure) as error:
         c.find_one_and_update({"k": {"$in": [70.5, 71.5]}}, {"$set": {"y": 1}}, upsert=True)
     assert error.value.code == 61
+    # Outside a retryable write MongoDB refuses the change.
+    reply = client.rules1.command({"update": "c", "updates": [{"q": {"k": 10}, "u": {"$set": {"k": 99}}}]})
+    assert reply["writeErrors"][0]["code"] == 20
 
     # What MongoDB allows still works: same key value, replacement keeping the key, pipelines.
     assert c.update_one({"_id": 10, "k": 10}, {"$set": {"k": 10}}).matched_count == 1
@@ -63,10 +63,11 @@ def test_updates_never_move_a_shard_key(cluster, client):
     assert c.find_one({"k": 10}) == {"_id": 10, "k": 10, "x": 5, "kk": 1}
     assert c.update_one({"k": -5}, {"$set": {"y": 1}}, upsert=True).upserted_id is not None
 
-    # Every document is where its key says.
+    # Every document is exactly once, where its key says.
     assert shard_count(cluster, low, "rules1", "c", {"k": {"$gte": 50}}) == 0
     assert shard_count(cluster, high, "rules1", "c", {"k": {"$lt": 50}}) == 0
-    assert c.count_documents({"k": 3}) == 1
+    assert c.count_documents({}) == 5
+    assert c.count_documents({"k": 4}) == 1
     assert c.count_documents({"k": 90}) == 0
 
 

@@ -45,12 +45,28 @@ pub enum AtomicOp {
         /// The `_id` of the document.
         id: Bson,
     },
+    /// Deletes the document with this `_id` from `coll` only if it is exactly `expect` (a
+    /// compare-and-delete); otherwise the whole batch fails with WriteConflict and writes nothing.
+    DeleteIfUnchanged {
+        /// The collection (in the batch's database).
+        coll: String,
+        /// The document that must still be stored.
+        expect: Document,
+    },
 }
 
 impl Engine {
     /// Applies `ops` to database `db` as one synced batch: all of them or, on any error, none.
     /// Collections are created as needed.
     pub fn apply_atomic(&self, db: &str, ops: &[AtomicOp]) -> Result<(), CommandError> {
+        let scoped: Vec<(&str, &AtomicOp)> = ops.iter().map(|op| (db, op)).collect();
+        self.apply_atomic_across(&scoped)
+    }
+
+    /// Like [`Engine::apply_atomic`], each operation in its own database: one synced batch for
+    /// all of them (the router's shard-key moves delete a document and record the move in
+    /// `admin` together).
+    pub fn apply_atomic_across(&self, ops: &[(&str, &AtomicOp)]) -> Result<(), CommandError> {
         if ops.len() > ATOMIC_OPS_MAX {
             return Err(CommandError::bad_value(format!(
                 "an atomic batch takes at most {ATOMIC_OPS_MAX} operations, got {}",
@@ -59,7 +75,8 @@ impl Engine {
         }
         let _writer = self.lock_writer();
         let mut txn = Txn::new(self.kv.as_ref());
-        for op in ops {
+        for (db, op) in ops {
+            let db = *db;
             match op {
                 AtomicOp::Put { coll, doc } => {
                     let ns = Namespace::new(db, coll)?.to_string();
@@ -82,6 +99,24 @@ impl Engine {
                         doc,
                         encode_document(doc),
                     )?;
+                }
+                AtomicOp::DeleteIfUnchanged { coll, expect } => {
+                    let ns = Namespace::new(db, coll)?.to_string();
+                    let conflict = || {
+                        CommandError::new(
+                            shoal_common::ErrorCode(112),
+                            format!("the document changed in {ns} while it was being moved"),
+                        )
+                    };
+                    let id = expect.get("_id").ok_or_else(conflict)?;
+                    let mut entry = catalog::lookup(&txn, &ns)?.ok_or_else(conflict)?;
+                    let key = doc_key(entry.id, id);
+                    match stored(&txn, &key)? {
+                        Some(old) if &old == expect => {
+                            index::unstage_document(&mut txn, &mut entry, key, &old)?;
+                        }
+                        _ => return Err(conflict()),
+                    }
                 }
                 AtomicOp::Delete { coll, id } => {
                     let ns = Namespace::new(db, coll)?.to_string();
@@ -155,6 +190,45 @@ mod tests {
             .get_array("firstBatch")
             .unwrap();
         assert_eq!(batch[0].as_document().unwrap().get_i32("x").unwrap(), 5);
+    }
+
+    #[test]
+    fn compare_and_delete_spans_databases_atomically() {
+        let engine = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
+        let doc = doc! {"_id": 1, "k": 1};
+        engine
+            .apply_atomic(
+                "app",
+                &[AtomicOp::Put {
+                    coll: "c".into(),
+                    doc: doc.clone(),
+                }],
+            )
+            .unwrap();
+        let changed = AtomicOp::DeleteIfUnchanged {
+            coll: "c".into(),
+            expect: doc! {"_id": 1, "k": 2},
+        };
+        let record = AtomicOp::Put {
+            coll: "moves".into(),
+            doc: doc! {"_id": "m"},
+        };
+        let error = engine
+            .apply_atomic_across(&[("app", &changed), ("admin", &record)])
+            .unwrap_err();
+        assert_eq!(error.code.0, 112);
+        assert_eq!(count(&engine, "moves"), 0);
+        let same = AtomicOp::DeleteIfUnchanged {
+            coll: "c".into(),
+            expect: doc,
+        };
+        engine
+            .apply_atomic_across(&[("app", &same), ("admin", &record)])
+            .unwrap();
+        let reply = engine.execute("app", &doc! {"count": "c"});
+        assert_eq!(reply.get_i32("n").unwrap(), 0);
+        let reply = engine.execute("admin", &doc! {"count": "moves"});
+        assert_eq!(reply.get_i32("n").unwrap(), 1);
     }
 
     #[test]

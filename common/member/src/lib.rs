@@ -23,7 +23,7 @@ use std::{
 use anyhow::Context;
 use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode};
-use shoal_docstore::Engine;
+use shoal_docstore::{AtomicOp, Engine};
 use shoal_node::info;
 use shoal_rpc::{RpcClient, RpcHandler, RpcServer, certs::TlsPaths};
 use shoal_wire::{CommandHandler, RequestContext};
@@ -186,6 +186,33 @@ impl MemberCore {
         status
     }
 
+    /// `_shoalApplyAtomic {ops: [{db, put: coll, doc} | {db, delete: coll, id} |
+    /// {db, deleteIfUnchanged: coll, expect}]}`: several writes, possibly in several databases,
+    /// as one atomic batch. Routers use it for steps that must not be split by a crash.
+    async fn apply_atomic_command(&self, command: &Document) -> Result<Document, CommandError> {
+        let ops = match command.get("ops") {
+            Some(Bson::Array(ops)) => ops,
+            Some(other) => return Err(CommandError::type_mismatch("ops", "array", other)),
+            None => return Err(CommandError::missing_field("_shoalApplyAtomic", "ops")),
+        };
+        let mut parsed = Vec::with_capacity(ops.len());
+        for op in ops {
+            let op = op
+                .as_document()
+                .ok_or_else(|| CommandError::type_mismatch("ops", "object", op))?;
+            parsed.push(parse_atomic_op(op)?);
+        }
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || {
+            let scoped: Vec<(&str, &AtomicOp)> =
+                parsed.iter().map(|(db, op)| (db.as_str(), op)).collect();
+            engine.apply_atomic_across(&scoped)
+        })
+        .await
+        .map_err(|e| CommandError::internal(format!("atomic write task failed: {e}")))??;
+        Ok(doc! {"ok": 1.0})
+    }
+
     fn repl_set_get_status(&self) -> Document {
         let uptime = i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX);
         doc! {
@@ -205,6 +232,38 @@ impl MemberCore {
             "ok": 1.0,
         }
     }
+}
+
+fn parse_atomic_op(op: &Document) -> Result<(String, AtomicOp), CommandError> {
+    let db = op
+        .get_str("db")
+        .map_err(|_| CommandError::bad_value("atomic op without 'db'"))?;
+    let coll = |field: &str| op.get_str(field).map(str::to_owned);
+    let document = |field: &str| {
+        op.get_document(field)
+            .cloned()
+            .map_err(|_| CommandError::bad_value(format!("atomic op without document '{field}'")))
+    };
+    let parsed = if let Ok(coll) = coll("put") {
+        AtomicOp::Put {
+            coll,
+            doc: document("doc")?,
+        }
+    } else if let Ok(coll) = coll("delete") {
+        let id = op
+            .get("id")
+            .cloned()
+            .ok_or_else(|| CommandError::bad_value("atomic delete without 'id'"))?;
+        AtomicOp::Delete { coll, id }
+    } else if let Ok(coll) = coll("deleteIfUnchanged") {
+        AtomicOp::DeleteIfUnchanged {
+            coll,
+            expect: document("expect")?,
+        }
+    } else {
+        return Err(CommandError::bad_value(format!("unknown atomic op {op}")));
+    };
+    Ok((db.to_owned(), parsed))
 }
 
 /// Runs one command: the server-information commands every server answers, then the role's
@@ -246,6 +305,7 @@ async fn dispatch_named(
         "endSessions" | "killSessions" | "killAllSessions" => Ok(doc! {"ok": 1.0}),
         "replSetGetStatus" => Ok(core.repl_set_get_status()),
         "whatsmyuri" => Ok(doc! {"you": "", "ok": 1.0}),
+        "_shoalApplyAtomic" => core.apply_atomic_command(&command).await,
         _ => {
             if let Some(future) = extension.handle(core, db, &command) {
                 return future.await;

@@ -7,6 +7,7 @@ mod catalog;
 mod explain;
 mod indexes;
 mod info;
+pub(crate) mod key_move;
 mod read;
 mod write;
 

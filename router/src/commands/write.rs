@@ -287,10 +287,26 @@ impl Router {
         if let StatementKind::Update = kind {
             request.extend(key_fields);
         }
+        let mover = match placement {
+            Placement::Sharded(collection)
+                if !all_documents && !upsert && command.contains_key("txnNumber") =>
+            {
+                Some(collection)
+            }
+            _ => None,
+        };
         if all_documents || shards.len() == 1 {
-            let sends = shards
-                .iter()
-                .map(|shard| self.send_statement(ns, shard, request.clone(), routing));
+            let sends = shards.iter().map(|shard| {
+                self.send_or_move(
+                    ns,
+                    shard,
+                    request.clone(),
+                    routing,
+                    mover,
+                    statement,
+                    &filter,
+                )
+            });
             let mut total = StatementOutcome::default();
             for outcome in join_all(sends).await {
                 let outcome = outcome?;
@@ -303,13 +319,82 @@ impl Router {
         // One document, filter without the shard key: the first shard that matches takes it.
         for shard in &shards {
             let outcome = self
-                .send_statement(ns, shard, request.clone(), routing)
+                .send_or_move(
+                    ns,
+                    shard,
+                    request.clone(),
+                    routing,
+                    mover,
+                    statement,
+                    &filter,
+                )
                 .await?;
             if outcome.n > 0 {
                 return Ok(outcome);
             }
         }
         Ok(StatementOutcome::default())
+    }
+
+    /// Sends one statement to one shard; when `mover` is given (a retryable single update of a
+    /// sharded collection) and the shard refuses a shard-key change, moves the document instead.
+    #[allow(clippy::too_many_arguments)] // reason: every argument is one of the statement's facts.
+    async fn send_or_move(
+        &self,
+        ns: &Namespace,
+        shard: &ShardId,
+        request: Document,
+        routing: &RoutingCache,
+        mover: Option<&crate::topology::CollectionRouting>,
+        statement: &Document,
+        filter: &Document,
+    ) -> Result<StatementOutcome, CommandError> {
+        let outcome = self.send_statement(ns, shard, request, routing).await;
+        match (outcome, mover) {
+            (Err(error), Some(collection)) if is_shard_key_change(&error) => {
+                self.move_statement(ns, shard, statement, filter, collection, routing)
+                    .await
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// A retryable single update that changes the shard key: move the document (see
+    /// `key_move`).
+    async fn move_statement(
+        &self,
+        ns: &Namespace,
+        donor: &ShardId,
+        statement: &Document,
+        filter: &Document,
+        collection: &crate::topology::CollectionRouting,
+        routing: &RoutingCache,
+    ) -> Result<StatementOutcome, CommandError> {
+        let update = statement.get("u").cloned().unwrap_or(Bson::Null);
+        let array_filters = statement.get_array("arrayFilters").ok().map(Vec::as_slice);
+        let change = super::key_move::KeyChange {
+            filter,
+            sort: None,
+            update: &update,
+            array_filters,
+        };
+        let moved = super::key_move::move_for_key_change(
+            &self.cluster,
+            ns,
+            donor,
+            &change,
+            collection,
+            routing,
+        )
+        .await?;
+        Ok(match moved {
+            Some(_) => StatementOutcome {
+                n: 1,
+                n_modified: 1,
+                upserted_id: None,
+            },
+            None => StatementOutcome::default(),
+        })
     }
 
     async fn send_statement(
@@ -384,12 +469,69 @@ impl Router {
             _ => None,
         };
         let Some(sort) = sort else {
-            return self
+            let result = self
                 .find_and_modify_first_match(&ns, &shards, request, &routing)
                 .await;
+            return match (result, &placement) {
+                (Err(error), Placement::Sharded(collection))
+                    if is_shard_key_change(&error)
+                        && command.contains_key("txnNumber")
+                        && !upsert =>
+                {
+                    self.find_and_modify_move(&ns, command, &filter, &shards, collection, &routing)
+                        .await
+                }
+                (result, _) => result,
+            };
         };
         self.find_and_modify_sorted(&ns, &shards, &filter, &sort, request, &routing)
             .await
+    }
+
+    /// A retryable findAndModify that changes the shard key: move the document (see
+    /// `key_move`) and answer as findAndModify would have.
+    async fn find_and_modify_move(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+        filter: &Document,
+        shards: &[ShardId],
+        collection: &crate::topology::CollectionRouting,
+        routing: &RoutingCache,
+    ) -> Result<Document, CommandError> {
+        let update = command.get("update").cloned().unwrap_or(Bson::Null);
+        let array_filters = command.get_array("arrayFilters").ok().map(Vec::as_slice);
+        let sort = command.get_document("sort").ok();
+        let change = super::key_move::KeyChange {
+            filter,
+            sort,
+            update: &update,
+            array_filters,
+        };
+        for shard in shards {
+            let moved = super::key_move::move_for_key_change(
+                &self.cluster,
+                ns,
+                shard,
+                &change,
+                collection,
+                routing,
+            )
+            .await?;
+            let Some(moved) = moved else { continue };
+            let returns_new = matches!(command.get("new"), Some(Bson::Boolean(true)));
+            let value = if returns_new { moved.post } else { moved.pre };
+            let value = match command.get_document("fields") {
+                Ok(fields) => shoal_query::Projection::parse(fields)
+                    .and_then(|projection| projection.apply(&value))
+                    .map_err(CommandError::from)?,
+                Err(_) => value,
+            };
+            return Ok(
+                doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value, "ok": 1.0},
+            );
+        }
+        Ok(find_and_modify_no_match())
     }
 
     /// Without a sort, any matching document will do: the first shard with one takes it.
@@ -515,6 +657,11 @@ fn shard_key_change_error(error: CommandError, context: &ShardKeyChangeContext) 
         );
     }
     error
+}
+
+/// Whether a shard refused a write because it would change a document's shard key.
+fn is_shard_key_change(error: &CommandError) -> bool {
+    error.code == ErrorCode::IMMUTABLE_FIELD && error.errmsg.contains("shard key")
 }
 
 /// How often a sorted findAndModify across shards re-selects its document after a race.
