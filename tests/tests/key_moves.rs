@@ -86,6 +86,24 @@ async fn retryable_updates_move_documents_and_others_are_refused() -> anyhow::Re
     );
     assert_eq!(coll.count_documents(doc! {}).await?, 2);
 
+    // A sorted findAndModify across shards moves the globally first document.
+    coll.insert_one(doc! {"_id": 3, "k": 700, "v": "c"}).await?;
+    let moved = coll
+        .find_one_and_update(doc! {"v": {"$exists": true}}, doc! {"$set": {"k": 5}})
+        .sort(doc! {"k": -1})
+        .return_document(ReturnDocument::After)
+        .await?
+        .expect("the highest-k document");
+    assert_eq!((moved.get_i32("_id")?, moved.get_i32("k")?), (3, 5));
+    assert_eq!(
+        count_on(&cluster, &placement.lower, "moves", doc! {"_id": 3}).await?,
+        1
+    );
+    assert_eq!(
+        count_on(&cluster, &placement.upper, "moves", doc! {"_id": 3}).await?,
+        0
+    );
+
     // Outside a retryable write MongoDB refuses, and so do we.
     let db = coll.client().database("moves");
     let single = doc! {"update": "c", "updates": [{"q": {"k": 2}, "u": {"$set": {"k": 700}}}]};
@@ -103,6 +121,7 @@ async fn retryable_updates_move_documents_and_others_are_refused() -> anyhow::Re
         .get_i32("code")?;
     assert_eq!(code, 72);
     assert_eq!(coll.count_documents(doc! {"k": 2}).await?, 1);
+    assert_eq!(coll.count_documents(doc! {}).await?, 3);
     cluster.finish();
     Ok(())
 }

@@ -484,7 +484,13 @@ impl Router {
                 (result, _) => result,
             };
         };
-        self.find_and_modify_sorted(&ns, &shards, &filter, &sort, request, &routing)
+        let mover = match &placement {
+            Placement::Sharded(collection) if command.contains_key("txnNumber") && !upsert => {
+                Some((command, collection))
+            }
+            _ => None,
+        };
+        self.find_and_modify_sorted(&ns, &shards, &filter, &sort, request, &routing, mover)
             .await
     }
 
@@ -557,6 +563,7 @@ impl Router {
     /// With a sort across shards, the document to modify is the first in sort order over all
     /// shards: find each shard's first, pick the winner, then modify it by `_id` on its shard.
     /// If it changed in between, start again (bounded).
+    #[allow(clippy::too_many_arguments)] // reason: every argument is one of the command's facts.
     async fn find_and_modify_sorted(
         &self,
         ns: &Namespace,
@@ -565,6 +572,7 @@ impl Router {
         sort: &Document,
         request: Document,
         routing: &RoutingCache,
+        mover: Option<(&Document, &crate::topology::CollectionRouting)>,
     ) -> Result<Document, CommandError> {
         let sort_spec = shoal_query::SortSpec::parse(sort).map_err(CommandError::from)?;
         for _ in 0..FIND_AND_MODIFY_ATTEMPTS_MAX {
@@ -594,10 +602,30 @@ impl Router {
             let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
             let mut pinned = request.clone();
             pinned.insert("query", doc! {"$and": [filter.clone(), {"_id": id}]});
-            let reply = self
+            let pinned_query = pinned.get_document("query").cloned().unwrap_or_default();
+            let reply = match self
                 .cluster
                 .call_ok(routing.shard_host(&shard)?, &ns.db, pinned)
-                .await?;
+                .await
+            {
+                Err(error) if is_shard_key_change(&error) && mover.is_some() => {
+                    let Some((command, collection)) = mover else {
+                        return Err(error);
+                    };
+                    // The selected document changes its key: move it (a retryable write).
+                    return self
+                        .find_and_modify_move(
+                            ns,
+                            command,
+                            &pinned_query,
+                            std::slice::from_ref(&shard),
+                            collection,
+                            routing,
+                        )
+                        .await;
+                }
+                reply => reply?,
+            };
             if find_and_modify_matched(&reply) {
                 return Ok(reply);
             }
