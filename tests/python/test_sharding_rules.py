@@ -55,6 +55,10 @@ def test_shard_key_changes_move_documents_and_never_misplace_them(cluster, clien
     # Outside a retryable write MongoDB refuses the change.
     reply = client.rules1.command({"update": "c", "updates": [{"q": {"k": 10}, "u": {"$set": {"k": 99}}}]})
     assert reply["writeErrors"][0]["code"] == 20
+    # An upsert inserting another key than its query's is ImmutableField, retryable or not.
+    reply = client.rules1.command({"update": "c", "updates": [
+        {"q": {"k": -7}, "u": {"$setOnInsert": {"k": 95.5}}, "upsert": True}]})
+    assert reply["writeErrors"][0]["code"] == 66
 
     # What MongoDB allows still works: same key value, replacement keeping the key, pipelines.
     assert c.update_one({"_id": 10, "k": 10}, {"$set": {"k": 10}}).matched_count == 1

@@ -127,6 +127,10 @@ pub struct CommandError {
     pub extra: Document,
 }
 
+/// `errInfo.reason` of a shard-key-change refusal, shared by the shard that raises it and the
+/// router that acts on it.
+pub const SHARD_KEY_CHANGE_REASON: &str = "shardKeyChange";
+
 /// The result type of anything that can fail as a command.
 pub type Result<T, E = CommandError> = std::result::Result<T, E>;
 
@@ -183,6 +187,26 @@ impl CommandError {
             ErrorCode(40414),
             format!("BSON field '{command}.{field}' is missing but a required field"),
         )
+    }
+
+    /// A shard's refusal of an update that would change a document's shard key: ImmutableField,
+    /// marked with `errInfo.reason` so the router can tell it from every other ImmutableField
+    /// (and move the document in a retryable write) without reading the message.
+    pub fn shard_key_change(errmsg: impl Into<String>) -> Self {
+        let mut error = Self::new(ErrorCode::IMMUTABLE_FIELD, errmsg);
+        error
+            .extra
+            .insert("errInfo", doc! {"reason": SHARD_KEY_CHANGE_REASON});
+        error
+    }
+
+    /// Whether this is a [`CommandError::shard_key_change`] refusal.
+    pub fn is_shard_key_change(&self) -> bool {
+        self.code == ErrorCode::IMMUTABLE_FIELD
+            && self
+                .extra
+                .get_document("errInfo")
+                .is_ok_and(|info| info.get_str("reason") == Ok(SHARD_KEY_CHANGE_REASON))
     }
 
     /// Adds an error label (e.g. `RetryableWriteError`).
@@ -296,6 +320,16 @@ mod tests {
             assert!(seen.insert(code.0), "duplicate code {}", code.0);
             assert!(code.known_name().is_some(), "code {} has no name", code.0);
         }
+    }
+
+    #[test]
+    fn shard_key_changes_are_marked_not_worded() {
+        let change = CommandError::shard_key_change("anything");
+        assert!(change.is_shard_key_change());
+        let back = CommandError::from_reply(&change.to_document()).unwrap();
+        assert!(back.is_shard_key_change());
+        let other = CommandError::new(ErrorCode::IMMUTABLE_FIELD, "the shard key differs");
+        assert!(!other.is_shard_key_change());
     }
 
     #[test]

@@ -63,13 +63,10 @@ impl ShardKeyGuard {
         };
         // The raw value, not the hash a hashed field extracts to: that is what the user wrote.
         let value = lookup_path(new, field).cloned().unwrap_or(Bson::Null);
-        Err(CommandError::new(
-            ErrorCode::IMMUTABLE_FIELD,
-            format!(
-                "After applying the update, the (immutable) shard key field '{field}' was found \
-                 to have been altered to {value}"
-            ),
-        ))
+        Err(CommandError::shard_key_change(format!(
+            "After applying the update, the (immutable) shard key field '{field}' was found \
+             to have been altered to {value}"
+        )))
     }
 
     /// Checks the document an upsert inserts: its shard key must extract, and equal

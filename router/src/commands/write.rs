@@ -351,7 +351,7 @@ impl Router {
     ) -> Result<StatementOutcome, CommandError> {
         let outcome = self.send_statement(ns, shard, request, routing).await;
         match (outcome, mover) {
-            (Err(error), Some(collection)) if is_shard_key_change(&error) => {
+            (Err(error), Some(collection)) if error.is_shard_key_change() => {
                 self.move_statement(ns, shard, statement, filter, collection, routing)
                     .await
             }
@@ -474,7 +474,7 @@ impl Router {
                 .await;
             return match (result, &placement) {
                 (Err(error), Placement::Sharded(collection))
-                    if is_shard_key_change(&error)
+                    if error.is_shard_key_change()
                         && command.contains_key("txnNumber")
                         && !upsert =>
                 {
@@ -608,7 +608,7 @@ impl Router {
                 .call_ok(routing.shard_host(&shard)?, &ns.db, pinned)
                 .await
             {
-                Err(error) if is_shard_key_change(&error) && mover.is_some() => {
+                Err(error) if error.is_shard_key_change() && mover.is_some() => {
                     let Some((command, collection)) = mover else {
                         return Err(error);
                     };
@@ -663,7 +663,7 @@ impl ShardKeyChangeContext {
 /// retryable write MongoDB would move the document, which needs a cross-shard atomic write Shoal
 /// does not have yet, so that case keeps the shard's ImmutableField.
 fn shard_key_change_error(error: CommandError, context: &ShardKeyChangeContext) -> CommandError {
-    if error.code != ErrorCode::IMMUTABLE_FIELD || !error.errmsg.contains("shard key") {
+    if !error.is_shard_key_change() {
         return error;
     }
     if context.multi {
@@ -685,11 +685,6 @@ fn shard_key_change_error(error: CommandError, context: &ShardKeyChangeContext) 
         );
     }
     error
-}
-
-/// Whether a shard refused a write because it would change a document's shard key.
-fn is_shard_key_change(error: &CommandError) -> bool {
-    error.code == ErrorCode::IMMUTABLE_FIELD && error.errmsg.contains("shard key")
 }
 
 /// How often a sorted findAndModify across shards re-selects its document after a race.
