@@ -484,11 +484,7 @@ impl ConfigServer {
             );
         }
         for request in requests {
-            let reply = core
-                .rpc
-                .call(&host, request, SHARD_CALL_TIMEOUT)
-                .await
-                .map_err(CommandError::from)?;
+            let reply = shard_call(core, &host, request).await?;
             match CommandError::from_reply(&reply) {
                 Some(error) if error.code != ErrorCode::NAMESPACE_EXISTS => return Err(error),
                 _ => {}
@@ -605,11 +601,7 @@ impl ConfigServer {
             "_shoalCountRange": ns.to_string(), "$db": "admin",
             "keyPattern": key.to_document(), "min": chunk.min.clone(), "max": chunk.max.clone(),
         };
-        let reply = core
-            .rpc
-            .call(&donor_host, request, SHARD_CALL_TIMEOUT)
-            .await
-            .map_err(CommandError::from)?;
+        let reply = shard_call(core, &donor_host, request).await?;
         if let Some(error) = CommandError::from_reply(&reply) {
             return Err(error);
         }
@@ -645,12 +637,9 @@ impl ConfigServer {
         let host = shard_doc
             .get_str("host")
             .map_err(|_| CommandError::internal("shard without host"))?;
-        let connection = ShardConnection::parse(host)?;
-        connection
-            .hosts
-            .into_iter()
-            .next()
-            .ok_or_else(|| CommandError::internal("shard without hosts"))
+        // Checked, then used whole: the topology finds the set's primary.
+        ShardConnection::parse(host)?;
+        Ok(host.to_owned())
     }
 
     async fn drop_collection(
@@ -827,4 +816,22 @@ fn regex_escape(text: &str) -> String {
         escaped.push(ch);
     }
     escaped
+}
+
+/// Sends `request` (which names its `$db`) to the primary of the shard at `target`, following
+/// its elections.
+async fn shard_call(
+    core: &Arc<MemberCore>,
+    target: &str,
+    mut request: Document,
+) -> Result<Document, CommandError> {
+    let db = match request.remove("$db") {
+        Some(Bson::String(db)) => db,
+        _ => "admin".to_owned(),
+    };
+    let (_, reply) = core
+        .topology
+        .call(target, &db, request, shoal_repl::ReadPreference::PRIMARY, SHARD_CALL_TIMEOUT)
+        .await?;
+    Ok(reply)
 }

@@ -18,6 +18,11 @@ pub async fn find_all(
     coll: &str,
     filter: Document,
 ) -> Result<Vec<Document>, CommandError> {
+    if core.repl.is_primary() {
+        // A new primary may not have applied every committed change yet; metadata decisions
+        // must start from the latest.
+        core.barrier().await?;
+    }
     let first = core
         .execute(
             "config",
@@ -74,10 +79,24 @@ fn read_batch(reply: &Document, field: &str) -> Result<(Vec<Document>, i64), Com
     Ok((docs, id))
 }
 
-/// Applies metadata writes in one atomic, synced batch.
+/// Applies metadata writes in one atomic batch, replicated to a majority of the config
+/// servers before it returns.
 pub async fn apply(core: &Arc<MemberCore>, ops: Vec<AtomicOp>) -> Result<(), CommandError> {
-    let engine = Arc::clone(&core.engine);
-    tokio::task::spawn_blocking(move || engine.apply_atomic("config", &ops))
-        .await
-        .map_err(|e| CommandError::internal(format!("metadata write task failed: {e}")))?
+    let ops: Vec<Bson> = ops
+        .iter()
+        .map(|op| Bson::Document(op.to_document("config")))
+        .collect();
+    let reply = core
+        .replicate("admin", doc! {"_shoalApplyAtomic": 1, "ops": ops})
+        .await;
+    if let Some(error) = CommandError::from_reply(&reply) {
+        return Err(error);
+    }
+    if let Ok(concern) = reply.get_document("writeConcernError") {
+        return Err(CommandError::new(
+            shoal_common::ErrorCode::WRITE_CONCERN_TIMEOUT,
+            format!("metadata write not replicated in time: {concern}"),
+        ));
+    }
+    Ok(())
 }

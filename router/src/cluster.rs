@@ -1,5 +1,6 @@
 //! The router's I/O to the rest of the cluster: calls to the config server and to shards over
-//! QUIC, and the routing cache refresh. The cache is refreshed in the background every
+//! QUIC (through the replica-set [`Topology`], which finds each set's primary, picks members by
+//! read preference and retries across failovers), and the routing cache refresh. The cache is refreshed in the background every
 //! [`ROUTING_REFRESH_INTERVAL`], and at once after this router changes metadata, so the config
 //! server stays off the request path.
 
@@ -10,9 +11,53 @@ use std::{
 
 use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode, ShardId};
+use shoal_repl::{ReadPreference, Topology};
 use shoal_rpc::RpcClient;
 
 use crate::topology::RoutingCache;
+
+tokio::task_local! {
+    /// The client command's `$readPreference`, for the shard reads made on its behalf.
+    pub static READ_PREFERENCE: ReadPreference;
+}
+
+/// Commands a secondary may answer (when the client's read preference allows it).
+const SECONDARY_READS: &[&str] = &[
+    "find",
+    "aggregate",
+    "count",
+    "distinct",
+    "listCollections",
+    "listIndexes",
+    "collStats",
+    "dbHash",
+    "dataSize",
+    "explain",
+    "_shoalCountRange",
+];
+
+/// The read preference for `command` sent on behalf of the current client command: writes,
+/// and aggregations that write, always go to the primary.
+fn preference_for(command: &Document) -> ReadPreference {
+    let name = command.keys().next().map_or("", String::as_str);
+    if !SECONDARY_READS.contains(&name) {
+        return ReadPreference::PRIMARY;
+    }
+    if name == "aggregate"
+        && command.get_array("pipeline").is_ok_and(|stages| {
+            stages.iter().any(|stage| {
+                stage
+                    .as_document()
+                    .is_some_and(|s| s.contains_key("$out") || s.contains_key("$merge"))
+            })
+        })
+    {
+        return ReadPreference::PRIMARY;
+    }
+    READ_PREFERENCE
+        .try_with(|preference| *preference)
+        .unwrap_or(ReadPreference::PRIMARY)
+}
 
 /// How often the background task asks the config server whether routing metadata changed.
 pub const ROUTING_REFRESH_INTERVAL: Duration = Duration::from_millis(1000);
@@ -21,7 +66,8 @@ pub const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one call to the config server may take.
 pub const CONFIG_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Parses `--configdb NAME/HOST:PORT[,HOST:PORT...]` into the member addresses.
+/// Parses `--configdb NAME/HOST:PORT[,HOST:PORT...]` into the member addresses (checking the
+/// form; the whole string is the config server's target).
 pub fn parse_configdb(configdb: &str) -> Result<Vec<String>, CommandError> {
     let Some((name, hosts)) = configdb.split_once('/') else {
         return Err(CommandError::bad_value(format!(
@@ -43,36 +89,46 @@ pub fn parse_configdb(configdb: &str) -> Result<Vec<String>, CommandError> {
 
 /// Connections to the config server and the shards, and the routing cache.
 pub struct Cluster {
-    rpc: RpcClient,
-    config_hosts: Vec<String>,
+    topology: Topology,
+    config_target: String,
     cache: RwLock<Arc<RoutingCache>>,
     refresh_lock: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
     /// A cluster client with an empty cache.
-    pub fn new(rpc: RpcClient, config_hosts: Vec<String>) -> Cluster {
+    pub fn new(rpc: RpcClient, configdb: &str) -> Cluster {
         Cluster {
-            rpc,
-            config_hosts,
+            topology: Topology::new(rpc),
+            config_target: configdb.to_owned(),
             cache: RwLock::new(Arc::new(RoutingCache::default())),
             refresh_lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Sends `command` to database `db` on `host`; returns the reply whether `ok` is 1 or 0.
+    /// Sends `command` to database `db` on `target` (a replica-set connection string or one
+    /// member's `host:port`); returns the reply whether `ok` is 1 or 0.
     pub async fn call(
         &self,
-        host: &str,
+        target: &str,
         db: &str,
-        mut command: Document,
+        command: Document,
     ) -> Result<Document, CommandError> {
-        command.insert("$db", db);
-        let timeout = SHARD_CALL_TIMEOUT;
-        self.rpc
-            .call(host, command, timeout)
+        Ok(self.call_routed(target, db, command).await?.1)
+    }
+
+    /// Like [`Cluster::call`], and also names the member that answered (a cursor's `getMore`
+    /// must go back to it).
+    pub async fn call_routed(
+        &self,
+        target: &str,
+        db: &str,
+        command: Document,
+    ) -> Result<(String, Document), CommandError> {
+        let preference = preference_for(&command);
+        self.topology
+            .call(target, db, command, preference, SHARD_CALL_TIMEOUT)
             .await
-            .map_err(CommandError::from)
     }
 
     /// Like [`Cluster::call`], but an `ok: 0` reply becomes an error.
@@ -89,24 +145,29 @@ impl Cluster {
         }
     }
 
-    /// The config server address requests go to.
+    /// The config server's target (its replica-set connection string).
     pub fn config_host(&self) -> &str {
-        // parse_configdb guarantees at least one host.
-        self.config_hosts.first().map(String::as_str).unwrap_or("")
+        &self.config_target
     }
 
-    /// Sends a command to the config server, trying each member in turn.
+    /// The replica-set topology (for `hello`-level views of shards).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Sends a command to the config server's primary, following its elections.
     pub async fn call_config(&self, db: &str, command: Document) -> Result<Document, CommandError> {
-        let mut last_error = None;
-        for host in &self.config_hosts {
-            let mut request = command.clone();
-            request.insert("$db", db);
-            match self.rpc.call(host, request, CONFIG_CALL_TIMEOUT).await {
-                Ok(reply) => return Ok(reply),
-                Err(error) => last_error = Some(CommandError::from(error)),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| CommandError::internal("no config server hosts")))
+        let (_, reply) = self
+            .topology
+            .call(
+                &self.config_target,
+                db,
+                command,
+                ReadPreference::PRIMARY,
+                CONFIG_CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(reply)
     }
 
     /// The current routing snapshot, loading it first if this router has none yet.

@@ -19,9 +19,9 @@ use shoal_rpc::{RpcClient, certs::TlsPaths};
 
 /// Runs the router until SIGINT/SIGTERM.
 pub async fn run(bind: SocketAddr, configdb: &str, tls: &TlsPaths) -> anyhow::Result<()> {
-    let config_hosts = cluster::parse_configdb(configdb).map_err(|e| anyhow::anyhow!(e.errmsg))?;
+    cluster::parse_configdb(configdb).map_err(|e| anyhow::anyhow!(e.errmsg))?;
     let rpc = RpcClient::new(tls).map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;
-    let cluster = Arc::new(cluster::Cluster::new(rpc, config_hosts));
+    let cluster = Arc::new(cluster::Cluster::new(rpc, configdb));
     let refresher = tokio::spawn(cluster::refresh_loop(
         Arc::clone(&cluster),
         bind.to_string(),

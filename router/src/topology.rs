@@ -17,6 +17,9 @@ pub struct ShardInfo {
     pub id: ShardId,
     /// Member addresses (`host:port`), from `config.shards.host`.
     pub hosts: Vec<String>,
+    /// Where requests go: the replica-set connection string (`name/host,...`) the cluster's
+    /// topology monitor resolves to the primary or a secondary.
+    pub target: String,
 }
 
 /// A database's placement.
@@ -79,7 +82,11 @@ impl RoutingCache {
                 Some((_, hosts)) => hosts.split(',').map(str::to_owned).collect(),
                 None => vec![host.to_owned()],
             };
-            cache.shards.insert(id.clone(), ShardInfo { id, hosts });
+            let target = host.to_owned();
+            cache.shards.insert(
+                id.clone(),
+                ShardInfo { id, hosts, target },
+            );
         }
         for database in documents(table, "databases") {
             let name = database
@@ -123,13 +130,12 @@ impl RoutingCache {
         self.collections.get(ns)
     }
 
-    /// The address of a shard's member to send requests to (the first listed: sets have one
-    /// member until replication lands).
+    /// Where to send a shard's requests: its replica-set connection string, which
+    /// [`crate::cluster::Cluster::call`] resolves to a member.
     pub fn shard_host(&self, shard: &ShardId) -> Result<&str, CommandError> {
         self.shards
             .get(shard)
-            .and_then(|info| info.hosts.first())
-            .map(String::as_str)
+            .map(|info| info.target.as_str())
             .ok_or_else(|| {
                 CommandError::new(
                     shoal_common::ErrorCode::SHARD_NOT_FOUND,
@@ -174,7 +180,7 @@ mod tests {
         );
         assert_eq!(
             cache.shard_host(&ShardId::new("s1").unwrap()).unwrap(),
-            "127.0.0.1:2"
+            "s1/127.0.0.1:2"
         );
         assert_eq!(cache.databases["db"].primary.as_str(), "s0");
     }

@@ -316,6 +316,9 @@ fn member_process(
         data_dir.display().to_string(),
         "--tls-dir".to_owned(),
         tls_dir.display().to_string(),
+        // A one-member set, initiated on first start.
+        "--initiate-members".to_owned(),
+        format!("127.0.0.1:{port}"),
     ];
     let log = dir.path().join(format!("{name}.log"));
     Ok(Process::new(name, bin_path(binary)?, args, log))

@@ -92,6 +92,19 @@ codes! {
     QUERY_EXCEEDED_MEMORY_LIMIT = 292, "QueryExceededMemoryLimitNoDiskUseAllowed";
     PROJECTION_PATH_COLLISION = 31250, "Location31250";
     INCLUSION_IN_EXCLUSION = 31253, "Location31253";
+    TRANSACTION_TOO_OLD = 225, "TransactionTooOld";
+    NOT_PRIMARY_NO_SECONDARY_OK = 13435, "NotPrimaryNoSecondaryOk";
+    NOT_PRIMARY_OR_SECONDARY = 13436, "NotPrimaryOrSecondary";
+    INTERRUPTED_DUE_TO_REPL_STATE_CHANGE = 11602, "InterruptedDueToReplStateChange";
+    INTERRUPTED_AT_SHUTDOWN = 11600, "InterruptedAtShutdown";
+    NOT_YET_INITIALIZED = 94, "NotYetInitialized";
+    INVALID_REPLICA_SET_CONFIG = 93, "InvalidReplicaSetConfig";
+    NEW_REPLICA_SET_CONFIGURATION_INCOMPATIBLE = 103, "NewReplicaSetConfigurationIncompatible";
+    NODE_NOT_FOUND = 74, "NodeNotFound";
+    EXCEEDED_TIME_LIMIT = 262, "ExceededTimeLimit";
+    UNSATISFIABLE_WRITE_CONCERN = 100, "UnsatisfiableWriteConcern";
+    SOCKET_EXCEPTION = 9001, "SocketException";
+    FAILED_TO_SATISFY_READ_PREFERENCE = 133, "FailedToSatisfyReadPreference";
     EXCLUSION_IN_INCLUSION = 31254, "Location31254";
 }
 

@@ -10,6 +10,7 @@
 
 pub mod bsonorder;
 pub mod chunks;
+pub mod determinism;
 pub mod error;
 pub mod failpoint;
 pub mod ids;

@@ -55,7 +55,76 @@ pub enum AtomicOp {
     },
 }
 
+impl AtomicOp {
+    /// The op as an element of `_shoalApplyAtomic.ops`, in database `db`.
+    pub fn to_document(&self, db: &str) -> Document {
+        match self {
+            AtomicOp::Put { coll, doc } => bson::doc! {"db": db, "put": coll, "doc": doc.clone()},
+            AtomicOp::Delete { coll, id } => bson::doc! {"db": db, "delete": coll, "id": id.clone()},
+            AtomicOp::DeleteIfUnchanged { coll, expect } => {
+                bson::doc! {"db": db, "deleteIfUnchanged": coll, "expect": expect.clone()}
+            }
+        }
+    }
+
+    /// Parses one element of `_shoalApplyAtomic.ops`: `{db, put: coll, doc}`,
+    /// `{db, delete: coll, id}` or `{db, deleteIfUnchanged: coll, expect}`.
+    pub fn parse(op: &Document) -> Result<(String, AtomicOp), CommandError> {
+        let db = op
+            .get_str("db")
+            .map_err(|_| CommandError::bad_value("atomic op without 'db'"))?;
+        let coll = |field: &str| op.get_str(field).map(str::to_owned);
+        let document = |field: &str| {
+            op.get_document(field).cloned().map_err(|_| {
+                CommandError::bad_value(format!("atomic op without document '{field}'"))
+            })
+        };
+        let parsed = if let Ok(coll) = coll("put") {
+            AtomicOp::Put {
+                coll,
+                doc: document("doc")?,
+            }
+        } else if let Ok(coll) = coll("delete") {
+            let id = op
+                .get("id")
+                .cloned()
+                .ok_or_else(|| CommandError::bad_value("atomic delete without 'id'"))?;
+            AtomicOp::Delete { coll, id }
+        } else if let Ok(coll) = coll("deleteIfUnchanged") {
+            AtomicOp::DeleteIfUnchanged {
+                coll,
+                expect: document("expect")?,
+            }
+        } else {
+            return Err(CommandError::bad_value(format!("unknown atomic op {op}")));
+        };
+        Ok((db.to_owned(), parsed))
+    }
+}
+
 impl Engine {
+    /// `_shoalApplyAtomic {ops: [...]}` (see [`AtomicOp::parse`]): several writes, possibly in
+    /// several databases, as one atomic batch. Routers and the config server use it for steps
+    /// that must not be split by a crash; as a command it replicates like any other write.
+    pub(crate) fn apply_atomic_command(&self, command: &Document) -> Result<Document, CommandError> {
+        let ops = match command.get("ops") {
+            Some(Bson::Array(ops)) => ops,
+            Some(other) => return Err(CommandError::type_mismatch("ops", "array", other)),
+            None => return Err(CommandError::missing_field("_shoalApplyAtomic", "ops")),
+        };
+        let mut parsed = Vec::with_capacity(ops.len());
+        for op in ops {
+            let op = op
+                .as_document()
+                .ok_or_else(|| CommandError::type_mismatch("ops", "object", op))?;
+            parsed.push(AtomicOp::parse(op)?);
+        }
+        let scoped: Vec<(&str, &AtomicOp)> =
+            parsed.iter().map(|(db, op)| (db.as_str(), op)).collect();
+        self.apply_atomic_across(&scoped)?;
+        Ok(Document::new())
+    }
+
     /// Applies `ops` to database `db` as one synced batch: all of them or, on any error, none.
     /// Collections are created as needed.
     pub fn apply_atomic(&self, db: &str, ops: &[AtomicOp]) -> Result<(), CommandError> {

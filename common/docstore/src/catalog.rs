@@ -48,7 +48,7 @@ pub(crate) fn create(txn: &mut Txn<'_>, ns: &str) -> Result<CollectionEntry, Sto
         ns: ns.to_owned(),
         uuid: CollectionUuid::random(),
         id,
-        created: bson::DateTime::now(),
+        created: shoal_common::determinism::now(),
         indexes: Vec::new(),
         next_index_id: 1,
         validation: crate::validation::Validation::default(),

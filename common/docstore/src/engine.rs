@@ -221,6 +221,7 @@ impl Engine {
             "dbHash" | "dbhash" => self.db_hash(db, command),
             "ping" => Ok(Document::new()),
             "_shoalCountRange" => self.count_range(command),
+            "_shoalApplyAtomic" => self.apply_atomic_command(command),
             _ => Err(CommandError::new(
                 ErrorCode::COMMAND_NOT_FOUND,
                 format!("no such command: '{name}'"),

@@ -21,17 +21,24 @@ pub enum Space {
     Catalog,
     /// Documents, keyed by collection id and encoded `_id`.
     Docs,
+    /// The replicated log (the oplog), keyed by big-endian entry index.
+    RaftLog,
+    /// Replication state: the vote, the last purged and last applied entries, the membership
+    /// and retryable-write session records.
+    RaftMeta,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 2] = [Space::Catalog, Space::Docs];
+    pub const ALL: [Space; 4] = [Space::Catalog, Space::Docs, Space::RaftLog, Space::RaftMeta];
 
     /// The column family name.
     pub fn name(self) -> &'static str {
         match self {
             Space::Catalog => "catalog",
             Space::Docs => "docs",
+            Space::RaftLog => "raft_log",
+            Space::RaftMeta => "raft_meta",
         }
     }
 
@@ -39,6 +46,8 @@ impl Space {
         match self {
             Space::Catalog => 0,
             Space::Docs => 1,
+            Space::RaftLog => 2,
+            Space::RaftMeta => 3,
         }
     }
 }
@@ -145,7 +154,7 @@ pub trait Kv: Send + Sync + 'static {
 /// across an engine "restart" comes from reopening an `Engine` over the same `Arc<MemKv>`.
 #[derive(Debug, Default)]
 pub struct MemKv {
-    spaces: Mutex<[BTreeMap<Vec<u8>, Vec<u8>>; 2]>,
+    spaces: Mutex<[BTreeMap<Vec<u8>, Vec<u8>>; 4]>,
 }
 
 impl MemKv {

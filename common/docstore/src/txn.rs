@@ -152,7 +152,7 @@ enum Undo {
 /// the same command stay staged.
 pub(crate) struct Txn<'a> {
     kv: &'a dyn Kv,
-    pending: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 2],
+    pending: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 4],
     stats: HashMap<CollectionId, CollStats>,
     order: Vec<CollectionId>,
     undo: Option<Vec<Undo>>,
@@ -162,6 +162,8 @@ fn slot(space: Space) -> usize {
     match space {
         Space::Catalog => 0,
         Space::Docs => 1,
+        Space::RaftLog => 2,
+        Space::RaftMeta => 3,
     }
 }
 
@@ -170,7 +172,7 @@ impl<'a> Txn<'a> {
     pub fn new(kv: &'a dyn Kv) -> Txn<'a> {
         Txn {
             kv,
-            pending: [BTreeMap::new(), BTreeMap::new()],
+            pending: Default::default(),
             stats: HashMap::new(),
             order: Vec::new(),
             undo: None,

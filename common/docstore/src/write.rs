@@ -5,7 +5,7 @@
 //! failures abort the whole command and nothing of it is written. All of a command's writes are
 //! staged in one [`Txn`] and committed as one synced batch (see the engine module doc).
 
-use bson::{Bson, Document, doc, oid::ObjectId};
+use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode};
 use shoal_query::{Filter, Update, error::QueryError};
 
@@ -175,7 +175,7 @@ pub(crate) fn prepare(document: &Document) -> Result<Prepared, CommandError> {
             validate_id(id)?;
             id.clone()
         }
-        None => Bson::ObjectId(ObjectId::new()),
+        None => Bson::ObjectId(shoal_common::determinism::new_object_id()),
     };
     let mut stored = Document::new();
     stored.insert("_id", id.clone());

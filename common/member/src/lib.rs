@@ -1,15 +1,17 @@
 //! The runtime of one replica-set member, shared by `shoal-shard` and `shoal-config`: it opens
-//! the document engine on the member's directory, serves the MongoDB wire protocol on TCP and
-//! the internal RPC on QUIC (both on the same HOST:PORT, as mongod does with one port), and
-//! dispatches every command through one function so that a command means the same thing
-//! whichever way it arrives.
+//! the document engine on the member's directory, joins its replica set (Raft, `shoal-repl`),
+//! serves the MongoDB wire protocol on TCP and the internal RPC on QUIC (both on the same
+//! HOST:PORT, as mongod does with one port), and dispatches every command through one function
+//! so that a command means the same thing whichever way it arrives.
 //!
-//! A role adds its own commands through [`Extension`] (the config server's metadata commands);
-//! everything else is the engine's. The replica set has one member until replication lands: the
-//! member is always primary and says so in `hello`.
+//! Writes go through the replicated log and are applied by every member; reads run on the
+//! local engine, on a secondary only when the client accepts one (`$readPreference` other than
+//! `primary`). A role adds its own commands through [`Extension`] (the config server's metadata
+//! commands); everything else is the engine's.
 
 use std::{
     future::Future,
+    time::Duration,
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
@@ -23,8 +25,9 @@ use std::{
 use anyhow::Context;
 use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode};
-use shoal_docstore::{AtomicOp, Engine};
+use shoal_docstore::{Engine, Kv};
 use shoal_node::info;
+use shoal_repl::{DeferringKv, ReplOptions, ReplicaSet};
 use shoal_rpc::{RpcClient, RpcHandler, RpcServer, certs::TlsPaths};
 use shoal_wire::{CommandHandler, RequestContext};
 use tracing::Instrument;
@@ -51,6 +54,10 @@ pub struct MemberConfig {
     pub tls: TlsPaths,
     /// The member's role.
     pub role: Role,
+    /// Members to initiate the set with on first start (empty: wait for `replSetInitiate`).
+    pub initiate_members: Vec<String>,
+    /// Replication timing.
+    pub repl: ReplOptions,
 }
 
 impl MemberConfig {
@@ -66,6 +73,11 @@ impl MemberConfig {
             dir: args.dir,
             tls,
             role,
+            initiate_members: args.initiate_members,
+            repl: ReplOptions {
+                election_timeout_ms: args.election_timeout_ms.clamp(50, 60_000),
+                snapshot_entries: args.snapshot_entries.max(100),
+            },
         })
     }
 }
@@ -83,8 +95,8 @@ pub trait Extension: Send + Sync + 'static {
         command: &'a Document,
     ) -> Option<ReplyFuture<'a>>;
 
-    /// Runs once after the engine opens and before the member serves requests (e.g. the config
-    /// server creates `config.version`).
+    /// Runs on the primary, once it is elected (again after a failure, until it succeeds; it
+    /// must be idempotent): e.g. the config server creates `config.version`.
     fn on_start<'a>(&'a self, member: &'a Arc<MemberCore>) -> StartFuture<'a> {
         let _ = member;
         Box::pin(async { Ok(()) })
@@ -117,6 +129,10 @@ pub struct MemberCore {
     pub config: MemberConfig,
     /// A client for calls to other cluster members.
     pub rpc: RpcClient,
+    /// This member's replication.
+    pub repl: Arc<ReplicaSet>,
+    /// Calls to other replica sets (shards, from the config server), following their primaries.
+    pub topology: shoal_repl::Topology,
     started: Instant,
     commands_total: AtomicU64,
 }
@@ -127,7 +143,19 @@ impl MemberCore {
         self.config.bind.to_string()
     }
 
-    /// Runs an engine command off the async threads (RocksDB calls block).
+    /// Replicates a write command through the log and returns its reply once its write concern
+    /// is met (or `writeConcernError`).
+    pub async fn replicate(&self, db: &str, command: Document) -> Document {
+        self.repl.write(db, command).await
+    }
+
+    /// Waits until this primary has applied everything committed before now (a ReadIndex
+    /// round), so a read-modify-write of metadata starts from the latest state.
+    pub async fn barrier(&self) -> Result<(), CommandError> {
+        self.repl.ensure_linearizable().await
+    }
+
+    /// Runs an engine command on the local state, off the async threads (RocksDB calls block).
     pub async fn execute(&self, db: &str, command: Document) -> Document {
         let engine = Arc::clone(&self.engine);
         let db = db.to_owned();
@@ -142,14 +170,16 @@ impl MemberCore {
 
     fn hello(&self, name: &str, command: &Document, connection_id: u64) -> Document {
         let mut reply = info::hello_common(command, connection_id);
-        let host = self.host();
-        reply.insert(info::writable_field(name), true);
-        reply.insert("secondary", false);
-        reply.insert("setName", self.config.replset.clone());
-        reply.insert("setVersion", 1);
-        reply.insert("hosts", vec![host.clone()]);
-        reply.insert("primary", host.clone());
-        reply.insert("me", host);
+        let mut fields = Document::new();
+        self.repl.hello_fields(&mut fields);
+        for (key, value) in fields {
+            let key = if key == "isWritablePrimary" {
+                info::writable_field(name).to_owned()
+            } else {
+                key
+            };
+            reply.insert(key, value);
+        }
         if self.config.role == Role::Config {
             reply.insert("configsvr", 2);
         }
@@ -172,98 +202,12 @@ impl MemberCore {
             Role::Config => "shoal-config",
         };
         let mut status = info::server_status(&self.host(), process, self.started, counters, 0);
-        status.insert(
-            "repl",
-            doc! {
-                "setName": self.config.replset.clone(),
-                "isWritablePrimary": true,
-                "secondary": false,
-                "hosts": [self.host()],
-                "primary": self.host(),
-                "me": self.host(),
-            },
-        );
+        let mut repl = Document::new();
+        self.repl.hello_fields(&mut repl);
+        status.insert("repl", repl);
         status
     }
 
-    /// `_shoalApplyAtomic {ops: [{db, put: coll, doc} | {db, delete: coll, id} |
-    /// {db, deleteIfUnchanged: coll, expect}]}`: several writes, possibly in several databases,
-    /// as one atomic batch. Routers use it for steps that must not be split by a crash.
-    async fn apply_atomic_command(&self, command: &Document) -> Result<Document, CommandError> {
-        let ops = match command.get("ops") {
-            Some(Bson::Array(ops)) => ops,
-            Some(other) => return Err(CommandError::type_mismatch("ops", "array", other)),
-            None => return Err(CommandError::missing_field("_shoalApplyAtomic", "ops")),
-        };
-        let mut parsed = Vec::with_capacity(ops.len());
-        for op in ops {
-            let op = op
-                .as_document()
-                .ok_or_else(|| CommandError::type_mismatch("ops", "object", op))?;
-            parsed.push(parse_atomic_op(op)?);
-        }
-        let engine = Arc::clone(&self.engine);
-        tokio::task::spawn_blocking(move || {
-            let scoped: Vec<(&str, &AtomicOp)> =
-                parsed.iter().map(|(db, op)| (db.as_str(), op)).collect();
-            engine.apply_atomic_across(&scoped)
-        })
-        .await
-        .map_err(|e| CommandError::internal(format!("atomic write task failed: {e}")))??;
-        Ok(doc! {"ok": 1.0})
-    }
-
-    fn repl_set_get_status(&self) -> Document {
-        let uptime = i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX);
-        doc! {
-            "set": self.config.replset.clone(),
-            "date": bson::DateTime::now(),
-            "myState": 1,
-            "term": 1_i64,
-            "members": [{
-                "_id": 0,
-                "name": self.host(),
-                "health": 1.0,
-                "state": 1,
-                "stateStr": "PRIMARY",
-                "uptime": uptime,
-                "self": true,
-            }],
-            "ok": 1.0,
-        }
-    }
-}
-
-fn parse_atomic_op(op: &Document) -> Result<(String, AtomicOp), CommandError> {
-    let db = op
-        .get_str("db")
-        .map_err(|_| CommandError::bad_value("atomic op without 'db'"))?;
-    let coll = |field: &str| op.get_str(field).map(str::to_owned);
-    let document = |field: &str| {
-        op.get_document(field)
-            .cloned()
-            .map_err(|_| CommandError::bad_value(format!("atomic op without document '{field}'")))
-    };
-    let parsed = if let Ok(coll) = coll("put") {
-        AtomicOp::Put {
-            coll,
-            doc: document("doc")?,
-        }
-    } else if let Ok(coll) = coll("delete") {
-        let id = op
-            .get("id")
-            .cloned()
-            .ok_or_else(|| CommandError::bad_value("atomic delete without 'id'"))?;
-        AtomicOp::Delete { coll, id }
-    } else if let Ok(coll) = coll("deleteIfUnchanged") {
-        AtomicOp::DeleteIfUnchanged {
-            coll,
-            expect: document("expect")?,
-        }
-    } else {
-        return Err(CommandError::bad_value(format!("unknown atomic op {op}")));
-    };
-    Ok((db.to_owned(), parsed))
 }
 
 /// Runs one command: the server-information commands every server answers, then the role's
@@ -285,6 +229,40 @@ pub async fn dispatch(
         .await
 }
 
+/// Commands that change data: replicated through the log, accepted only by the primary.
+const WRITE_COMMANDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "findAndModify",
+    "findandmodify",
+    "create",
+    "drop",
+    "dropDatabase",
+    "createIndexes",
+    "dropIndexes",
+    "deleteIndexes",
+    "collMod",
+    "renameCollection",
+    "_shoalApplyAtomic",
+];
+
+/// Whether the client accepts an answer from a secondary (`$readPreference` other than
+/// `primary`, as drivers and routers send it).
+fn secondary_ok(command: &Document) -> bool {
+    match command.get("$readPreference") {
+        Some(Bson::Document(pref)) => pref.get_str("mode").is_ok_and(|mode| mode != "primary"),
+        _ => false,
+    }
+}
+
+fn read_concern_level(command: &Document) -> Option<&str> {
+    command
+        .get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok())
+}
+
 async fn dispatch_named(
     core: &Arc<MemberCore>,
     extension: &dyn Extension,
@@ -293,6 +271,7 @@ async fn dispatch_named(
     connection_id: u64,
     name: &str,
 ) -> Document {
+    let repl = &core.repl;
     let reply = match name {
         "hello" | "isMaster" | "ismaster" => Ok(core.hello(name, &command, connection_id)),
         "ping" => Ok(doc! {"ok": 1.0}),
@@ -303,17 +282,80 @@ async fn dispatch_named(
         "hostInfo" => Ok(info::host_info()),
         "getCmdLineOpts" => Ok(info::cmd_line_opts()),
         "endSessions" | "killSessions" | "killAllSessions" => Ok(doc! {"ok": 1.0}),
-        "replSetGetStatus" => Ok(core.repl_set_get_status()),
         "whatsmyuri" => Ok(doc! {"you": "", "ok": 1.0}),
-        "_shoalApplyAtomic" => core.apply_atomic_command(&command).await,
+        "_shoalRaft" => return repl.handle_raft(&command).await,
+        "replSetGetStatus" => {
+            let local = matches!(command.get("_shoalLocal"), Some(Bson::Boolean(true)));
+            repl.status(local).await
+        }
+        "replSetGetConfig" => repl
+            .config_document()
+            .map(|config| doc! {"config": config, "ok": 1.0}),
+        "replSetInitiate" => match command.get("replSetInitiate") {
+            Some(Bson::Document(config)) => repl.initiate(Some(config)).await,
+            _ => repl.initiate(None).await,
+        },
+        "replSetReconfig" => match command.get("replSetReconfig") {
+            Some(Bson::Document(config)) => repl.reconfig(config).await,
+            Some(other) => Err(CommandError::type_mismatch("replSetReconfig", "object", other)),
+            None => Err(CommandError::missing_field("replSetReconfig", "replSetReconfig")),
+        },
+        "replSetStepDown" => repl.step_down().await,
+        "_shoalPartition" => {
+            // Fault injection for failure tests: drop Raft traffic with these members.
+            let hosts: Vec<String> = command
+                .get_array("_shoalPartition")
+                .map(|hosts| {
+                    hosts
+                        .iter()
+                        .filter_map(|h| h.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            repl.set_partition(&hosts);
+            Ok(doc! {"ok": 1.0})
+        }
+        _ if WRITE_COMMANDS.contains(&name) => {
+            if let Some(future) = extension.handle(core, db, &command) {
+                return future.await;
+            }
+            return core.replicate(db, command).await;
+        }
         _ => {
             if let Some(future) = extension.handle(core, db, &command) {
                 return future.await;
             }
-            Ok(core.execute(db, command).await)
+            match check_read(core, &command).await {
+                Ok(()) => Ok(core.execute(db, command).await),
+                Err(error) => Err(error),
+            }
         }
     };
     reply.unwrap_or_else(|error| error.to_document())
+}
+
+/// Whether this member may answer the read `command` now.
+async fn check_read(core: &Arc<MemberCore>, command: &Document) -> Result<(), CommandError> {
+    let repl = &core.repl;
+    if read_concern_level(command) == Some("linearizable") {
+        return repl.ensure_linearizable().await;
+    }
+    if repl.is_primary() {
+        return Ok(());
+    }
+    if !repl.can_serve_reads() {
+        return Err(CommandError::new(
+            ErrorCode::NOT_PRIMARY_OR_SECONDARY,
+            "node is not in primary or recovering state",
+        ));
+    }
+    if secondary_ok(command) || command.contains_key("getMore") || command.contains_key("killCursors") {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        ErrorCode::NOT_PRIMARY_NO_SECONDARY_OK,
+        "not primary and secondaryOk=false",
+    ))
 }
 
 struct WireHandler {
@@ -354,24 +396,41 @@ impl RpcHandler for QuicHandler {
     }
 }
 
+/// How often a member checks whether it became primary and still owes the role's start-up work.
+const PRIMARY_WORK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Opens the member's state and serves both protocols until SIGINT/SIGTERM.
 pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.dir)
         .with_context(|| format!("creating data directory {}", config.dir.display()))?;
-    let engine = Engine::open(&config.dir.join("db"))
-        .map_err(|e| anyhow::anyhow!("opening the document store: {e}"))?;
+    let storage: Arc<dyn Kv> = Arc::new(
+        shoal_docstore::RocksKv::open(&config.dir.join("db"))
+            .map_err(|e| anyhow::anyhow!("opening the document store: {e}"))?,
+    );
+    let engine = Arc::new(
+        Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&storage))))
+            .map_err(|e| anyhow::anyhow!("opening the document store: {e}"))?,
+    );
     let rpc = RpcClient::new(&config.tls).map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;
+    let repl = ReplicaSet::open(
+        Arc::clone(&engine),
+        storage,
+        &config.bind.to_string(),
+        &config.replset,
+        rpc.clone(),
+        config.repl.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting replication: {e}"))?;
     let core = Arc::new(MemberCore {
-        engine: Arc::new(engine),
+        engine,
         config: config.clone(),
+        topology: shoal_repl::Topology::new(rpc.clone()),
         rpc,
+        repl,
         started: Instant::now(),
         commands_total: AtomicU64::new(0),
     });
-    extension
-        .on_start(&core)
-        .await
-        .context("initialising the member")?;
     let quic_handler = Arc::new(QuicHandler {
         core: Arc::clone(&core),
         extension: Arc::clone(&extension),
@@ -383,16 +442,61 @@ pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> 
         .with_context(|| format!("binding TCP on {}", config.bind))?;
     let wire_handler = Arc::new(WireHandler {
         core: Arc::clone(&core),
-        extension,
+        extension: Arc::clone(&extension),
     });
     tracing::info!(replset = %config.replset, bind = %config.bind, role = ?config.role, "member ready");
     let rpc_task = tokio::spawn(rpc_server.run());
     let wire_task = tokio::spawn(shoal_wire::serve(listener, wire_handler));
+    let initiate_task = tokio::spawn(initiate_if_asked(Arc::clone(&core)));
+    let primary_task = tokio::spawn(primary_work(Arc::clone(&core), extension));
     shoal_node::shutdown_signal().await;
     rpc_task.abort();
     wire_task.abort();
+    initiate_task.abort();
+    primary_task.abort();
+    core.repl.shutdown().await;
     // Dropping the last engine handle closes RocksDB cleanly; every acknowledged write is
-    // already in its synced WAL.
+    // already in its synced log.
     drop(core);
     Ok(())
+}
+
+/// `--initiate-members`: the first member listed initiates the set on its first start.
+async fn initiate_if_asked(core: Arc<MemberCore>) {
+    let hosts = &core.config.initiate_members;
+    if hosts.first() != Some(&core.host()) || core.repl.is_initiated() {
+        return;
+    }
+    let members: Vec<Bson> = hosts
+        .iter()
+        .enumerate()
+        .map(|(id, host)| Bson::Document(doc! {"_id": id as i32, "host": host.clone()}))
+        .collect();
+    let config = doc! {"_id": core.config.replset.clone(), "members": members};
+    match core.repl.initiate(Some(&config)).await {
+        Ok(_) => {}
+        Err(error) if error.code == ErrorCode::ALREADY_INITIALIZED => {}
+        Err(error) => tracing::error!(%error, "initiating the replica set from --initiate-members failed"),
+    }
+}
+
+/// Runs the role's start-up work ([`Extension::on_start`]) once this member is primary, and
+/// again after each failure; stops after the first success.
+async fn primary_work(core: Arc<MemberCore>, extension: Arc<dyn Extension>) {
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep(PRIMARY_WORK_INTERVAL).await;
+        if !core.repl.is_primary() {
+            continue;
+        }
+        match extension.on_start(&core).await {
+            Ok(()) => return,
+            Err(error) => {
+                failures += 1;
+                if failures == 1 || failures % 50 == 0 {
+                    tracing::warn!(%error, failures, "primary start-up work failed; retrying");
+                }
+            }
+        }
+    }
 }

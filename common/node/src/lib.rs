@@ -72,6 +72,17 @@ pub struct MemberArgs {
     /// Data directory; created if missing. The member restarts with what it holds.
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
+    /// Initiates the replica set with these members (`HOST:PORT,...`, in `_id` order) on first
+    /// start, as `rs.initiate()` would; only the first host listed initiates. Without it the
+    /// set waits for `replSetInitiate`.
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    pub initiate_members: Vec<String>,
+    /// The shortest election timeout in milliseconds (the longest is twice it).
+    #[arg(long, value_name = "MS", default_value_t = 400)]
+    pub election_timeout_ms: u64,
+    /// Log entries between snapshots (older entries are then purged).
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub snapshot_entries: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tls: TlsArgs,

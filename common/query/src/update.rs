@@ -875,7 +875,7 @@ fn min_max(current: Option<&Bson>, value: &Bson, wanted: Ordering) -> Change {
 }
 
 fn current_date(timestamp: bool) -> Bson {
-    let now = bson::DateTime::now();
+    let now = shoal_common::determinism::now();
     if timestamp {
         let seconds = u32::try_from(now.timestamp_millis() / 1000).unwrap_or(u32::MAX);
         Bson::Timestamp(Timestamp {

@@ -311,7 +311,12 @@ impl CommandHandler for Router {
     async fn handle(&self, ctx: RequestContext, db: String, command: Document) -> Document {
         let name = command.keys().next().cloned().unwrap_or_default();
         let span = tracing::debug_span!("request", conn = ctx.conn_id, db = %db, command = %name);
-        match self.dispatch(&ctx, &db, command).instrument(span).await {
+        let preference = match shoal_repl::ReadPreference::of(&command) {
+            Ok(preference) => preference,
+            Err(error) => return error.to_document(),
+        };
+        let work = self.dispatch(&ctx, &db, command).instrument(span);
+        match crate::cluster::READ_PREFERENCE.scope(preference, work).await {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::debug!(code = error.code.0, error = %error.errmsg, "command failed");

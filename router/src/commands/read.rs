@@ -62,8 +62,8 @@ impl Router {
         request: &Document,
     ) -> Result<Vec<ShardStream>, CommandError> {
         let calls = targets.iter().map(|host| async move {
-            let reply = self.cluster.call(host, db, request.clone()).await?;
-            ShardStream::from_reply(host, db, &reply)
+            let (member, reply) = self.cluster.call_routed(host, db, request.clone()).await?;
+            ShardStream::from_reply(&member, db, &reply)
         });
         let mut streams = Vec::with_capacity(targets.len());
         let mut first_error = None;

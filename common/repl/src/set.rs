@@ -1,0 +1,990 @@
+//! [`ReplicaSet`]: one member's Raft instance and the replica-set commands built on it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bson::{Bson, Document, doc, oid::ObjectId};
+use openraft::{
+    ChangeMembers, Config, Raft, ServerState, SnapshotPolicy,
+    alias::{SnapshotMetaOf, SnapshotOf, VoteOf},
+    errors::RaftError,
+    metrics::RaftMetrics,
+    raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest},
+    type_config::async_runtime::WatchReceiver,
+    Instant as _,
+};
+use shoal_common::{CommandError, ErrorCode};
+use shoal_docstore::{Engine, Kv, Space};
+use shoal_rpc::RpcClient;
+
+use crate::{
+    concern::{W, WriteConcern, session_statement},
+    config::ReplConfig,
+    log_store::LogStore,
+    network::{Network, Partition},
+    state_machine::StateMachine,
+    types::{Applied, MemberNode, NodeId, Proposal, TypeConfig, node_id_for},
+};
+
+/// Timing and log-retention options of a member.
+#[derive(Clone, Debug)]
+pub struct ReplOptions {
+    /// The shortest election timeout; the longest is twice it. 400 ms gives failover in about
+    /// a second on a LAN (MongoDB's default is 10 s).
+    pub election_timeout_ms: u64,
+    /// Entries between snapshots; older entries are then purged, keeping
+    /// [`LOG_KEPT_AFTER_SNAPSHOT`] for lagging members.
+    pub snapshot_entries: u64,
+}
+
+impl Default for ReplOptions {
+    fn default() -> ReplOptions {
+        ReplOptions {
+            election_timeout_ms: 400,
+            snapshot_entries: 20_000,
+        }
+    }
+}
+
+/// Entries kept after a snapshot so a briefly lagging member catches up from the log.
+pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 2_000;
+/// Entries one append message carries at most; a write command can be up to 48 MB, and one
+/// message must fit a 64 MB RPC frame once encoded.
+pub const APPEND_ENTRIES_MAX: u64 = 16;
+/// How often the primary checks whether a caught-up member of higher priority should take over.
+pub const PRIORITY_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long `replSetStepDown` waits for a secondary to catch up (MongoDB's
+/// `secondaryCatchUpPeriodSecs` default).
+pub const STEP_DOWN_CATCH_UP: Duration = Duration::from_secs(10);
+/// How long `replSetInitiate` waits for the first election.
+pub const INITIATE_ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How long a member added with `replSetReconfig` may take to catch up before it votes.
+pub const ADD_MEMBER_CATCH_UP: Duration = Duration::from_secs(120);
+
+/// MongoDB member states as `replSetGetStatus` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// 1.
+    Primary,
+    /// 2.
+    Secondary,
+    /// 0: not yet part of an initiated set.
+    Startup,
+    /// 3: catching up or between roles (a candidate).
+    Recovering,
+    /// 8: unreachable.
+    Down,
+    /// 10: no longer in the configuration.
+    Removed,
+}
+
+impl MemberState {
+    fn code(self) -> i32 {
+        match self {
+            MemberState::Primary => 1,
+            MemberState::Secondary => 2,
+            MemberState::Startup => 0,
+            MemberState::Recovering => 3,
+            MemberState::Down => 8,
+            MemberState::Removed => 10,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MemberState::Primary => "PRIMARY",
+            MemberState::Secondary => "SECONDARY",
+            MemberState::Startup => "STARTUP",
+            MemberState::Recovering => "RECOVERING",
+            MemberState::Down => "DOWN",
+            MemberState::Removed => "REMOVED",
+        }
+    }
+}
+
+/// One member's replication.
+pub struct ReplicaSet {
+    raft: Raft<TypeConfig, StateMachine>,
+    me: NodeId,
+    host: String,
+    set_name: String,
+    options: ReplOptions,
+    partition: Arc<Partition>,
+    kv: Arc<dyn Kv>,
+    rpc: RpcClient,
+    state_machine: StateMachine,
+    removed: std::sync::atomic::AtomicBool,
+    started: Instant,
+}
+
+impl std::fmt::Debug for ReplicaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaSet")
+            .field("host", &self.host)
+            .field("set", &self.set_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_primary() -> CommandError {
+    CommandError::new(ErrorCode::NOT_WRITABLE_PRIMARY, "not primary").with_label("RetryableWriteError")
+}
+
+fn raft_write_error<E: std::fmt::Display>(error: RaftError<TypeConfig, E>) -> CommandError
+where
+    E: std::error::Error,
+{
+    match error {
+        RaftError::APIError(api) => {
+            let text = api.to_string();
+            if text.contains("forward") || text.contains("leader") {
+                CommandError::new(
+                    ErrorCode::INTERRUPTED_DUE_TO_REPL_STATE_CHANGE,
+                    format!("operation was interrupted because the member stepped down: {text}"),
+                )
+                .with_label("RetryableWriteError")
+            } else {
+                CommandError::new(ErrorCode::OPERATION_FAILED, text)
+            }
+        }
+        RaftError::Fatal(fatal) => CommandError::new(
+            ErrorCode::INTERRUPTED_AT_SHUTDOWN,
+            format!("replication stopped: {fatal}"),
+        )
+        .with_label("RetryableWriteError"),
+    }
+}
+
+fn election_id(term: u64) -> ObjectId {
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+    bytes[4..].copy_from_slice(&term.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+fn op_time(term: u64, index: u64) -> Document {
+    let seconds = u32::try_from(index >> 32).unwrap_or(u32::MAX);
+    let increment = u32::try_from(index & 0xffff_ffff).unwrap_or(u32::MAX);
+    doc! {
+        "ts": Bson::Timestamp(bson::Timestamp { time: seconds, increment }),
+        "t": i64::try_from(term).unwrap_or(i64::MAX),
+    }
+}
+
+impl ReplicaSet {
+    /// Opens replication for the member at `host` over its storage `kv` (the same storage the
+    /// engine writes through a [`crate::DeferringKv`]).
+    pub async fn open(
+        engine: Arc<Engine>,
+        kv: Arc<dyn Kv>,
+        host: &str,
+        set_name: &str,
+        rpc: RpcClient,
+        options: ReplOptions,
+    ) -> Result<Arc<ReplicaSet>, String> {
+        let me = node_id_for(host);
+        let config = Config {
+            cluster_name: set_name.to_owned(),
+            heartbeat_interval: (options.election_timeout_ms / 4).max(20),
+            election_timeout_min: options.election_timeout_ms,
+            election_timeout_max: options.election_timeout_ms * 2,
+            enable_pre_vote: Some(true),
+            max_payload_entries: APPEND_ENTRIES_MAX,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            install_snapshot_timeout: 60_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("raft configuration: {e}"))?;
+        let partition = Arc::new(Partition::default());
+        let network = Network::new(rpc.clone(), me, set_name.to_owned(), Arc::clone(&partition));
+        let state_machine = StateMachine::new(engine, Arc::clone(&kv), me);
+        let raft = Raft::new(
+            me,
+            Arc::new(config),
+            network,
+            LogStore::new(Arc::clone(&kv)),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| format!("starting raft: {e}"))?;
+        let set = Arc::new(ReplicaSet {
+            raft,
+            me,
+            host: host.to_owned(),
+            set_name: set_name.to_owned(),
+            options,
+            partition,
+            kv,
+            rpc,
+            state_machine,
+            removed: std::sync::atomic::AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        set.apply_electability();
+        tokio::spawn(priority_supervisor(Arc::downgrade(&set)));
+        Ok(set)
+    }
+
+    /// The replica-set name.
+    pub fn set_name(&self) -> &str {
+        &self.set_name
+    }
+
+    fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Whether this member is the primary now.
+    pub fn is_primary(&self) -> bool {
+        let metrics = self.metrics();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.me)
+    }
+
+    /// Whether this member may serve reads that accept a secondary.
+    pub fn can_serve_reads(&self) -> bool {
+        let metrics = self.metrics();
+        !self.is_removed()
+            && metrics.membership_config.membership().get_node(&self.me).is_some()
+            && matches!(
+                metrics.state,
+                ServerState::Leader | ServerState::Follower | ServerState::Learner
+            )
+    }
+
+    fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the set has been initiated (this member holds a configuration).
+    pub fn is_initiated(&self) -> bool {
+        self.metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    }
+
+    fn config(&self) -> ReplConfig {
+        let metrics = self.metrics();
+        let members = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        ReplConfig {
+            set_name: self.set_name.clone(),
+            members,
+        }
+    }
+
+    fn config_version(metrics: &RaftMetrics<TypeConfig>) -> i64 {
+        metrics
+            .membership_config
+            .log_id()
+            .map_or(1, |id| i64::try_from(id.index + 1).unwrap_or(i64::MAX))
+    }
+
+    /// Disables elections on a member that must never become primary (priority 0, hidden,
+    /// delayed, or no longer in the set); openraft has no priorities of its own.
+    fn apply_electability(&self) {
+        let metrics = self.metrics();
+        let electable = !self.is_removed()
+            && metrics
+                .membership_config
+                .membership()
+                .get_node(&self.me)
+                .is_none_or(MemberNode::electable);
+        self.raft.runtime_config().elect(electable);
+    }
+
+    /// Handles one Raft message from a peer (`_shoalRaft`).
+    pub async fn handle_raft(&self, request: &Document) -> Document {
+        match self.handle_raft_inner(request).await {
+            Ok(reply) => reply,
+            Err(error) => error.to_document(),
+        }
+    }
+
+    async fn handle_raft_inner(&self, request: &Document) -> Result<Document, CommandError> {
+        let kind = request.get_str("_shoalRaft").unwrap_or("");
+        let from = request.get_i64("from").map(|id| id as u64).unwrap_or(0);
+        if self.partition.blocks(from) {
+            return Err(CommandError::new(
+                ErrorCode::HOST_UNREACHABLE,
+                "partitioned (fault injection)",
+            ));
+        }
+        if request.get_str("setName").ok() != Some(self.set_name.as_str()) {
+            return Err(CommandError::bad_value("raft message for another replica set"));
+        }
+        let body = request
+            .get_str("body")
+            .map_err(|_| CommandError::bad_value("raft message without body"))?;
+        let parse_error = |e: serde_json::Error| CommandError::bad_value(format!("raft message: {e}"));
+        let fatal = |e: String| CommandError::new(ErrorCode::SHUTDOWN_IN_PROGRESS, e);
+        let reply_body = match kind {
+            "append" => {
+                let rpc: AppendEntriesRequest<TypeConfig> = serde_json::from_str(body).map_err(parse_error)?;
+                let response = self.raft.append_entries(rpc).await.map_err(|e| fatal(e.to_string()))?;
+                serde_json::to_string(&response)
+            }
+            "vote" | "preVote" => {
+                let rpc: VoteRequest<TypeConfig> = serde_json::from_str(body).map_err(parse_error)?;
+                let response = if kind == "vote" {
+                    self.raft.vote(rpc).await
+                } else {
+                    self.raft.pre_vote(rpc).await
+                }
+                .map_err(|e| fatal(e.to_string()))?;
+                serde_json::to_string(&response)
+            }
+            "transferLeader" => {
+                let rpc: TransferLeaderRequest<TypeConfig> = serde_json::from_str(body).map_err(parse_error)?;
+                let response = self
+                    .raft
+                    .handle_transfer_leader(rpc)
+                    .await
+                    .map_err(|e| fatal(e.to_string()))?;
+                serde_json::to_string(&response)
+            }
+            "snapshot" => {
+                let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+                    serde_json::from_str(body).map_err(parse_error)?;
+                let data = match request.get("data") {
+                    Some(Bson::Binary(binary)) => binary.bytes.clone(),
+                    _ => return Err(CommandError::bad_value("snapshot without data")),
+                };
+                let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
+                let response = self
+                    .raft
+                    .install_full_snapshot(vote, snapshot)
+                    .await
+                    .map_err(|e| fatal(e.to_string()))?;
+                serde_json::to_string(&response)
+            }
+            "removed" => {
+                // The primary tells a member it reconfigured away that it is out.
+                self.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.apply_electability();
+                tracing::warn!(set = %self.set_name, "removed from the replica set");
+                Ok("null".to_owned())
+            }
+            other => return Err(CommandError::bad_value(format!("unknown raft message '{other}'"))),
+        }
+        .map_err(|e| CommandError::internal(format!("encoding raft reply: {e}")))?;
+        Ok(doc! {"ok": 1.0, "body": reply_body})
+    }
+
+    /// Replicates the write `command` on database `db` and waits for its write concern; returns
+    /// the command's reply (with `writeConcernError` when the concern was not met in time).
+    pub async fn write(&self, db: &str, command: Document) -> Document {
+        match self.write_inner(db, command).await {
+            Ok(reply) => reply,
+            Err(error) => error.to_document(),
+        }
+    }
+
+    async fn write_inner(&self, db: &str, command: Document) -> Result<Document, CommandError> {
+        let concern = WriteConcern::of(&command)?;
+        if !self.is_primary() {
+            return Err(not_primary());
+        }
+        if let W::Members(n) = concern.w {
+            let data_bearing = self.config().members.len();
+            if n as usize > data_bearing {
+                return Err(CommandError::new(
+                    ErrorCode::UNSATISFIABLE_WRITE_CONCERN,
+                    format!("Not enough data-bearing nodes: w: {n} with {data_bearing} members"),
+                ));
+            }
+        }
+        let proposal = Proposal {
+            db: db.to_owned(),
+            command: bson::to_vec(&command)
+                .map_err(|e| CommandError::internal(format!("encoding the command: {e}")))?,
+            now_millis: bson::DateTime::now().timestamp_millis(),
+            session: session_statement(&command),
+        };
+        if concern.w == W::Unacknowledged {
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                if let Err(error) = raft.client_write(proposal).await {
+                    tracing::debug!(%error, "unacknowledged write failed");
+                }
+            });
+            return Ok(doc! {"ok": 1.0});
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = concern.deadline();
+        let response = match tokio::time::timeout(deadline, self.raft.client_write(proposal)).await {
+            Ok(result) => result.map_err(raft_write_error)?,
+            Err(_) => {
+                // The entry stays in the log and commits when a majority is back; only the
+                // acknowledgement is given up, as MongoDB does.
+                return Ok(doc! {"ok": 1.0, "n": 0, "writeConcernError": concern.timeout_error()});
+            }
+        };
+        let mut reply = Applied::document(&response.data);
+        if let W::Members(n) = concern.w
+            && n > 1
+        {
+            let index = response.log_id.index;
+            let remaining = deadline.saturating_sub(started.elapsed());
+            if !self.wait_replicated(index, n as usize, remaining).await {
+                reply.insert("writeConcernError", concern.timeout_error());
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Waits until `count` members (this one included) hold the log up to `index`.
+    async fn wait_replicated(&self, index: u64, count: usize, limit: Duration) -> bool {
+        let mut watch = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let reached = {
+                let metrics = watch.borrow_watched();
+                let others = metrics.replication.as_ref().map_or(0, |replication| {
+                    replication
+                        .iter()
+                        .filter(|(id, matched)| {
+                            **id != self.me && matched.is_some_and(|m| m.index >= index)
+                        })
+                        .count()
+                });
+                others + 1 >= count
+            };
+            if reached {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// `readConcern: {level: "linearizable"}`: confirms with a majority that this member is
+    /// still the primary and has applied everything committed before the read.
+    pub async fn ensure_linearizable(&self) -> Result<(), CommandError> {
+        if !self.is_primary() {
+            return Err(CommandError::new(
+                ErrorCode::NOT_WRITABLE_PRIMARY,
+                "linearizable read concern requires the primary",
+            ));
+        }
+        let read = self.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(raft_write_error(error)),
+            Err(_) => Err(CommandError::new(
+                ErrorCode::EXCEEDED_TIME_LIMIT,
+                "could not confirm the primary with a majority in time",
+            )),
+        }
+    }
+
+    /// `replSetInitiate`.
+    pub async fn initiate(&self, config: Option<&Document>) -> Result<Document, CommandError> {
+        if self.is_initiated() {
+            return Err(CommandError::new(
+                ErrorCode::ALREADY_INITIALIZED,
+                "already initialized",
+            ));
+        }
+        let parsed = match config {
+            Some(config) => ReplConfig::parse(config, &self.set_name)?,
+            None => ReplConfig::parse(
+                &doc! {"_id": self.set_name.clone(), "members": [{"_id": 0, "host": self.host.clone()}]},
+                &self.set_name,
+            )?,
+        };
+        if !parsed.members.contains_key(&self.me) {
+            return Err(CommandError::new(
+                ErrorCode::INVALID_REPLICA_SET_CONFIG,
+                format!("No host described in new configuration with {{version: 1, term: 0}} for replica set {} maps to this node ({})", self.set_name, self.host),
+            ));
+        }
+        let voters: BTreeMap<NodeId, MemberNode> = parsed
+            .members
+            .iter()
+            .filter(|(_, m)| m.votes > 0)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        self.raft
+            .initialize(voters)
+            .await
+            .map_err(|e| CommandError::new(ErrorCode::OPERATION_FAILED, e.to_string()))?;
+        let learners: Vec<(NodeId, MemberNode)> = parsed
+            .members
+            .iter()
+            .filter(|(_, m)| m.votes == 0)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        if !learners.is_empty() {
+            self.wait_for_leader(INITIATE_ELECTION_WAIT).await?;
+            for (id, node) in learners {
+                self.forward_or_add_learner(id, node).await?;
+            }
+        }
+        self.apply_electability();
+        tracing::info!(set = %self.set_name, members = parsed.members.len(), "replica set initiated");
+        Ok(doc! {"ok": 1.0})
+    }
+
+    async fn forward_or_add_learner(&self, id: NodeId, node: MemberNode) -> Result<(), CommandError> {
+        if self.is_primary() {
+            self.raft
+                .add_learner(id, node, false)
+                .await
+                .map_err(raft_write_error)?;
+            return Ok(());
+        }
+        Err(CommandError::new(
+            ErrorCode::NOT_WRITABLE_PRIMARY,
+            "this member did not win the first election; run replSetReconfig on the primary to add non-voting members",
+        ))
+    }
+
+    async fn wait_for_leader(&self, limit: Duration) -> Result<NodeId, CommandError> {
+        let mut watch = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(leader) = watch.borrow_watched().current_leader {
+                return Ok(leader);
+            }
+            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                return Err(CommandError::new(
+                    ErrorCode::EXCEEDED_TIME_LIMIT,
+                    "no primary was elected in time",
+                ));
+            }
+        }
+    }
+
+    /// `replSetReconfig`: adds, removes and changes members. New members first catch up as
+    /// learners (from a snapshot and the log), then gain their vote.
+    pub async fn reconfig(&self, config: &Document) -> Result<Document, CommandError> {
+        if !self.is_primary() {
+            return Err(not_primary());
+        }
+        let new = ReplConfig::parse(config, &self.set_name)?;
+        let old = self.config();
+        let old_voters = old.voters();
+        let new_voters = new.voters();
+        if old_voters.symmetric_difference(&new_voters).count() > 1
+            && !old_voters.is_subset(&new_voters)
+        {
+            tracing::info!("reconfig changes several votes at once; joint consensus keeps it safe");
+        }
+        let added: Vec<NodeId> = new
+            .members
+            .keys()
+            .filter(|id| !old.members.contains_key(id))
+            .copied()
+            .collect();
+        for id in &added {
+            let node = new.members[id].clone();
+            let add = self.raft.add_learner(*id, node, true);
+            match tokio::time::timeout(ADD_MEMBER_CATCH_UP, add).await {
+                Ok(result) => {
+                    result.map_err(raft_write_error)?;
+                }
+                Err(_) => {
+                    return Err(CommandError::new(
+                        ErrorCode::EXCEEDED_TIME_LIMIT,
+                        format!("member {} did not catch up in time", new.members[id].host),
+                    ));
+                }
+            }
+        }
+        let changed: BTreeMap<NodeId, MemberNode> = new
+            .members
+            .iter()
+            .filter(|(id, node)| old.members.get(id).is_some_and(|old| old != *node))
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        if !changed.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::SetNodes(changed), true)
+                .await
+                .map_err(raft_write_error)?;
+        }
+        if old_voters != new_voters {
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(new_voters), true)
+                .await
+                .map_err(raft_write_error)?;
+        }
+        let removed: BTreeSet<NodeId> = old
+            .members
+            .keys()
+            .filter(|id| !new.members.contains_key(id))
+            .copied()
+            .collect();
+        if !removed.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(removed.clone()), true)
+                .await
+                .map_err(raft_write_error)?;
+            for id in &removed {
+                if let Some(node) = old.members.get(id) {
+                    self.notify_removed(&node.host).await;
+                }
+            }
+        }
+        self.apply_electability();
+        tracing::info!(set = %self.set_name, added = added.len(), removed = removed.len(), "replica set reconfigured");
+        Ok(doc! {"ok": 1.0})
+    }
+
+    async fn notify_removed(&self, host: &str) {
+        let request = doc! {
+            "_shoalRaft": "removed", "from": self.me as i64, "setName": self.set_name.clone(),
+            "body": "null", "$db": "admin",
+        };
+        if let Err(error) = self.rpc.call(host, request, Duration::from_secs(2)).await {
+            // It stops receiving the log anyway; it only learns it is out later.
+            tracing::info!(host, %error, "could not tell a removed member it is out");
+        }
+    }
+
+    /// `replSetStepDown`: hands the primary role to the caught-up electable secondary of
+    /// highest priority.
+    pub async fn step_down(&self) -> Result<Document, CommandError> {
+        if !self.is_primary() {
+            return Err(CommandError::new(ErrorCode::NOT_WRITABLE_PRIMARY, "not primary so can't step down"));
+        }
+        let deadline = tokio::time::Instant::now() + STEP_DOWN_CATCH_UP;
+        let target = loop {
+            if let Some(target) = self.best_successor(None) {
+                break target;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CommandError::new(
+                    ErrorCode::EXCEEDED_TIME_LIMIT,
+                    "No electable secondaries caught up",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| CommandError::new(ErrorCode::SHUTDOWN_IN_PROGRESS, e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.is_primary() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(set = %self.set_name, "stepped down");
+        Ok(doc! {"ok": 1.0})
+    }
+
+    /// The caught-up electable member (other than this one) of highest priority, optionally
+    /// only those of priority above `above`.
+    fn best_successor(&self, above: Option<u32>) -> Option<NodeId> {
+        let metrics = self.metrics();
+        let last = metrics.last_log_index?;
+        let replication = metrics.replication.as_ref()?;
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, node)| {
+                **id != self.me
+                    && voters.contains(id)
+                    && node.electable()
+                    && above.is_none_or(|p| node.priority_milli > p)
+                    && replication
+                        .get(id)
+                        .is_some_and(|m| m.is_some_and(|m| m.index >= last))
+            })
+            .max_by_key(|(_, node)| node.priority_milli)
+            .map(|(id, _)| *id)
+    }
+
+    /// Blocks Raft messages to and from the members at `hosts` (empty heals).
+    pub fn set_partition(&self, hosts: &[String]) {
+        let peers = hosts.iter().map(|h| node_id_for(h)).collect();
+        self.partition.set(peers);
+        tracing::warn!(blocked = ?hosts, "fault injection: raft partition set");
+    }
+
+    /// The `hello` fields of a replica-set member.
+    pub fn hello_fields(&self, reply: &mut Document) {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let primary = self.is_primary();
+        let in_set = membership.get_node(&self.me).is_some() && !self.is_removed();
+        let mut hosts = Vec::new();
+        let mut passives = Vec::new();
+        for (_, node) in membership.nodes() {
+            if node.hidden {
+                continue;
+            }
+            if node.priority_milli > 0 {
+                hosts.push(Bson::String(node.host.clone()));
+            } else {
+                passives.push(Bson::String(node.host.clone()));
+            }
+        }
+        reply.insert("isWritablePrimary", primary);
+        reply.insert("secondary", in_set && !primary && metrics.current_leader.is_some());
+        if in_set {
+            reply.insert("setName", self.set_name.clone());
+            reply.insert("setVersion", Self::config_version(&metrics));
+            reply.insert("hosts", hosts);
+            if !passives.is_empty() {
+                reply.insert("passives", passives);
+            }
+            if let Some(me) = membership.get_node(&self.me) {
+                if me.hidden {
+                    reply.insert("hidden", true);
+                }
+                if me.priority_milli == 0 {
+                    reply.insert("passive", true);
+                }
+                if me.secondary_delay_secs > 0 {
+                    reply.insert("secondaryDelaySecs", i64::from(me.secondary_delay_secs));
+                }
+            }
+            if let Some(leader) = metrics.current_leader
+                && let Some(node) = membership.get_node(&leader)
+            {
+                reply.insert("primary", node.host.clone());
+            }
+            if primary {
+                reply.insert("electionId", election_id(metrics.current_term));
+            }
+            let optime = metrics
+                .last_applied
+                .map_or_else(|| op_time(0, 0), |applied| op_time(applied.leader_id.term, applied.index));
+            reply.insert(
+                "lastWrite",
+                doc! {"opTime": optime.clone(), "majorityOpTime": optime, "lastWriteDate": bson::DateTime::now()},
+            );
+        } else {
+            reply.insert("isreplicaset", true);
+            reply.insert("setName", self.set_name.clone());
+        }
+        reply.insert("me", self.host.clone());
+    }
+
+    fn member_state(&self, metrics: &RaftMetrics<TypeConfig>) -> MemberState {
+        if self.is_removed() {
+            return MemberState::Removed;
+        }
+        if metrics.membership_config.membership().get_node(&self.me).is_none() {
+            return MemberState::Startup;
+        }
+        match metrics.state {
+            ServerState::Leader if metrics.current_leader == Some(self.me) => MemberState::Primary,
+            ServerState::Follower | ServerState::Learner if metrics.current_leader.is_some() => {
+                MemberState::Secondary
+            }
+            _ => MemberState::Recovering,
+        }
+    }
+
+    /// The time the entry at `index` was proposed (from the log), if still there.
+    fn entry_time(&self, index: u64) -> Option<i64> {
+        let bytes = self.kv.get(Space::RaftLog, &index.to_be_bytes()).ok()??;
+        let entry: openraft::alias::EntryOf<TypeConfig> = serde_json::from_slice(&bytes).ok()?;
+        match entry.payload {
+            openraft::EntryPayload::Normal(proposal) => Some(proposal.now_millis),
+            _ => None,
+        }
+    }
+
+    /// `replSetGetStatus`. The primary knows every member's progress and last heartbeat; a
+    /// secondary asks the primary and falls back to what it knows itself.
+    pub async fn status(&self, local_only: bool) -> Result<Document, CommandError> {
+        if !self.is_initiated() && !self.is_removed() {
+            return Err(CommandError::new(ErrorCode::NOT_YET_INITIALIZED, "no replset config has been received"));
+        }
+        let metrics = self.metrics();
+        if !local_only && !self.is_primary() {
+            if let Some(leader) = metrics.current_leader
+                && let Some(node) = metrics.membership_config.membership().get_node(&leader)
+            {
+                let request = doc! {"replSetGetStatus": 1, "_shoalLocal": true, "$db": "admin"};
+                if let Ok(mut reply) = self.rpc.call(&node.host, request, Duration::from_secs(2)).await
+                    && reply.get_f64("ok") == Ok(1.0)
+                {
+                    self.rewrite_self(&mut reply, &metrics);
+                    return Ok(reply);
+                }
+            }
+        }
+        Ok(self.local_status(&metrics))
+    }
+
+    fn rewrite_self(&self, reply: &mut Document, metrics: &RaftMetrics<TypeConfig>) {
+        let state = self.member_state(metrics);
+        reply.insert("myState", state.code());
+        if let Ok(members) = reply.get_array_mut("members") {
+            for member in members.iter_mut() {
+                if let Bson::Document(member) = member {
+                    let is_me = member.get_str("name").ok() == Some(self.host.as_str());
+                    member.insert("self", is_me);
+                    if is_me {
+                        member.insert("health", 1.0);
+                        member.insert("state", state.code());
+                        member.insert("stateStr", state.name());
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_status(&self, metrics: &RaftMetrics<TypeConfig>) -> Document {
+        let my_state = self.member_state(metrics);
+        let membership = metrics.membership_config.membership();
+        let primary = my_state == MemberState::Primary;
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let leader_time = self.entry_time(last_index);
+        let stale_after = Duration::from_millis(self.options.election_timeout_ms * 3);
+        let mut members: Vec<(i32, Document)> = Vec::new();
+        for (id, node) in membership.nodes() {
+            let is_me = *id == self.me;
+            let matched = if is_me {
+                metrics.last_applied
+            } else if primary {
+                metrics.replication.as_ref().and_then(|r| r.get(id).copied().flatten())
+            } else {
+                None
+            };
+            let heartbeat = if primary && !is_me {
+                metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id).copied().flatten())
+                    .map(|at| at.elapsed())
+            } else {
+                None
+            };
+            let (state, health) = if is_me {
+                (my_state, 1.0)
+            } else if primary {
+                match heartbeat {
+                    Some(age) if age < stale_after => (MemberState::Secondary, 1.0),
+                    _ => (MemberState::Down, 0.0),
+                }
+            } else if metrics.current_leader == Some(*id) {
+                (MemberState::Primary, 1.0)
+            } else {
+                (MemberState::Secondary, 1.0)
+            };
+            let mut member = doc! {
+                "_id": node.id,
+                "name": node.host.clone(),
+                "health": health,
+                "state": state.code(),
+                "stateStr": state.name(),
+                "uptime": i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX),
+                "configVersion": Self::config_version(metrics),
+                "configTerm": i64::try_from(metrics.current_term).unwrap_or(i64::MAX),
+                "self": is_me,
+            };
+            if let Some(matched) = matched {
+                member.insert("optime", op_time(matched.leader_id.term, matched.index));
+                let when = self.entry_time(matched.index).or(leader_time).unwrap_or(0);
+                member.insert("optimeDate", bson::DateTime::from_millis(when));
+                member.insert("lagEntries", i64::try_from(last_index.saturating_sub(matched.index)).unwrap_or(i64::MAX));
+                if let (Some(leader), false) = (leader_time, is_me && primary) {
+                    member.insert("lagSeconds", ((leader - when).max(0) as f64) / 1000.0);
+                }
+            }
+            if let Some(age) = heartbeat {
+                let millis = bson::DateTime::now().timestamp_millis()
+                    - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                member.insert("lastHeartbeat", bson::DateTime::from_millis(millis));
+                member.insert("lastHeartbeatAgeMillis", i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            }
+            if node.votes == 0 {
+                member.insert("votes", 0);
+            }
+            members.push((node.id, member));
+        }
+        members.sort_by_key(|(id, _)| *id);
+        let stats = &self.state_machine.stats;
+        doc! {
+            "set": self.set_name.clone(),
+            "date": bson::DateTime::now(),
+            "myState": my_state.code(),
+            "term": i64::try_from(metrics.current_term).unwrap_or(i64::MAX),
+            "heartbeatIntervalMillis": i64::try_from((self.options.election_timeout_ms / 4).max(20)).unwrap_or(i64::MAX),
+            "electionTimeoutMillis": i64::try_from(self.options.election_timeout_ms).unwrap_or(i64::MAX),
+            "members": members.into_iter().map(|(_, m)| Bson::Document(m)).collect::<Vec<_>>(),
+            "shoal": {
+                "committedIndex": metrics.local_committed.map_or(0, |c| i64::try_from(c.index).unwrap_or(i64::MAX)),
+                "appliedCommands": i64::try_from(stats.commands.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+                "deduplicatedRetries": i64::try_from(stats.deduplicated.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+                "partitionedFrom": self.partition.blocked().len() as i64,
+            },
+            "ok": 1.0,
+        }
+    }
+
+    /// `replSetGetConfig`.
+    pub fn config_document(&self) -> Result<Document, CommandError> {
+        if !self.is_initiated() {
+            return Err(CommandError::new(ErrorCode::NOT_YET_INITIALIZED, "no replset config has been received"));
+        }
+        let metrics = self.metrics();
+        Ok(self.config().to_document(
+            Self::config_version(&metrics),
+            metrics.current_term,
+            self.options.election_timeout_ms,
+        ))
+    }
+
+    /// Stops Raft (on shutdown).
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+    }
+}
+
+/// On the primary, hands over to a caught-up member of higher priority (MongoDB's priority
+/// takeover); openraft elects without regard to priority.
+async fn priority_supervisor(set: std::sync::Weak<ReplicaSet>) {
+    let mut leader_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(PRIORITY_CHECK_INTERVAL).await;
+        let Some(set) = set.upgrade() else {
+            return;
+        };
+        set.apply_electability();
+        if !set.is_primary() {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        // Let a new primary settle (and its secondaries report progress) first.
+        if since.elapsed() < Duration::from_secs(2) {
+            continue;
+        }
+        let metrics = set.metrics();
+        let mine = metrics
+            .membership_config
+            .membership()
+            .get_node(&set.me)
+            .map_or(0, |n| n.priority_milli);
+        if let Some(target) = set.best_successor(Some(mine)) {
+            tracing::info!(set = %set.set_name, target, "handing over to a member of higher priority");
+            if let Err(error) = set.raft.trigger().transfer_leader(target).await {
+                tracing::warn!(%error, "priority takeover failed");
+            }
+        }
+    }
+}

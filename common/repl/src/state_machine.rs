@@ -1,0 +1,574 @@
+//! The state machine: applies committed log entries to the document engine, one atomic storage
+//! batch per entry.
+//!
+//! An entry is a write command. Applying it runs the command through the engine with the
+//! entry's clock and ObjectId seed (so every member computes the same documents), captures the
+//! engine's storage writes instead of letting them through ([`DeferringKv`]), and writes them
+//! together with the new last-applied position and the retryable-write session record as one
+//! batch. A crash therefore never leaves half an entry applied, and an entry is never applied
+//! twice.
+//!
+//! Retryable writes: a proposal carrying a session statement whose result is already recorded
+//! returns the recorded reply instead of executing again, whichever member proposed it. The
+//! record travels in the same batch as the write, so it is replicated with it.
+
+use std::{
+    cell::RefCell,
+    io,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bson::{Bson, Document, doc};
+use futures::{Stream, TryStreamExt};
+use openraft::{
+    EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership,
+    alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf},
+    storage::{EntryResponder, RaftStateMachine},
+};
+use shoal_common::{
+    CommandError, ErrorCode,
+    determinism::{self, Deterministic},
+};
+use shoal_docstore::{Engine, Kv, KvPair, Space, StoreError, WriteBatch, WriteOp};
+
+use crate::types::{Applied, NodeId, Proposal, SessionStatement, TypeConfig};
+
+const APPLIED_KEY: &[u8] = b"sm_applied";
+const MEMBERSHIP_KEY: &[u8] = b"sm_membership";
+const SESSION_PREFIX: &[u8] = b"sess/";
+const SESSION_END: &[u8] = b"sess0";
+
+/// Pairs one snapshot scan page reads.
+const SNAPSHOT_PAGE_PAIRS: usize = 4096;
+/// The largest snapshot a member builds in memory (documents and catalog); a larger data set
+/// needs streamed snapshots, which this version does not have.
+pub const SNAPSHOT_BYTES_MAX: usize = 56 << 20;
+/// Statement results kept per session record (a retried batch is looked up by its first
+/// statement id).
+pub const SESSION_RESULTS_MAX: usize = 1024;
+
+thread_local! {
+    static DEFERRED: RefCell<Option<Vec<WriteOp>>> = const { RefCell::new(None) };
+}
+
+/// The engine's storage during replication: writes made by an apply on this thread are held
+/// back and handed to the apply, which commits them in its own batch; any other write goes
+/// straight through.
+pub struct DeferringKv {
+    inner: Arc<dyn Kv>,
+}
+
+impl DeferringKv {
+    /// Wraps the member's storage.
+    pub fn new(inner: Arc<dyn Kv>) -> DeferringKv {
+        DeferringKv { inner }
+    }
+}
+
+impl Kv for DeferringKv {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(space, key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvPair>, StoreError> {
+        self.inner.scan(space, start, end, limit)
+    }
+
+    fn scan_reverse(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvPair>, StoreError> {
+        self.inner.scan_reverse(space, start, end, limit)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let batch = DEFERRED.with(|deferred| match &mut *deferred.borrow_mut() {
+            Some(held) => {
+                // Every engine command writes once, at its end, so nothing reads these back
+                // before the apply commits them.
+                held.extend(batch.ops);
+                None
+            }
+            None => Some(batch),
+        });
+        match batch {
+            Some(batch) => self.inner.write(batch, sync),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs `f` with this thread's engine writes captured; returns its result and the writes.
+fn capture_writes<T>(f: impl FnOnce() -> T) -> (T, Vec<WriteOp>) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DEFERRED.with(|d| *d.borrow_mut() = None);
+        }
+    }
+    DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+    let reset = Reset;
+    let value = f();
+    let ops = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    drop(reset);
+    (value, ops)
+}
+
+fn io_error(error: impl std::fmt::Display) -> io::Error {
+    io::Error::other(error.to_string())
+}
+
+/// Counters of applied entries, for `serverStatus` (`opcountersRepl`-like).
+#[derive(Debug, Default)]
+pub struct ApplyStats {
+    /// Write commands applied.
+    pub commands: AtomicU64,
+    /// Retried statements answered from a session record.
+    pub deduplicated: AtomicU64,
+}
+
+/// The replicated state machine over the member's engine.
+#[derive(Clone)]
+pub struct StateMachine {
+    engine: Arc<Engine>,
+    kv: Arc<dyn Kv>,
+    me: NodeId,
+    /// `secondaryDelaySecs` of this member, from the latest applied membership.
+    delay_secs: Arc<AtomicU32>,
+    apply_lock: Arc<Mutex<()>>,
+    current: Arc<Mutex<Option<(SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>)>>>,
+    /// Apply statistics.
+    pub stats: Arc<ApplyStats>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateMachine {
+    /// A state machine applying to `engine`, whose storage must be a [`DeferringKv`] over `kv`.
+    pub fn new(engine: Arc<Engine>, kv: Arc<dyn Kv>, me: NodeId) -> StateMachine {
+        StateMachine {
+            engine,
+            kv,
+            me,
+            delay_secs: Arc::new(AtomicU32::new(0)),
+            apply_lock: Arc::new(Mutex::new(())),
+            current: Arc::new(Mutex::new(None)),
+            stats: Arc::new(ApplyStats::default()),
+        }
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.kv.get(Space::RaftMeta, key).map_err(io_error)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            None => Ok(None),
+        }
+    }
+
+    fn note_membership(&self, membership: &StoredMembershipOf<TypeConfig>) {
+        let delay = membership
+            .membership()
+            .get_node(&self.me)
+            .map_or(0, |node| node.secondary_delay_secs);
+        self.delay_secs.store(delay, Ordering::Relaxed);
+    }
+
+    /// Applies one entry synchronously; returns the reply for its proposer.
+    fn apply_entry(&self, entry: &openraft::alias::EntryOf<TypeConfig>) -> io::Result<Applied> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let log_id = entry.log_id;
+        let mut batch = WriteBatch::new();
+        let applied = match &entry.payload {
+            EntryPayload::Blank => Applied::default(),
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(log_id), membership.clone());
+                batch.put(
+                    Space::RaftMeta,
+                    MEMBERSHIP_KEY.to_vec(),
+                    serde_json::to_vec(&stored).map_err(io_error)?,
+                );
+                self.note_membership(&stored);
+                Applied::default()
+            }
+            EntryPayload::Normal(proposal) => {
+                let reply = self.apply_proposal(log_id.index, proposal, &mut batch)?;
+                Applied {
+                    reply: bson::to_vec(&reply).map_err(io_error)?,
+                }
+            }
+        };
+        batch.put(
+            Space::RaftMeta,
+            APPLIED_KEY.to_vec(),
+            serde_json::to_vec(&Some(log_id)).map_err(io_error)?,
+        );
+        // Not synced: the entry is already durable in the log (same write-ahead log), and a
+        // crash before the next sync re-applies it from there.
+        self.kv.write(batch, false).map_err(io_error)?;
+        Ok(applied)
+    }
+
+    fn apply_proposal(
+        &self,
+        index: u64,
+        proposal: &Proposal,
+        batch: &mut WriteBatch,
+    ) -> io::Result<Document> {
+        let command = match Document::from_reader(&mut proposal.command.as_slice()) {
+            Ok(command) => command,
+            Err(error) => {
+                // The primary encoded it; a corrupt entry must not stop the member.
+                tracing::error!(index, %error, "undecodable replicated command");
+                return Ok(CommandError::internal("undecodable replicated command").to_document());
+            }
+        };
+        let mut record = None;
+        if let Some(session) = &proposal.session {
+            let (existing, stored) = self.session_lookup(session)?;
+            if let Some(reply) = stored {
+                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                return Ok(reply);
+            }
+            if let Some(existing) = &existing
+                && existing.get_i64("txn").unwrap_or(i64::MIN) > session.txn_number
+            {
+                return Ok(CommandError::new(
+                    ErrorCode::TRANSACTION_TOO_OLD,
+                    format!(
+                        "Retryable write with txnNumber {} is prohibited on session because a newer retryable write has been started",
+                        session.txn_number
+                    ),
+                )
+                .to_document());
+            }
+            record = Some(existing);
+        }
+        let fixed = Deterministic {
+            now_millis: proposal.now_millis,
+            seed: index,
+        };
+        let (reply, ops) = capture_writes(|| {
+            determinism::with_context(fixed, || self.engine.execute(&proposal.db, &command))
+        });
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        batch.ops.extend(ops);
+        if let (Some(session), Some(existing)) = (&proposal.session, record)
+            && matches!(reply.get("ok"), Some(Bson::Double(ok)) if *ok == 1.0)
+        {
+            let updated = session_record(existing, session, &reply);
+            batch.put(
+                Space::RaftMeta,
+                session_key(&session.lsid),
+                bson::to_vec(&updated).map_err(io_error)?,
+            );
+        }
+        Ok(reply)
+    }
+
+    /// The session's record and, when this statement already ran, its recorded reply.
+    fn session_lookup(
+        &self,
+        session: &SessionStatement,
+    ) -> io::Result<(Option<Document>, Option<Document>)> {
+        let Some(bytes) = self
+            .kv
+            .get(Space::RaftMeta, &session_key(&session.lsid))
+            .map_err(io_error)?
+        else {
+            return Ok((None, None));
+        };
+        let record = Document::from_reader(&mut bytes.as_slice())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let stored = (record.get_i64("txn").ok() == Some(session.txn_number))
+            .then(|| {
+                record
+                    .get_document("results")
+                    .ok()
+                    .and_then(|results| results.get_document(session.stmt.to_string()).ok())
+                    .cloned()
+            })
+            .flatten();
+        Ok((Some(record), stored))
+    }
+
+    fn snapshot_now(&self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let last_applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
+        let membership: StoredMembershipOf<TypeConfig> =
+            self.read_json(MEMBERSHIP_KEY)?.unwrap_or_default();
+        let mut data = Vec::new();
+        for (space, start, end) in snapshot_ranges() {
+            let mut from = start.clone();
+            loop {
+                let page = self
+                    .kv
+                    .scan(space, &from, &end, SNAPSHOT_PAGE_PAIRS)
+                    .map_err(io_error)?;
+                for (key, value) in &page {
+                    encode_pair(&mut data, space, key, value);
+                }
+                if data.len() > SNAPSHOT_BYTES_MAX {
+                    return Err(io_error(format!(
+                        "the data set exceeds the in-memory snapshot limit of {SNAPSHOT_BYTES_MAX} bytes"
+                    )));
+                }
+                match page.last() {
+                    Some((key, _)) if page.len() == SNAPSHOT_PAGE_PAIRS => {
+                        from = shoal_docstore::key_successor(key);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: last_applied,
+            last_membership: membership,
+        };
+        let data = Arc::new(data);
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((meta.clone(), Arc::clone(&data)));
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data.as_ref().clone(),
+        })
+    }
+
+    fn install(&self, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = WriteBatch::new();
+        for (space, start, end) in snapshot_ranges() {
+            batch.delete_range(space, start, end);
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (space, key, value, tail) = decode_pair(rest)?;
+            batch.put(space, key.to_vec(), value.to_vec());
+            rest = tail;
+        }
+        batch.put(
+            Space::RaftMeta,
+            APPLIED_KEY.to_vec(),
+            serde_json::to_vec(&meta.last_log_id).map_err(io_error)?,
+        );
+        batch.put(
+            Space::RaftMeta,
+            MEMBERSHIP_KEY.to_vec(),
+            serde_json::to_vec(&meta.last_membership).map_err(io_error)?,
+        );
+        self.kv.write(batch, true).map_err(io_error)?;
+        self.note_membership(&meta.last_membership);
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((meta.clone(), Arc::new(data.to_vec())));
+        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "installed snapshot");
+        Ok(())
+    }
+}
+
+fn session_key(lsid: &[u8]) -> Vec<u8> {
+    let mut key = SESSION_PREFIX.to_vec();
+    key.extend_from_slice(lsid);
+    key
+}
+
+/// The session record after `session`'s statement produced `reply`: results of the same
+/// transaction number accumulate (one per batch a router sent), a newer number starts afresh.
+fn session_record(existing: Option<Document>, session: &SessionStatement, reply: &Document) -> Document {
+    let mut results = match existing {
+        Some(record) if record.get_i64("txn").ok() == Some(session.txn_number) => {
+            record.get_document("results").cloned().unwrap_or_default()
+        }
+        _ => Document::new(),
+    };
+    if results.len() < SESSION_RESULTS_MAX {
+        results.insert(session.stmt.to_string(), reply.clone());
+    }
+    doc! {"txn": session.txn_number, "results": results}
+}
+
+/// What a snapshot holds: catalog, documents and session records (the log and the vote are
+/// per-member and stay out).
+fn snapshot_ranges() -> [(Space, Vec<u8>, Vec<u8>); 3] {
+    [
+        (Space::Catalog, Vec::new(), vec![0xff; 64]),
+        (Space::Docs, Vec::new(), vec![0xff; 64]),
+        (Space::RaftMeta, SESSION_PREFIX.to_vec(), SESSION_END.to_vec()),
+    ]
+}
+
+fn space_tag(space: Space) -> u8 {
+    match space {
+        Space::Catalog => 0,
+        Space::Docs => 1,
+        Space::RaftLog => 2,
+        Space::RaftMeta => 3,
+    }
+}
+
+fn encode_pair(out: &mut Vec<u8>, space: Space, key: &[u8], value: &[u8]) {
+    out.push(space_tag(space));
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+type DecodedPair<'a> = (Space, &'a [u8], &'a [u8], &'a [u8]);
+
+fn decode_pair(data: &[u8]) -> io::Result<DecodedPair<'_>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot");
+    let (&tag, rest) = data.split_first().ok_or_else(bad)?;
+    let space = match tag {
+        0 => Space::Catalog,
+        1 => Space::Docs,
+        3 => Space::RaftMeta,
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad snapshot space")),
+    };
+    fn take(rest: &[u8]) -> io::Result<(usize, &[u8])> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot");
+        let (len, rest) = rest.split_at_checked(4).ok_or_else(bad)?;
+        let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
+        Ok((len, rest))
+    }
+    let (key_len, rest) = take(rest)?;
+    let (key, rest) = rest.split_at_checked(key_len).ok_or_else(bad)?;
+    let (value_len, rest) = take(rest)?;
+    let (value, rest) = rest.split_at_checked(value_len).ok_or_else(bad)?;
+    Ok((space, key, value, rest))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.snapshot_now())
+            .await
+            .map_err(io_error)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
+        let membership: StoredMembershipOf<TypeConfig> =
+            self.read_json(MEMBERSHIP_KEY)?.unwrap_or_default();
+        self.note_membership(&membership);
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let delay = self.delay_secs.load(Ordering::Relaxed);
+            if delay > 0
+                && let EntryPayload::Normal(proposal) = &entry.payload
+            {
+                // A delayed member applies each write `secondaryDelaySecs` after the primary
+                // proposed it: a window to recover from a mistaken drop.
+                let due = proposal.now_millis.saturating_add(i64::from(delay) * 1000);
+                let wait = due.saturating_sub(bson::DateTime::now().timestamp_millis());
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;
+                }
+            }
+            let this = self.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                let result = this.apply_entry(&entry);
+                (entry, result)
+            })
+            .await
+            .map_err(io_error)?;
+            let reply = applied.1?;
+            if let Some(responder) = responder {
+                responder.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || this.install(&meta, &snapshot))
+            .await
+            .map_err(io_error)?
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Ok(current.map(|(meta, data)| SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data.as_ref().clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_pairs_round_trip() {
+        let mut data = Vec::new();
+        encode_pair(&mut data, Space::Docs, b"k1", b"v1");
+        encode_pair(&mut data, Space::RaftMeta, b"sess/x", b"");
+        let (space, key, value, rest) = decode_pair(&data).unwrap();
+        assert_eq!((space, key, value), (Space::Docs, &b"k1"[..], &b"v1"[..]));
+        let (space, key, _, rest) = decode_pair(rest).unwrap();
+        assert_eq!((space, key), (Space::RaftMeta, &b"sess/x"[..]));
+        assert!(rest.is_empty());
+        assert!(decode_pair(&data[..5]).is_err());
+    }
+
+    #[test]
+    fn session_records_accumulate_per_transaction() {
+        let statement = |txn, stmt| SessionStatement {
+            lsid: vec![1; 16],
+            txn_number: txn,
+            stmt,
+        };
+        let first = session_record(None, &statement(1, 0), &doc! {"n": 1});
+        let second = session_record(Some(first), &statement(1, 5), &doc! {"n": 2});
+        assert_eq!(second.get_document("results").unwrap().len(), 2);
+        let third = session_record(Some(second), &statement(2, 0), &doc! {"n": 3});
+        assert_eq!(third.get_document("results").unwrap().len(), 1);
+        assert_eq!(third.get_i64("txn").unwrap(), 2);
+    }
+}
