@@ -13,8 +13,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// The default URI of `shoal shell`, the router that `shoal up` starts by default.
-const SHELL_URI_DEFAULT: &str = "mongodb://127.0.0.1:27017/";
+/// The default host of `shoal shell`, where `shoal up` starts its router.
+const SHELL_HOST_DEFAULT: &str = "127.0.0.1";
+/// The default port of `shoal shell`, the router port of `shoal up`.
+const SHELL_PORT_DEFAULT: u16 = 27017;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,21 +36,36 @@ enum CliCommand {
         /// Data directory (one subdirectory per node).
         #[arg(long, default_value = "./shoal-data")]
         dir: PathBuf,
-        /// Router port; the config server uses PORT+1 and shard i uses PORT+2+i.
+        /// Router port; with M members per set, the config members use PORT+1..=PORT+M and
+        /// the members of shard i (from 0) start at PORT+1+M*(i+1).
         #[arg(long, default_value_t = 27017)]
         port: u16,
         /// Number of shards.
         #[arg(long, default_value_t = 2)]
         shards: u16,
+        /// Members of each replica set (the config server and every shard), 1 to 7.
+        #[arg(
+            long,
+            default_value_t = up::MEMBERS_DEFAULT,
+            value_parser = clap::value_parser!(u16).range(1..=i64::from(up::MEMBERS_MAX))
+        )]
+        members: u16,
         /// Directory of shoal-config, shoal-shard and shoal-router (default: next to `shoal`).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
     /// An admin shell in the style of mongosh.
     Shell {
-        /// Connection string.
-        #[arg(default_value = SHELL_URI_DEFAULT)]
-        uri: String,
+        /// Connection string (default: mongodb://127.0.0.1:27017/, the router of `shoal up`).
+        #[arg(conflicts_with_all = ["host", "port"])]
+        uri: Option<String>,
+        /// Server to connect to: HOST, HOST:PORT, or SET/HOST:PORT,... for a replica set
+        /// (default 127.0.0.1). A single host is connected to directly, so `rs.*` runs there.
+        #[arg(long)]
+        host: Option<String>,
+        /// Port of the server (default 27017).
+        #[arg(long)]
+        port: Option<u16>,
         /// Run these statements and exit (status 1 on the first error).
         #[arg(long)]
         eval: Option<String>,
@@ -104,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             port,
             shards,
+            members,
             bin_dir,
         } => {
             let bin_dir = match bin_dir {
@@ -114,12 +132,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir,
                 port,
                 shards,
+                members,
                 bin_dir,
             };
             runtime()?.block_on(up::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
-        CliCommand::Shell { uri, eval } => {
+        CliCommand::Shell {
+            uri,
+            host,
+            port,
+            eval,
+        } => {
+            let uri = shell_uri(uri.as_deref(), host.as_deref(), port)?;
             let status = shell::run(&runtime()?, &uri, eval.as_deref())?;
             Ok(if status == 0 {
                 ExitCode::SUCCESS
@@ -138,6 +163,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The connection string of `shoal shell`: the URI if given, else one built from `--host`
+/// and `--port` as mongosh builds it (`SET/h1:p1,h2:p2` becomes a replica-set URI; hosts
+/// without a port get `--port`).
+fn shell_uri(uri: Option<&str>, host: Option<&str>, port: Option<u16>) -> anyhow::Result<String> {
+    if let Some(uri) = uri {
+        return Ok(uri.to_string());
+    }
+    let host = host.unwrap_or(SHELL_HOST_DEFAULT);
+    let (set, host_list) = match host.split_once('/') {
+        Some((set, hosts)) => (Some(set), hosts),
+        None => (None, host),
+    };
+    let mut hosts = Vec::new();
+    for one in host_list.split(',') {
+        if one.is_empty() {
+            anyhow::bail!("--host {host:?} has an empty host name");
+        }
+        let has_port = match one.strip_prefix('[') {
+            Some(bracketed) => bracketed.contains("]:"),
+            None => one.contains(':'),
+        };
+        match (has_port, port) {
+            (true, Some(port)) => {
+                anyhow::bail!("--host {one} already names a port; leave out --port {port}")
+            }
+            (true, None) => hosts.push(one.to_string()),
+            (false, port) => hosts.push(format!("{one}:{}", port.unwrap_or(SHELL_PORT_DEFAULT))),
+        }
+    }
+    let query = set
+        .map(|set| format!("?replicaSet={set}"))
+        .unwrap_or_default();
+    Ok(format!("mongodb://{}/{query}", hosts.join(",")))
 }
 
 fn default_bin_dir() -> anyhow::Result<PathBuf> {
@@ -165,26 +225,62 @@ mod tests {
             dir,
             port,
             shards,
+            members,
             bin_dir,
         } = cli.command
         else {
             panic!("expected up");
         };
         assert_eq!(dir, PathBuf::from("./shoal-data"));
-        assert_eq!((port, shards, bin_dir), (27017, 2, None));
+        assert_eq!((port, shards, members, bin_dir), (27017, 2, 3, None));
+    }
+
+    #[test]
+    fn up_members_are_one_to_seven() {
+        for bad in ["0", "8"] {
+            assert!(Cli::try_parse_from(["shoal", "up", "--members", bad]).is_err());
+        }
+        let cli = Cli::try_parse_from(["shoal", "up", "--members", "7"]).unwrap();
+        let CliCommand::Up { members, .. } = cli.command else {
+            panic!("expected up");
+        };
+        assert_eq!(members, 7);
     }
 
     #[test]
     fn shell_takes_uri_and_eval() {
         let cli =
             Cli::try_parse_from(["shoal", "shell", "mongodb://h:1/", "--eval", "db"]).unwrap();
-        let CliCommand::Shell { uri, eval } = cli.command else {
+        let CliCommand::Shell { uri, eval, .. } = cli.command else {
             panic!("expected shell");
         };
         assert_eq!(
-            (uri.as_str(), eval.as_deref()),
-            ("mongodb://h:1/", Some("db"))
+            (uri.as_deref(), eval.as_deref()),
+            (Some("mongodb://h:1/"), Some("db"))
         );
+        assert!(Cli::try_parse_from(["shoal", "shell", "mongodb://h:1/", "--port", "2"]).is_err());
+        let cli = Cli::try_parse_from(["shoal", "shell", "--port", "27021"]).unwrap();
+        let CliCommand::Shell { host, port, .. } = cli.command else {
+            panic!("expected shell");
+        };
+        assert_eq!((host, port), (None, Some(27021)));
+    }
+
+    #[test]
+    fn shell_uri_comes_from_host_and_port() {
+        let uri = |u, h, p| shell_uri(u, h, p).unwrap();
+        assert_eq!(uri(None, None, None), "mongodb://127.0.0.1:27017/");
+        assert_eq!(uri(None, None, Some(27021)), "mongodb://127.0.0.1:27021/");
+        assert_eq!(uri(None, Some("h"), None), "mongodb://h:27017/");
+        assert_eq!(uri(None, Some("h:5"), None), "mongodb://h:5/");
+        assert_eq!(uri(None, Some("[::1]"), Some(7)), "mongodb://[::1]:7/");
+        assert_eq!(
+            uri(None, Some("rs/a:1,b"), None),
+            "mongodb://a:1,b:27017/?replicaSet=rs"
+        );
+        assert_eq!(uri(Some("mongodb://x:1/"), None, None), "mongodb://x:1/");
+        assert!(shell_uri(None, Some("h:5"), Some(6)).is_err());
+        assert!(shell_uri(None, Some("a,,b"), None).is_err());
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! `shoal up`: runs a whole local cluster (one config server, N shards, one router) as child
-//! processes in the foreground, the way a developer wants to "just start Shoal".
+//! `shoal up`: runs a whole local cluster (a config server replica set, N shard replica sets,
+//! one router) as child processes in the foreground, the way a developer wants to "just start
+//! Shoal".
 //!
 //! The layout (ports, directories, command lines) is computed by pure functions so it can be
-//! tested without processes. Startup is ordered (config, shards, router) because each tier
-//! needs the one before it; every node must answer `ping` within [`STARTUP_WAIT`]. Shards are
-//! registered through the router only if `listShards` does not list them, so a second `shoal
-//! up` over the same directory restarts with its data. Shutdown runs in the reverse order.
+//! tested without processes. Every member of a set gets the same `--initiate-members` list, so
+//! the first member initiates the set on its first start and later runs simply restart it.
+//! Startup is ordered (config, shards, router) because each tier needs the one before it;
+//! every process must answer `ping`, and every set elect a primary, within [`STARTUP_WAIT`].
+//! Shards are registered through the router only if `listShards` does not list them, so a
+//! second `shoal up` over the same directory restarts with its data. Shutdown runs in the
+//! reverse order.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
     io::{Read as _, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
@@ -53,6 +57,10 @@ const LOG_TAIL_LINES: usize = 20;
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
 /// Upper bound on `--shards`, keeping the port range and process count sane.
 pub const SHARDS_MAX: u16 = 64;
+/// Upper bound on `--members`: MongoDB's limit on voting members of a set.
+pub const MEMBERS_MAX: u16 = 7;
+/// Default `--members`: the smallest set that survives losing a member.
+pub const MEMBERS_DEFAULT: u16 = 3;
 /// Address every node binds and every client uses.
 pub const LOCAL_HOST: &str = "127.0.0.1";
 /// Replica set name of the config server.
@@ -84,20 +92,58 @@ impl NodeRole {
     }
 }
 
-/// One node of the local cluster.
+/// One replica set of the local cluster: the config server or one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSetSpec {
+    /// Replica-set name (`configRS`, `shard<i>`); a shard's set name is also its shard name.
+    pub name: String,
+    /// `config` or `shard<i>`: the prefix of its members' node names and directories.
+    pub label: String,
+    /// [`NodeRole::Config`] or [`NodeRole::Shard`].
+    pub role: NodeRole,
+    /// Member ports on [`LOCAL_HOST`], in member `_id` order.
+    pub ports: Vec<u16>,
+}
+
+impl ReplicaSetSpec {
+    /// `host:port` of every member, in `_id` order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|port| format!("{LOCAL_HOST}:{port}"))
+            .collect()
+    }
+
+    /// The `--initiate-members` value: every member, comma separated, in `_id` order.
+    pub fn initiate_members(&self) -> String {
+        self.hosts().join(",")
+    }
+
+    /// `NAME/host1,host2,...`, the form `--configdb` and `addShard` take.
+    pub fn seed_list(&self) -> String {
+        format!("{}/{}", self.name, self.initiate_members())
+    }
+
+    /// The node name of member `member_idx`: `<label>-<idx>`.
+    pub fn member_name(&self, member_idx: usize) -> String {
+        format!("{}-{member_idx}", self.label)
+    }
+}
+
+/// One process of the local cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
-    /// `config`, `shard<i>` or `router`; also its directory and certificate name.
+    /// `config-<m>`, `shard<i>-<m>` or `router`; also its directory and certificate name.
     pub name: String,
     /// Which binary runs it.
     pub role: NodeRole,
     /// TCP (wire) and UDP (QUIC) port on [`LOCAL_HOST`].
     pub port: u16,
-    /// Replica set name (config and shards only).
+    /// Replica set name (config and shard members only).
     pub replset: Option<String>,
     /// `DIR/<name>`.
     pub node_dir: PathBuf,
-    /// `DIR/<name>/data` (config and shards only).
+    /// `DIR/<name>/data` (config and shard members only).
     pub data_dir: Option<PathBuf>,
     /// `DIR/<name>/tls`.
     pub tls_dir: PathBuf,
@@ -112,58 +158,92 @@ impl NodeSpec {
     }
 }
 
+/// The port of member `member_idx` of replica set `set_idx` (0 is the config server, `i + 1`
+/// shard `i`): the router keeps PORT and each set takes the next `members` ports.
+pub fn member_port(port: u16, members: u16, set_idx: u16, member_idx: u16) -> anyhow::Result<u16> {
+    let offset = 1 + u32::from(members) * u32::from(set_idx) + u32::from(member_idx);
+    u16::try_from(u32::from(port) + offset)
+        .map_err(|_| anyhow!("--port {port} leaves no room for every member's port below 65536"))
+}
+
 /// Ports and directories of a local cluster rooted at `dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterLayout {
     /// The data root (`--dir`).
     pub dir: PathBuf,
-    /// The router's port (`--port`); others follow it.
+    /// The router's port (`--port`); the members' ports follow it.
     pub port: u16,
+    /// Members of every replica set (`--members`).
+    pub members: u16,
     /// `DIR/tls/ca`.
     pub ca_dir: PathBuf,
-    /// Nodes in start order: config, shards, router.
+    /// The config server's set, then shard 0, shard 1, ...
+    pub sets: Vec<ReplicaSetSpec>,
+    /// Processes in start order: config members, shard members (by shard), router.
     pub nodes: Vec<NodeSpec>,
 }
 
 impl ClusterLayout {
-    /// Lays out config on PORT+1, `shard<i>` on PORT+2+i and the router on PORT.
-    pub fn new(dir: &Path, port: u16, shard_count: u16) -> anyhow::Result<ClusterLayout> {
+    /// Lays out the router on PORT, the config members on PORT+1..=PORT+M and the members of
+    /// shard i from PORT+1+M*(i+1), M being `members`.
+    pub fn new(
+        dir: &Path,
+        port: u16,
+        shard_count: u16,
+        members: u16,
+    ) -> anyhow::Result<ClusterLayout> {
         if shard_count == 0 || SHARDS_MAX < shard_count {
             bail!("--shards must be between 1 and {SHARDS_MAX}, got {shard_count}");
         }
-        let last_port = u32::from(port) + 1 + u32::from(shard_count);
-        if u32::from(u16::MAX) < last_port {
-            bail!("--port {port} leaves no room for {shard_count} shard ports below 65536");
+        if members == 0 || MEMBERS_MAX < members {
+            bail!("--members must be between 1 and {MEMBERS_MAX}, got {members}");
         }
-        let mut nodes = vec![node(
-            dir,
-            "config",
-            NodeRole::Config,
-            port + 1,
-            Some(CONFIG_REPLSET),
-        )];
-        for shard_idx in 0..shard_count {
-            let name = format!("shard{shard_idx}");
-            nodes.push(node(
-                dir,
-                &name,
-                NodeRole::Shard,
-                port + 2 + shard_idx,
-                Some(&name),
-            ));
+        let mut sets = Vec::with_capacity(usize::from(shard_count) + 1);
+        for set_idx in 0..=shard_count {
+            let (name, label, role) = match set_idx.checked_sub(1) {
+                None => (
+                    CONFIG_REPLSET.to_string(),
+                    "config".to_string(),
+                    NodeRole::Config,
+                ),
+                Some(shard_idx) => {
+                    let name = format!("shard{shard_idx}");
+                    (name.clone(), name, NodeRole::Shard)
+                }
+            };
+            let ports = (0..members)
+                .map(|member_idx| member_port(port, members, set_idx, member_idx))
+                .collect::<anyhow::Result<Vec<u16>>>()?;
+            sets.push(ReplicaSetSpec {
+                name,
+                label,
+                role,
+                ports,
+            });
         }
+        let mut nodes: Vec<NodeSpec> = sets.iter().flat_map(|set| member_nodes(dir, set)).collect();
         nodes.push(node(dir, "router", NodeRole::Router, port, None));
         Ok(ClusterLayout {
             dir: dir.to_path_buf(),
             port,
+            members,
             ca_dir: dir.join("tls").join("ca"),
+            sets,
             nodes,
         })
     }
 
-    /// The router's `--configdb` value, `configRS/127.0.0.1:PORT+1`.
-    pub fn configdb(&self) -> String {
-        format!("{CONFIG_REPLSET}/{LOCAL_HOST}:{}", u32::from(self.port) + 1)
+    /// The config server's replica set.
+    pub fn config_set(&self) -> anyhow::Result<&ReplicaSetSpec> {
+        self.sets
+            .iter()
+            .find(|set| set.role == NodeRole::Config)
+            .ok_or_else(|| anyhow!("internal error: the layout has no config server"))
+    }
+
+    /// The router's `--configdb` value, `configRS/127.0.0.1:PORT+1,...`.
+    pub fn configdb(&self) -> anyhow::Result<String> {
+        Ok(self.config_set()?.seed_list())
     }
 
     /// The URI clients use: `mongodb://127.0.0.1:PORT/`.
@@ -171,29 +251,47 @@ impl ClusterLayout {
         format!("mongodb://{LOCAL_HOST}:{}/", self.port)
     }
 
-    /// The shard nodes, in order.
-    pub fn shards(&self) -> impl Iterator<Item = &NodeSpec> {
-        self.nodes
-            .iter()
-            .filter(|node| node.role == NodeRole::Shard)
+    /// The shards' replica sets, in order.
+    pub fn shard_sets(&self) -> impl Iterator<Item = &ReplicaSetSpec> {
+        self.sets.iter().filter(|set| set.role == NodeRole::Shard)
+    }
+
+    /// The replica set named `name`.
+    pub fn set(&self, name: &str) -> Option<&ReplicaSetSpec> {
+        self.sets.iter().find(|set| set.name == name)
     }
 
     /// Command-line arguments of `node`'s binary.
-    pub fn node_args(&self, node: &NodeSpec) -> Vec<String> {
+    pub fn node_args(&self, node: &NodeSpec) -> anyhow::Result<Vec<String>> {
         let mut args = Vec::new();
         if let Some(replset) = &node.replset {
+            let set = self
+                .set(replset)
+                .ok_or_else(|| anyhow!("internal error: no replica set named {replset}"))?;
             args.extend(["--replset".to_string(), replset.clone()]);
+            args.extend(["--initiate-members".to_string(), set.initiate_members()]);
         }
         args.extend(["--bind".to_string(), node.address()]);
         if let Some(data_dir) = &node.data_dir {
             args.extend(["--dir".to_string(), data_dir.display().to_string()]);
         }
         if node.role == NodeRole::Router {
-            args.extend(["--configdb".to_string(), self.configdb()]);
+            args.extend(["--configdb".to_string(), self.configdb()?]);
         }
         args.extend(["--tls-dir".to_string(), node.tls_dir.display().to_string()]);
-        args
+        Ok(args)
     }
+}
+
+fn member_nodes(dir: &Path, set: &ReplicaSetSpec) -> Vec<NodeSpec> {
+    set.ports
+        .iter()
+        .enumerate()
+        .map(|(member_idx, port)| {
+            let name = set.member_name(member_idx);
+            node(dir, &name, set.role, *port, Some(&set.name))
+        })
+        .collect()
 }
 
 fn node(dir: &Path, name: &str, role: NodeRole, port: u16, replset: Option<&str>) -> NodeSpec {
@@ -210,13 +308,40 @@ fn node(dir: &Path, name: &str, role: NodeRole, port: u16, replset: Option<&str>
     }
 }
 
-/// The `addShard` argument for a shard node: `shard<i>/127.0.0.1:P`.
-pub fn shard_url(node: &NodeSpec) -> String {
-    format!(
-        "{}/{}",
-        node.replset.as_deref().unwrap_or(&node.name),
-        node.address()
-    )
+/// Why the data under `--dir` does not fit this layout, if it does not: a set whose members
+/// only partly hold data (the set was initiated with another `--members`; the missing members
+/// would never be added), or a directory of an older single-process layout (`DIR/shard0/data`)
+/// whose data the new members would silently ignore. `has_data(name)` says whether
+/// `DIR/<name>/data` exists.
+pub fn previous_run_mismatch(
+    layout: &ClusterLayout,
+    has_data: impl Fn(&str) -> bool,
+) -> Option<String> {
+    for set in &layout.sets {
+        if has_data(&set.label) {
+            return Some(format!(
+                "{} holds data of an older `shoal up` without replica sets ({}/data); use a new --dir",
+                layout.dir.display(),
+                set.label
+            ));
+        }
+        let with_data: Vec<String> = (0..usize::from(MEMBERS_MAX))
+            .map(|member_idx| set.member_name(member_idx))
+            .filter(|name| has_data(name))
+            .collect();
+        let expected: Vec<String> = (0..set.ports.len())
+            .map(|idx| set.member_name(idx))
+            .collect();
+        if !with_data.is_empty() && with_data != expected {
+            return Some(format!(
+                "{} was created with another --members (it holds {}, this run expects {}); pass the same --members as before or use a new --dir",
+                layout.dir.display(),
+                with_data.join(", "),
+                expected.join(", ")
+            ));
+        }
+    }
+    None
 }
 
 /// Names of shards in a `listShards` reply: each `_id` and each host's replica set prefix.
@@ -238,11 +363,57 @@ pub fn listed_shard_names(reply: &Document) -> HashSet<String> {
 }
 
 /// The shards of `layout` that `listShards` does not list yet.
-pub fn shards_to_add<'a>(layout: &'a ClusterLayout, listed: &HashSet<String>) -> Vec<&'a NodeSpec> {
+pub fn shards_to_add<'a>(
+    layout: &'a ClusterLayout,
+    listed: &HashSet<String>,
+) -> Vec<&'a ReplicaSetSpec> {
     layout
-        .shards()
-        .filter(|shard| !listed.contains(shard.replset.as_deref().unwrap_or(&shard.name)))
+        .shard_sets()
+        .filter(|set| !listed.contains(&set.name))
         .collect()
+}
+
+/// Whether a `hello` (or `isMaster`) reply comes from a replica set's primary.
+pub fn is_writable_primary(reply: &Document) -> bool {
+    ["isWritablePrimary", "ismaster"]
+        .iter()
+        .any(|field| reply.get_bool(field) == Ok(true))
+}
+
+/// The lines printed under the ready line: where each process listens, which member was
+/// primary when startup finished (`primaries` maps set names to hosts), and how to open a
+/// shell on a member.
+pub fn summary(layout: &ClusterLayout, primaries: &HashMap<String, String>) -> String {
+    let width = layout
+        .sets
+        .iter()
+        .map(|set| set.name.len())
+        .max()
+        .unwrap_or(0);
+    let width = width.max("router".len());
+    let mut lines = vec![format!(
+        "  {:<width$}  {LOCAL_HOST}:{}  (connect here)",
+        "router", layout.port
+    )];
+    for set in &layout.sets {
+        let primary = primaries.get(&set.name);
+        let hosts: Vec<String> = set
+            .hosts()
+            .into_iter()
+            .map(|host| match primary {
+                Some(primary) if *primary == host => format!("{host} (primary)"),
+                _ => host,
+            })
+            .collect();
+        lines.push(format!("  {:<width$}  {}", set.name, hosts.join(", ")));
+    }
+    if let Some(member) = layout.shard_sets().next().and_then(|set| set.ports.first()) {
+        lines.push(format!(
+            "  a shell on a member: shoal shell --port {member} --eval 'rs.status()'"
+        ));
+    }
+    lines.push(format!("  data: {}", layout.dir.display()));
+    lines.join("\n")
 }
 
 /// Options of `shoal up`.
@@ -254,6 +425,8 @@ pub struct UpOptions {
     pub port: u16,
     /// Number of shards.
     pub shards: u16,
+    /// Members of every replica set (the config server's and each shard's).
+    pub members: u16,
     /// Directory holding `shoal-config`, `shoal-shard` and `shoal-router`.
     pub bin_dir: PathBuf,
 }
@@ -268,8 +441,13 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let dir = std::path::absolute(&options.dir)
         .with_context(|| format!("invalid --dir {}", options.dir.display()))?;
-    let layout = ClusterLayout::new(&dir, options.port, options.shards)?;
+    let layout = ClusterLayout::new(&dir, options.port, options.shards, options.members)?;
     check_binaries(&options.bin_dir)?;
+    if let Some(mismatch) =
+        previous_run_mismatch(&layout, |name| dir.join(name).join("data").is_dir())
+    {
+        bail!(mismatch);
+    }
     prepare_dirs_and_certs(&layout)?;
     let mut stop_signals = StopSignals::new()?;
     let mut running: Vec<RunningNode> = Vec::new();
@@ -278,8 +456,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         () = stop_signals.recv() => None,
     };
     match startup {
-        Some(Ok(())) => {
+        Some(Ok(primaries)) => {
             println!("Shoal cluster ready: {}", layout.client_uri());
+            println!("{}", summary(&layout, &primaries));
             let _ = std::io::stdout().flush();
             eprintln!("started in {:.1} s", started_at.elapsed().as_secs_f64());
             supervise(&mut running, &mut stop_signals).await;
@@ -324,29 +503,41 @@ fn prepare_dirs_and_certs(layout: &ClusterLayout) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the config members, the shard members and the router (each tier's processes at
+/// once, then waits for each to answer `ping`), waits until every set has a primary, and
+/// registers the shards. Returns each set's primary.
 async fn start_cluster(
     layout: &ClusterLayout,
     bin_dir: &Path,
     running: &mut Vec<RunningNode>,
-) -> anyhow::Result<()> {
-    for spec in &layout.nodes {
-        let child = spawn_node(layout, spec, bin_dir)?;
-        running.push(RunningNode {
-            spec: spec.clone(),
-            child: Some(child),
-        });
-        let Some(node) = running.last_mut() else {
-            bail!("internal error: node list is empty after a start");
-        };
-        wait_ready(node).await?;
-        eprintln!("{} is up on {}", spec.name, spec.address());
+) -> anyhow::Result<HashMap<String, String>> {
+    for tier in layout.nodes.chunk_by(|a, b| a.replset == b.replset) {
+        let first = running.len();
+        for spec in tier {
+            let child = spawn_node(layout, spec, bin_dir)?;
+            running.push(RunningNode {
+                spec: spec.clone(),
+                child: Some(child),
+            });
+        }
+        for node in &mut running[first..] {
+            wait_ready(node).await?;
+            eprintln!("{} is up on {}", node.spec.name, node.spec.address());
+        }
     }
-    add_missing_shards(layout).await
+    let mut primaries = HashMap::new();
+    for set in &layout.sets {
+        let primary = wait_primary(set, running).await?;
+        eprintln!("{} elected {primary} primary", set.name);
+        primaries.insert(set.name.clone(), primary);
+    }
+    add_missing_shards(layout).await?;
+    Ok(primaries)
 }
 
 fn spawn_node(layout: &ClusterLayout, spec: &NodeSpec, bin_dir: &Path) -> anyhow::Result<Child> {
     let binary = bin_dir.join(spec.role.binary_name());
-    let args = layout.node_args(spec);
+    let args = layout.node_args(spec)?;
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -389,7 +580,7 @@ async fn wait_ready(node: &mut RunningNode) -> anyhow::Result<()> {
     // A plain TCP connect first: it notices the listener within milliseconds, while a driver
     // client that saw "connection refused" waits for its next heartbeat.
     while TcpStream::connect(node.spec.address()).await.is_err() {
-        check_still_running(node, deadline)?;
+        check_ping_deadline(node, deadline)?;
         tokio::time::sleep(TCP_PROBE_INTERVAL).await;
     }
     let client = probe_client(node.spec.port)?;
@@ -399,21 +590,15 @@ async fn wait_ready(node: &mut RunningNode) -> anyhow::Result<()> {
         .await
         .is_err()
     {
-        check_still_running(node, deadline)?;
+        check_ping_deadline(node, deadline)?;
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
     Ok(())
 }
 
-/// Fails if the node's process has exited or the startup deadline has passed.
-fn check_still_running(node: &mut RunningNode, deadline: Instant) -> anyhow::Result<()> {
-    if let Some(child) = node.child.as_mut()
-        && let Some(status) = child.try_wait().context("cannot check a child process")?
-    {
-        node.child = None;
-        let reason = format!("exited during startup ({status})");
-        bail!(startup_failure(&node.spec, &reason));
-    }
+/// Fails if the node's process has exited or did not answer `ping` before `deadline`.
+fn check_ping_deadline(node: &mut RunningNode, deadline: Instant) -> anyhow::Result<()> {
+    check_still_running(node)?;
     if deadline <= Instant::now() {
         let reason = format!(
             "did not answer ping on {} within {} s",
@@ -423,6 +608,58 @@ fn check_still_running(node: &mut RunningNode, deadline: Instant) -> anyhow::Res
         bail!(startup_failure(&node.spec, &reason));
     }
     Ok(())
+}
+
+/// Fails if the node's process has exited.
+fn check_still_running(node: &mut RunningNode) -> anyhow::Result<()> {
+    if let Some(child) = node.child.as_mut()
+        && let Some(status) = child.try_wait().context("cannot check a child process")?
+    {
+        node.child = None;
+        let reason = format!("exited during startup ({status})");
+        bail!(startup_failure(&node.spec, &reason));
+    }
+    Ok(())
+}
+
+/// Polls `hello` on every member of `set` until one is the writable primary; returns its
+/// host. Fails when a member exits or no primary is elected within [`STARTUP_WAIT`].
+async fn wait_primary(set: &ReplicaSetSpec, running: &mut [RunningNode]) -> anyhow::Result<String> {
+    let deadline = Instant::now() + STARTUP_WAIT;
+    let clients = set
+        .ports
+        .iter()
+        .map(|port| probe_client(*port))
+        .collect::<anyhow::Result<Vec<Client>>>()?;
+    loop {
+        for (client, host) in clients.iter().zip(set.hosts()) {
+            let reply = client
+                .database("admin")
+                .run_command(doc! { "hello": 1 })
+                .await;
+            if reply.is_ok_and(|reply| is_writable_primary(&reply)) {
+                return Ok(host);
+            }
+        }
+        let mut logs = Vec::new();
+        let members = running
+            .iter_mut()
+            .filter(|node| node.spec.replset.as_deref() == Some(set.name.as_str()));
+        for node in members {
+            check_still_running(node)?;
+            logs.push(node.spec.log_path.display().to_string());
+        }
+        if deadline <= Instant::now() {
+            bail!(
+                "replica set {} ({}) elected no primary within {} s; see {}",
+                set.name,
+                set.initiate_members(),
+                STARTUP_WAIT.as_secs(),
+                logs.join(", ")
+            );
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
 }
 
 fn probe_client(port: u16) -> anyhow::Result<Client> {
@@ -480,9 +717,9 @@ async fn add_missing_shards(layout: &ClusterLayout) -> anyhow::Result<()> {
             let listed = listed_shard_names(&admin.run_command(doc! { "listShards": 1 }).await?);
             for shard in shards_to_add(layout, &listed) {
                 admin
-                    .run_command(doc! { "addShard": shard_url(shard) })
+                    .run_command(doc! { "addShard": shard.seed_list() })
                     .await?;
-                eprintln!("added shard {}", shard_url(shard));
+                eprintln!("added shard {}", shard.seed_list());
             }
             Ok::<(), mongodb::error::Error>(())
         };
@@ -631,10 +868,8 @@ async fn stop_node(node: &mut RunningNode) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn layout_assigns_ports_and_directories() {
-        let layout = ClusterLayout::new(Path::new("/data"), 27017, 2).unwrap();
-        let summary: Vec<(&str, NodeRole, u16, Option<&str>)> = layout
+    fn summarize(layout: &ClusterLayout) -> Vec<(&str, NodeRole, u16, Option<&str>)> {
+        layout
             .nodes
             .iter()
             .map(|node| {
@@ -645,80 +880,151 @@ mod tests {
                     node.replset.as_deref(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn layout_assigns_ports_and_directories() {
+        let layout = ClusterLayout::new(Path::new("/data"), 27017, 2, 3).unwrap();
         assert_eq!(
-            summary,
+            summarize(&layout),
             vec![
-                ("config", NodeRole::Config, 27018, Some("configRS")),
-                ("shard0", NodeRole::Shard, 27019, Some("shard0")),
-                ("shard1", NodeRole::Shard, 27020, Some("shard1")),
+                ("config-0", NodeRole::Config, 27018, Some("configRS")),
+                ("config-1", NodeRole::Config, 27019, Some("configRS")),
+                ("config-2", NodeRole::Config, 27020, Some("configRS")),
+                ("shard0-0", NodeRole::Shard, 27021, Some("shard0")),
+                ("shard0-1", NodeRole::Shard, 27022, Some("shard0")),
+                ("shard0-2", NodeRole::Shard, 27023, Some("shard0")),
+                ("shard1-0", NodeRole::Shard, 27024, Some("shard1")),
+                ("shard1-1", NodeRole::Shard, 27025, Some("shard1")),
+                ("shard1-2", NodeRole::Shard, 27026, Some("shard1")),
                 ("router", NodeRole::Router, 27017, None),
             ]
         );
-        let shard1 = &layout.nodes[2];
+        let shard1_member2 = &layout.nodes[8];
         assert_eq!(
-            shard1.data_dir.as_deref(),
-            Some(Path::new("/data/shard1/data"))
+            shard1_member2.data_dir.as_deref(),
+            Some(Path::new("/data/shard1-2/data"))
         );
-        assert_eq!(shard1.tls_dir, Path::new("/data/shard1/tls"));
-        assert_eq!(shard1.log_path, Path::new("/data/shard1/log"));
-        assert_eq!(layout.nodes[3].data_dir, None);
+        assert_eq!(shard1_member2.tls_dir, Path::new("/data/shard1-2/tls"));
+        assert_eq!(shard1_member2.log_path, Path::new("/data/shard1-2/log"));
+        assert_eq!(layout.nodes[9].data_dir, None);
         assert_eq!(layout.ca_dir, Path::new("/data/tls/ca"));
         assert_eq!(layout.client_uri(), "mongodb://127.0.0.1:27017/");
-        assert_eq!(layout.configdb(), "configRS/127.0.0.1:27018");
-        assert_eq!(shard_url(shard1), "shard1/127.0.0.1:27020");
+        assert_eq!(
+            layout.configdb().unwrap(),
+            "configRS/127.0.0.1:27018,127.0.0.1:27019,127.0.0.1:27020"
+        );
+        let seeds: Vec<String> = layout.shard_sets().map(ReplicaSetSpec::seed_list).collect();
+        assert_eq!(
+            seeds,
+            [
+                "shard0/127.0.0.1:27021,127.0.0.1:27022,127.0.0.1:27023",
+                "shard1/127.0.0.1:27024,127.0.0.1:27025,127.0.0.1:27026",
+            ]
+        );
+    }
+
+    #[test]
+    fn member_ports_follow_the_router_set_by_set() {
+        // Shard i (set i + 1) starts at PORT+1+M*(i+1).
+        assert_eq!(member_port(1000, 5, 0, 0).unwrap(), 1001);
+        assert_eq!(member_port(1000, 5, 0, 4).unwrap(), 1005);
+        assert_eq!(member_port(1000, 5, 1, 0).unwrap(), 1006);
+        assert_eq!(member_port(1000, 5, 3, 2).unwrap(), 1018);
+        assert!(member_port(65534, 1, 1, 0).is_err());
+    }
+
+    #[test]
+    fn one_member_sets_keep_one_process_per_tier() {
+        let layout = ClusterLayout::new(Path::new("/d"), 4000, 2, 1).unwrap();
+        let ports: Vec<(&str, u16)> = layout
+            .nodes
+            .iter()
+            .map(|node| (node.name.as_str(), node.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("config-0", 4001),
+                ("shard0-0", 4002),
+                ("shard1-0", 4003),
+                ("router", 4000)
+            ]
+        );
     }
 
     #[test]
     fn node_command_lines_match_the_server_flags() {
-        let layout = ClusterLayout::new(Path::new("/d"), 4000, 1).unwrap();
-        let args: Vec<Vec<String>> = layout.nodes.iter().map(|n| layout.node_args(n)).collect();
-        let expected: Vec<Vec<&str>> = vec![
-            vec![
+        let layout = ClusterLayout::new(Path::new("/d"), 4000, 1, 2).unwrap();
+        let args: Vec<Vec<String>> = layout
+            .nodes
+            .iter()
+            .map(|n| layout.node_args(n).unwrap())
+            .collect();
+        let member = |set: &str, hosts: &str, port: u16, name: &str| -> Vec<String> {
+            [
                 "--replset",
-                "configRS",
+                set,
+                "--initiate-members",
+                hosts,
                 "--bind",
-                "127.0.0.1:4001",
+                &format!("127.0.0.1:{port}"),
                 "--dir",
-                "/d/config/data",
+                &format!("/d/{name}/data"),
                 "--tls-dir",
-                "/d/config/tls",
-            ],
-            vec![
-                "--replset",
-                "shard0",
-                "--bind",
-                "127.0.0.1:4002",
-                "--dir",
-                "/d/shard0/data",
-                "--tls-dir",
-                "/d/shard0/tls",
-            ],
-            vec![
+                &format!("/d/{name}/tls"),
+            ]
+            .map(str::to_string)
+            .to_vec()
+        };
+        let config_hosts = "127.0.0.1:4001,127.0.0.1:4002";
+        let shard_hosts = "127.0.0.1:4003,127.0.0.1:4004";
+        let expected: Vec<Vec<String>> = vec![
+            member("configRS", config_hosts, 4001, "config-0"),
+            member("configRS", config_hosts, 4002, "config-1"),
+            member("shard0", shard_hosts, 4003, "shard0-0"),
+            member("shard0", shard_hosts, 4004, "shard0-1"),
+            [
                 "--bind",
                 "127.0.0.1:4000",
                 "--configdb",
-                "configRS/127.0.0.1:4001",
+                "configRS/127.0.0.1:4001,127.0.0.1:4002",
                 "--tls-dir",
                 "/d/router/tls",
-            ],
+            ]
+            .map(str::to_string)
+            .to_vec(),
         ];
         assert_eq!(args, expected);
         let binaries: Vec<&str> = layout.nodes.iter().map(|n| n.role.binary_name()).collect();
-        assert_eq!(binaries, ["shoal-config", "shoal-shard", "shoal-router"]);
+        assert_eq!(
+            binaries,
+            [
+                "shoal-config",
+                "shoal-config",
+                "shoal-shard",
+                "shoal-shard",
+                "shoal-router"
+            ]
+        );
     }
 
     #[test]
     fn layout_rejects_bad_counts_and_ports() {
-        assert!(ClusterLayout::new(Path::new("/d"), 27017, 0).is_err());
-        assert!(ClusterLayout::new(Path::new("/d"), 27017, SHARDS_MAX + 1).is_err());
-        assert!(ClusterLayout::new(Path::new("/d"), 65533, 2).is_err());
-        assert!(ClusterLayout::new(Path::new("/d"), 65532, 2).is_ok());
+        assert!(ClusterLayout::new(Path::new("/d"), 27017, 0, 3).is_err());
+        assert!(ClusterLayout::new(Path::new("/d"), 27017, SHARDS_MAX + 1, 3).is_err());
+        assert!(ClusterLayout::new(Path::new("/d"), 27017, 2, 0).is_err());
+        assert!(ClusterLayout::new(Path::new("/d"), 27017, 2, MEMBERS_MAX + 1).is_err());
+        assert!(ClusterLayout::new(Path::new("/d"), 27017, SHARDS_MAX, MEMBERS_MAX).is_ok());
+        // Two shards of three members plus config need PORT+1..=PORT+9.
+        assert!(ClusterLayout::new(Path::new("/d"), 65527, 2, 3).is_err());
+        assert!(ClusterLayout::new(Path::new("/d"), 65526, 2, 3).is_ok());
     }
 
     #[test]
     fn only_unlisted_shards_are_added() {
-        let layout = ClusterLayout::new(Path::new("/d"), 27017, 3).unwrap();
+        let layout = ClusterLayout::new(Path::new("/d"), 27017, 3, 1).unwrap();
         let reply = doc! { "shards": [
             { "_id": "shard0", "host": "shard0/127.0.0.1:27019", "state": 1 },
             { "_id": "renamed", "host": "shard2/127.0.0.1:27021", "state": 1 },
@@ -726,7 +1032,7 @@ mod tests {
         let listed = listed_shard_names(&reply);
         let missing: Vec<String> = shards_to_add(&layout, &listed)
             .iter()
-            .map(|s| shard_url(s))
+            .map(|s| s.seed_list())
             .collect();
         assert_eq!(missing, ["shard1/127.0.0.1:27020"]);
         let empty = listed_shard_names(&doc! { "ok": 1 });
@@ -735,12 +1041,60 @@ mod tests {
 
     #[test]
     fn nodes_stop_router_then_shards_then_config() {
-        let layout = ClusterLayout::new(Path::new("/d"), 27017, 2).unwrap();
+        let layout = ClusterLayout::new(Path::new("/d"), 27017, 2, 2).unwrap();
         let order: Vec<&str> = stop_order(&layout.nodes)
             .into_iter()
             .map(|idx| layout.nodes[idx].name.as_str())
             .collect();
-        assert_eq!(order, ["router", "shard0", "shard1", "config"]);
+        assert_eq!(
+            order,
+            [
+                "router", "shard0-0", "shard0-1", "shard1-0", "shard1-1", "config-0", "config-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn data_of_another_member_count_is_refused() {
+        let layout = ClusterLayout::new(Path::new("/d"), 27017, 1, 3).unwrap();
+        assert_eq!(previous_run_mismatch(&layout, |_| false), None);
+        let all = [
+            "config-0", "config-1", "config-2", "shard0-0", "shard0-1", "shard0-2",
+        ];
+        assert_eq!(
+            previous_run_mismatch(&layout, |name| all.contains(&name)),
+            None
+        );
+        let fewer = ["config-0", "shard0-0"];
+        let error = previous_run_mismatch(&layout, |name| fewer.contains(&name)).unwrap();
+        assert!(error.contains("another --members"), "{error}");
+        assert!(error.contains("holds config-0, this run expects config-0, config-1, config-2"));
+        let more = ["shard0-0", "shard0-1", "shard0-2", "shard0-3"];
+        assert!(previous_run_mismatch(&layout, |name| more.contains(&name)).is_some());
+        let old_layout = previous_run_mismatch(&layout, |name| name == "shard0").unwrap();
+        assert!(old_layout.contains("without replica sets"), "{old_layout}");
+    }
+
+    #[test]
+    fn primaries_are_found_in_hello_replies() {
+        assert!(is_writable_primary(&doc! { "isWritablePrimary": true }));
+        assert!(is_writable_primary(&doc! { "ismaster": true }));
+        assert!(!is_writable_primary(
+            &doc! { "isWritablePrimary": false, "secondary": true }
+        ));
+        assert!(!is_writable_primary(&doc! { "ok": 1 }));
+    }
+
+    #[test]
+    fn summary_lists_every_set_and_its_primary() {
+        let layout = ClusterLayout::new(Path::new("/d"), 5000, 1, 2).unwrap();
+        let primaries = HashMap::from([("shard0".to_string(), "127.0.0.1:5004".to_string())]);
+        let expected = "  router    127.0.0.1:5000  (connect here)
+  configRS  127.0.0.1:5001, 127.0.0.1:5002
+  shard0    127.0.0.1:5003, 127.0.0.1:5004 (primary)
+  a shell on a member: shoal shell --port 5003 --eval 'rs.status()'
+  data: /d";
+        assert_eq!(summary(&layout, &primaries), expected);
     }
 
     #[test]

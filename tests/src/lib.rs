@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod mongo;
 pub mod ports;
 pub mod process;
+pub mod replset;
 pub mod sharding;
 pub mod up;
 

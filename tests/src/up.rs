@@ -1,5 +1,8 @@
 //! Driving the `shoal` command-line tool: `shoal up` (run until its ready line, stopped with
 //! SIGTERM) and `shoal shell --eval`, as a user would from a terminal.
+//!
+//! `shoal up` runs every replica set (config server, each shard) with `--members` members: the
+//! router on PORT, then each set's members on the next ports ([`up_ports`]).
 
 use std::{
     io::{BufRead, BufReader},
@@ -26,6 +29,29 @@ pub const READY_PREFIX: &str = "Shoal cluster ready:";
 const STDOUT_LINES_QUEUED_MAX: usize = 256;
 /// How long ports may stay busy after `shoal up` exited.
 const PORTS_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `shoal up`'s default `--members`.
+pub const MEMBERS_DEFAULT: usize = 3;
+
+/// Every port `shoal up --port PORT --shards SHARDS --members MEMBERS` listens on: the router
+/// on PORT, the config members on PORT+1..=PORT+MEMBERS, and the members of shard i from
+/// PORT+1+MEMBERS*(i+1).
+pub fn up_ports(port: u16, shards: usize, members: usize) -> anyhow::Result<Vec<u16>> {
+    let count = u16::try_from(1 + members * (shards + 1))?;
+    let end = port
+        .checked_add(count)
+        .ok_or_else(|| anyhow::anyhow!("{count} ports from {port} pass 65535"))?;
+    Ok((port..end).collect())
+}
+
+/// The wire ports of shard `shard_idx`'s members under `shoal up --port PORT --members MEMBERS`.
+pub fn shard_member_ports(port: u16, members: usize, shard_idx: usize) -> anyhow::Result<Vec<u16>> {
+    let first = u16::try_from(1 + members * (shard_idx + 1))?;
+    let members = u16::try_from(members)?;
+    let start = port
+        .checked_add(first)
+        .ok_or_else(|| anyhow::anyhow!("shard {shard_idx} ports pass 65535"))?;
+    Ok((start..start.saturating_add(members)).collect())
+}
 
 /// A running `shoal up`.
 #[derive(Debug)]
@@ -38,15 +64,38 @@ pub struct ShoalUp {
 }
 
 impl ShoalUp {
-    /// Runs `shoal up --dir DIR --port PORT --shards N` and waits for its ready line. Its stderr
-    /// goes to `log`; it runs in its own process group so dropping it kills its children too.
+    /// Runs `shoal up --dir DIR --port PORT --shards N` (default `--members`, see
+    /// [`MEMBERS_DEFAULT`]) and waits for its ready line. Its stderr goes to `log`; it runs in
+    /// its own process group so dropping it kills its children too.
     pub async fn start(
         dir: &Path,
         port: u16,
         shards: usize,
         log: &Path,
     ) -> anyhow::Result<ShoalUp> {
-        let args = vec![
+        Self::start_with_args(dir, port, shards, Vec::new(), log).await
+    }
+
+    /// [`ShoalUp::start`] with `--members MEMBERS`.
+    pub async fn start_with_members(
+        dir: &Path,
+        port: u16,
+        shards: usize,
+        members: usize,
+        log: &Path,
+    ) -> anyhow::Result<ShoalUp> {
+        let extra = vec!["--members".to_owned(), members.to_string()];
+        Self::start_with_args(dir, port, shards, extra, log).await
+    }
+
+    async fn start_with_args(
+        dir: &Path,
+        port: u16,
+        shards: usize,
+        extra: Vec<String>,
+        log: &Path,
+    ) -> anyhow::Result<ShoalUp> {
+        let mut args = vec![
             "up".to_owned(),
             "--dir".to_owned(),
             dir.display().to_string(),
@@ -55,6 +104,7 @@ impl ShoalUp {
             "--shards".to_owned(),
             shards.to_string(),
         ];
+        args.extend(extra);
         let mut process =
             Process::new("shoal-up", bin_path("shoal")?, args, log.to_path_buf()).with_own_group();
         let started = Instant::now();
@@ -160,10 +210,20 @@ pub async fn wait_ports_free(ports: &[u16]) -> anyhow::Result<()> {
 
 /// Runs `shoal shell URI --eval SCRIPT` and returns its output (status included).
 pub async fn shell_eval(uri: &str, script: &str) -> anyhow::Result<Output> {
+    shell_eval_with(&[uri], script).await
+}
+
+/// Runs `shoal shell --port PORT --eval SCRIPT` (a shell on the server at 127.0.0.1:PORT,
+/// e.g. one replica-set member) and returns its output (status included).
+pub async fn shell_eval_on_port(port: u16, script: &str) -> anyhow::Result<Output> {
+    shell_eval_with(&["--port", &port.to_string()], script).await
+}
+
+async fn shell_eval_with(connect_args: &[&str], script: &str) -> anyhow::Result<Output> {
     let mut command = tokio::process::Command::new(bin_path("shoal")?);
     command
         .arg("shell")
-        .arg(uri)
+        .args(connect_args)
         .arg("--eval")
         .arg(script)
         .kill_on_drop(true);
@@ -173,7 +233,8 @@ pub async fn shell_eval(uri: &str, script: &str) -> anyhow::Result<Output> {
             anyhow::anyhow!("shoal shell --eval {script:?} ran over {SHELL_TIMEOUT:?}")
         })??;
     println!(
-        "shoal shell --eval {script:?}: {}\nstdout:\n{}\nstderr:\n{}",
+        "shoal shell {} --eval {script:?}: {}\nstdout:\n{}\nstderr:\n{}",
+        connect_args.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)

@@ -88,28 +88,23 @@ impl Shell {
         }
     }
 
+    /// `rs.<method>(args)` on the connected server. Membership edits (`add`, `remove`,
+    /// `reconfig`) read the current configuration first and send it back with the next
+    /// version, as mongosh does.
     pub(super) async fn rs_method(&mut self, method: &str, mut args: Args) -> ShellResult<Value> {
         let command = match method {
-            "status" => doc! { "replSetGetStatus": 1 },
-            "conf" | "config" => doc! { "replSetGetConfig": 1 },
-            "initiate" => {
-                let config = args.optional_document("config")?.unwrap_or_default();
-                doc! { "replSetInitiate": config }
+            "add" | "remove" | "reconfig" => {
+                let edit = ConfigEdit::from_args(method, &mut args)?;
+                args.finish()?;
+                let current = self.replica_set_config().await?;
+                edit.command(&current)?
             }
-            "stepDown" => {
-                let secs = args
-                    .optional_integer("seconds")?
-                    .unwrap_or(STEP_DOWN_SECS_DEFAULT);
-                let mut command = doc! { "replSetStepDown": secs };
-                if let Some(catch_up) = args.optional_integer("catch-up seconds")? {
-                    command.insert("secondaryCatchUpPeriodSecs", catch_up);
-                }
+            _ => {
+                let command = rs_command(method, &mut args)?;
+                args.finish()?;
                 command
             }
-            "hello" | "isMaster" => doc! { "hello": 1 },
-            _ => return Err(ShellError::Type(format!("rs.{method} is not a function"))),
         };
-        args.finish()?;
         let reply = self.admin_command(command).await?;
         if matches!(method, "conf" | "config")
             && let Ok(config) = reply.get_document("config")
@@ -117,6 +112,16 @@ impl Shell {
             return Ok(Value::Bson(Bson::Document(config.clone())));
         }
         Ok(Value::Bson(Bson::Document(reply)))
+    }
+
+    async fn replica_set_config(&self) -> ShellResult<Document> {
+        let reply = self.admin_command(doc! { "replSetGetConfig": 1 }).await?;
+        match reply.get_document("config") {
+            Ok(config) => Ok(config.clone()),
+            Err(_) => Err(ShellError::Driver(format!(
+                "MongoError: replSetGetConfig answered without a config document: {reply}"
+            ))),
+        }
     }
 
     async fn admin_command(&self, command: Document) -> ShellResult<Document> {
@@ -161,6 +166,183 @@ impl Shell {
         }
         Ok(documents)
     }
+}
+
+/// Maps the `rs.<method>(args)` helpers that need no current configuration to their command;
+/// consumes and checks every argument.
+fn rs_command(method: &str, args: &mut Args) -> ShellResult<Document> {
+    let command = match method {
+        "status" => doc! { "replSetGetStatus": 1 },
+        "conf" | "config" => doc! { "replSetGetConfig": 1 },
+        "initiate" => match args.optional_document("config")? {
+            Some(config) => doc! { "replSetInitiate": config },
+            // `1`, not `{}`: servers read a non-document as "a set of this node alone".
+            None => doc! { "replSetInitiate": 1 },
+        },
+        "stepDown" => {
+            let secs = args
+                .optional_integer("seconds")?
+                .unwrap_or(STEP_DOWN_SECS_DEFAULT);
+            let mut command = doc! { "replSetStepDown": secs };
+            if let Some(catch_up) = args.optional_integer("catch-up seconds")? {
+                command.insert("secondaryCatchUpPeriodSecs", catch_up);
+            }
+            command
+        }
+        "hello" => doc! { "hello": 1 },
+        "isMaster" => doc! { "isMaster": 1 },
+        _ => return Err(ShellError::Type(format!("rs.{method} is not a function"))),
+    };
+    Ok(command)
+}
+
+/// A membership change made from the current configuration (`rs.add`, `rs.remove`,
+/// `rs.reconfig`), parsed from the helper's arguments before anything is sent.
+#[derive(Debug, Clone, PartialEq)]
+enum ConfigEdit {
+    /// `rs.add(host | member, arbiterOnly?)`: the member, `_id` not yet assigned if absent.
+    Add(Document),
+    /// `rs.remove(host)`.
+    Remove(String),
+    /// `rs.reconfig(config, options?)`: the whole new configuration and command options
+    /// such as `force`.
+    Replace(Document, Document),
+}
+
+impl ConfigEdit {
+    fn from_args(method: &str, args: &mut Args) -> ShellResult<ConfigEdit> {
+        match method {
+            "add" => {
+                let mut member = match args.any("host or member")? {
+                    Bson::String(host) => doc! { "host": host },
+                    Bson::Document(member) => member,
+                    _ => {
+                        return Err(ShellError::Type(
+                            "add(): argument 1 (host or member) must be a string or an object"
+                                .to_string(),
+                        ));
+                    }
+                };
+                if args.optional_bool("arbiterOnly")? == Some(true) {
+                    member.insert("arbiterOnly", true);
+                }
+                Ok(ConfigEdit::Add(member))
+            }
+            "remove" => Ok(ConfigEdit::Remove(args.string("host")?)),
+            "reconfig" => {
+                let config = args.document("config")?;
+                let options = args.optional_document("options")?.unwrap_or_default();
+                Ok(ConfigEdit::Replace(config, options))
+            }
+            _ => Err(ShellError::Type(format!("rs.{method} is not a function"))),
+        }
+    }
+
+    /// The `replSetReconfig` command that applies this edit to `current`.
+    fn command(&self, current: &Document) -> ShellResult<Document> {
+        let (config, options) = match self {
+            ConfigEdit::Add(member) => (config_with_member(current, member.clone())?, None),
+            ConfigEdit::Remove(host) => (config_without_member(current, host)?, None),
+            ConfigEdit::Replace(config, options) => {
+                let mut config = config.clone();
+                config.insert("version", next_version(current)?);
+                (config, Some(options))
+            }
+        };
+        let mut command = doc! { "replSetReconfig": config };
+        command.extend(options.cloned().unwrap_or_default());
+        Ok(command)
+    }
+}
+
+/// The members array of a configuration document.
+fn config_members(config: &Document) -> ShellResult<Vec<Document>> {
+    let members = config
+        .get_array("members")
+        .map_err(|_| ShellError::Type("the replica set config has no members array".to_string()))?;
+    members
+        .iter()
+        .map(|member| match member {
+            Bson::Document(member) => Ok(member.clone()),
+            _ => Err(ShellError::Type(
+                "the replica set config has a member that is not an object".to_string(),
+            )),
+        })
+        .collect()
+}
+
+/// `version + 1` of `config`, as an int32 when it fits (the type servers expect).
+fn next_version(config: &Document) -> ShellResult<Bson> {
+    let version = config.get("version").and_then(bson_as_i64).ok_or_else(|| {
+        ShellError::Type("the replica set config has no numeric version".to_string())
+    })?;
+    let next = version.checked_add(1).ok_or_else(|| {
+        ShellError::Type("the replica set config version cannot grow".to_string())
+    })?;
+    Ok(i32::try_from(next).map_or(Bson::Int64(next), Bson::Int32))
+}
+
+/// `current` with `member` appended under the next free `_id` (unless it names its own) and
+/// the version raised.
+fn config_with_member(current: &Document, mut member: Document) -> ShellResult<Document> {
+    let host = match member.get("host") {
+        Some(Bson::String(host)) => host.clone(),
+        _ => {
+            return Err(ShellError::Type(
+                "add(): the member needs a host string".to_string(),
+            ));
+        }
+    };
+    let mut members = config_members(current)?;
+    if members
+        .iter()
+        .any(|m| m.get_str("host") == Ok(host.as_str()))
+    {
+        return Err(ShellError::Type(format!(
+            "add(): {host} is already a member of the replica set"
+        )));
+    }
+    if !member.contains_key("_id") {
+        let highest = members
+            .iter()
+            .filter_map(|m| m.get("_id").and_then(bson_as_i64))
+            .max();
+        let next = highest.map_or(0, |id| id.saturating_add(1));
+        let next = i32::try_from(next).map_or(Bson::Int64(next), Bson::Int32);
+        // `_id` first, as mongosh shows members.
+        let mut with_id = doc! { "_id": next };
+        with_id.extend(member);
+        member = with_id;
+    }
+    members.push(member);
+    let mut config = current.clone();
+    config.insert("members", members);
+    config.insert("version", next_version(current)?);
+    Ok(config)
+}
+
+/// `current` without the member whose host is `host`, and with the version raised.
+fn config_without_member(current: &Document, host: &str) -> ShellResult<Document> {
+    let mut members = config_members(current)?;
+    let before = members.len();
+    members.retain(|member| member.get_str("host") != Ok(host));
+    if members.len() == before {
+        let hosts: Vec<&str> = current
+            .get_array("members")
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|member| member.as_document()?.get_str("host").ok())
+            .collect();
+        return Err(ShellError::Type(format!(
+            "remove(): couldn't find {host} in the members ({})",
+            hosts.join(", ")
+        )));
+    }
+    let mut config = current.clone();
+    config.insert("members", members);
+    config.insert("version", next_version(current)?);
+    Ok(config)
 }
 
 /// Maps `sh.<method>(args)` to the admin command mongosh sends.
@@ -304,6 +486,210 @@ mod tests {
             sh_command("nope", &mut args),
             Err(ShellError::Type(_))
         ));
+    }
+
+    fn three_member_config() -> Document {
+        doc! {
+            "_id": "shard0",
+            "version": 4_i64,
+            "term": 2_i64,
+            "members": [
+                { "_id": 0, "host": "127.0.0.1:1", "priority": 1.0, "votes": 1 },
+                { "_id": 4, "host": "127.0.0.1:2", "priority": 1.0, "votes": 1 },
+                { "_id": 2, "host": "127.0.0.1:3", "priority": 1.0, "votes": 1 },
+            ],
+            "settings": { "electionTimeoutMillis": 400_i64 },
+        }
+    }
+
+    fn edit(method: &str, values: Vec<Bson>) -> ShellResult<ConfigEdit> {
+        let mut args = Args::new(method, values);
+        let edit = ConfigEdit::from_args(method, &mut args)?;
+        args.finish()?;
+        Ok(edit)
+    }
+
+    fn member_hosts_and_ids(config: &Document) -> Vec<(String, i64)> {
+        config_members(config)
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let id = m.get("_id").and_then(bson_as_i64).unwrap();
+                (m.get_str("host").unwrap().to_string(), id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rs_helpers_send_replica_set_commands() {
+        let command = |method: &str, values: Vec<Bson>| {
+            let mut args = Args::new(method, values);
+            let command = rs_command(method, &mut args).unwrap();
+            args.finish().unwrap();
+            command
+        };
+        assert_eq!(command("status", vec![]), doc! { "replSetGetStatus": 1 });
+        assert_eq!(command("conf", vec![]), doc! { "replSetGetConfig": 1 });
+        assert_eq!(command("initiate", vec![]), doc! { "replSetInitiate": 1 });
+        let config = doc! { "_id": "rs", "members": [{ "_id": 0, "host": "h:1" }] };
+        assert_eq!(
+            command("initiate", vec![Bson::Document(config.clone())]),
+            doc! { "replSetInitiate": config }
+        );
+        assert_eq!(
+            command("stepDown", vec![]),
+            doc! { "replSetStepDown": 60_i64 }
+        );
+        assert_eq!(
+            command("stepDown", vec![Bson::Int32(30), Bson::Int32(5)]),
+            doc! { "replSetStepDown": 30_i64, "secondaryCatchUpPeriodSecs": 5_i64 }
+        );
+        assert_eq!(command("hello", vec![]), doc! { "hello": 1 });
+        assert_eq!(command("isMaster", vec![]), doc! { "isMaster": 1 });
+        let mut args = Args::new("nope", vec![]);
+        assert!(matches!(
+            rs_command("nope", &mut args),
+            Err(ShellError::Type(_))
+        ));
+        let mut args = Args::new("initiate", vec![Bson::String("x".into())]);
+        assert_eq!(
+            rs_command("initiate", &mut args).unwrap_err().to_string(),
+            "TypeError: initiate(): argument 1 (config) must be an object"
+        );
+    }
+
+    #[test]
+    fn rs_add_appends_the_next_id_and_raises_the_version() {
+        let current = three_member_config();
+        let add = edit("add", vec![Bson::String("127.0.0.1:9".into())]).unwrap();
+        let command = add.command(&current).unwrap();
+        let config = command.get_document("replSetReconfig").unwrap();
+        assert_eq!(config.get("version"), Some(&Bson::Int32(5)));
+        assert_eq!(config.get_str("_id").unwrap(), "shard0");
+        assert_eq!(
+            config.get_document("settings").unwrap(),
+            current.get_document("settings").unwrap()
+        );
+        assert_eq!(
+            member_hosts_and_ids(config),
+            [
+                ("127.0.0.1:1".to_string(), 0),
+                ("127.0.0.1:2".to_string(), 4),
+                ("127.0.0.1:3".to_string(), 2),
+                ("127.0.0.1:9".to_string(), 5),
+            ]
+        );
+        assert_eq!(command.len(), 1, "no options: {command}");
+    }
+
+    #[test]
+    fn rs_add_takes_a_member_document_and_keeps_its_fields() {
+        let member = doc! { "host": "127.0.0.1:9", "priority": 0, "hidden": true };
+        let add = edit("add", vec![Bson::Document(member)]).unwrap();
+        let config = add.command(&three_member_config()).unwrap();
+        let members = config_members(config.get_document("replSetReconfig").unwrap()).unwrap();
+        assert_eq!(
+            members.last().unwrap(),
+            &doc! { "_id": 5, "host": "127.0.0.1:9", "priority": 0, "hidden": true }
+        );
+        let own_id = doc! { "_id": 7, "host": "127.0.0.1:9" };
+        let add = edit("add", vec![Bson::Document(own_id.clone())]).unwrap();
+        let config = add.command(&three_member_config()).unwrap();
+        let members = config_members(config.get_document("replSetReconfig").unwrap()).unwrap();
+        assert_eq!(members.last().unwrap(), &own_id);
+        let arbiter = edit(
+            "add",
+            vec![Bson::String("127.0.0.1:9".into()), Bson::Boolean(true)],
+        )
+        .unwrap();
+        assert_eq!(
+            arbiter,
+            ConfigEdit::Add(doc! { "host": "127.0.0.1:9", "arbiterOnly": true })
+        );
+    }
+
+    #[test]
+    fn rs_add_refuses_bad_members() {
+        let error = edit("add", vec![Bson::Int32(1)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "TypeError: add(): argument 1 (host or member) must be a string or an object"
+        );
+        assert!(edit("add", vec![]).is_err());
+        let no_host = edit("add", vec![Bson::Document(doc! { "priority": 1 })]).unwrap();
+        assert!(no_host.command(&three_member_config()).is_err());
+        let existing = edit("add", vec![Bson::String("127.0.0.1:2".into())]).unwrap();
+        let error = existing.command(&three_member_config()).unwrap_err();
+        assert!(error.to_string().contains("already a member"), "{error}");
+        let add = edit("add", vec![Bson::String("127.0.0.1:9".into())]).unwrap();
+        assert!(add.command(&doc! { "_id": "rs", "version": 1 }).is_err());
+    }
+
+    #[test]
+    fn rs_add_to_an_empty_member_list_starts_at_zero() {
+        let current = doc! { "_id": "rs", "version": 1, "members": [] };
+        let add = edit("add", vec![Bson::String("127.0.0.1:9".into())]).unwrap();
+        let command = add.command(&current).unwrap();
+        let config = command.get_document("replSetReconfig").unwrap();
+        assert_eq!(
+            member_hosts_and_ids(config),
+            [("127.0.0.1:9".to_string(), 0)]
+        );
+        assert_eq!(config.get("version"), Some(&Bson::Int32(2)));
+    }
+
+    #[test]
+    fn rs_remove_drops_the_host_and_raises_the_version() {
+        let remove = edit("remove", vec![Bson::String("127.0.0.1:2".into())]).unwrap();
+        let command = remove.command(&three_member_config()).unwrap();
+        let config = command.get_document("replSetReconfig").unwrap();
+        assert_eq!(
+            member_hosts_and_ids(config),
+            [
+                ("127.0.0.1:1".to_string(), 0),
+                ("127.0.0.1:3".to_string(), 2)
+            ]
+        );
+        assert_eq!(config.get("version"), Some(&Bson::Int32(5)));
+        let missing = edit("remove", vec![Bson::String("127.0.0.1:7".into())]).unwrap();
+        let error = missing.command(&three_member_config()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "TypeError: remove(): couldn't find 127.0.0.1:7 in the members (127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3)"
+        );
+        assert!(edit("remove", vec![Bson::Int32(0)]).is_err());
+    }
+
+    #[test]
+    fn rs_reconfig_sends_the_given_config_with_the_next_version() {
+        let wanted = doc! { "_id": "shard0", "version": 1, "members": [{ "_id": 0, "host": "127.0.0.1:1" }] };
+        let reconfig = edit(
+            "reconfig",
+            vec![
+                Bson::Document(wanted),
+                Bson::Document(doc! { "force": true }),
+            ],
+        )
+        .unwrap();
+        let command = reconfig.command(&three_member_config()).unwrap();
+        assert_eq!(
+            command,
+            doc! {
+                "replSetReconfig": {
+                    "_id": "shard0",
+                    "version": 5,
+                    "members": [{ "_id": 0, "host": "127.0.0.1:1" }],
+                },
+                "force": true,
+            }
+        );
+        let big = doc! { "version": i64::from(i32::MAX) };
+        assert_eq!(
+            next_version(&big).unwrap(),
+            Bson::Int64(i64::from(i32::MAX) + 1)
+        );
+        assert!(next_version(&doc! { "version": "x" }).is_err());
+        assert!(edit("reconfig", vec![]).is_err());
     }
 
     #[test]

@@ -57,7 +57,10 @@ Sharding (sh.*):
   shardCollection('db.coll', {k: 1}, unique?), splitAt('db.coll', {k: 5}),
   moveChunk('db.coll', {k: 5}, 'shard1'), status(), listShards(),
   getBalancerState(), isBalancerRunning(), startBalancer(), stopBalancer()
-Replica set (rs.*, on the connected node): status(), conf(), initiate(cfg?), stepDown(secs?)
+Replica set (rs.*, on the connected node; open a shell on a member with --port or --host):
+  status(), conf(), initiate(cfg?), stepDown(secs?, catchUpSecs?), hello(), isMaster(),
+  add('host:port' | {host: .., priority: .., votes: .., hidden: ..}), remove('host:port'),
+  reconfig(cfg, opts?)  (add/remove/reconfig send the config with version + 1)
 Other: printjson(x), print(x, ...)
 Literals: {a: 1}, [1, 2], 'str', ObjectId('..'), ISODate('..'), new Date('..'), NumberLong(..),
   NumberInt(..), NumberDecimal('..'), UUID('..'), Timestamp(t, i), MinKey, MaxKey, /re/i,

@@ -493,12 +493,16 @@ async fn probe(rpc: &RpcClient, host: &str) -> Option<(MemberView, Vec<String>)>
     ))
 }
 
+/// Probes every known member of the set independently, so a member that stops answering
+/// (killed, paused) delays nobody's view of the others: each probe result updates the view as
+/// soon as it arrives, and a failed probe removes the member from it.
 async fn run_monitor(
     rpc: RpcClient,
     monitor: Arc<Monitor>,
     registry: Arc<Mutex<HashMap<String, Arc<Monitor>>>>,
     key: String,
 ) {
+    let mut probing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         let idle = monitor
             .last_used
@@ -510,35 +514,53 @@ async fn run_monitor(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&key);
+            for (_, task) in probing.drain() {
+                task.abort();
+            }
             return;
         }
         let hosts = monitor.view.borrow().hosts.clone();
-        let probes = hosts.iter().map(|host| probe(&rpc, host));
-        let results = futures::future::join_all(probes).await;
-        let mut known = hosts.clone();
-        let mut members = Vec::new();
-        for (member, reported) in results.into_iter().flatten() {
-            for host in reported {
-                if !known.contains(&host) {
-                    known.push(host);
-                }
+        for host in hosts {
+            let running = probing.get(&host).is_some_and(|task| !task.is_finished());
+            if !running {
+                let task = tokio::spawn(probe_once(rpc.clone(), Arc::clone(&monitor), host.clone()));
+                probing.insert(host, task);
             }
-            members.push(member);
         }
-        let view = SetView {
-            members,
-            hosts: known,
-        };
-        monitor.view.send_if_modified(|current| {
-            let changed = current.members.iter().map(|m| (&m.host, m.primary, m.secondary, m.term)).ne(
-                view.members.iter().map(|m| (&m.host, m.primary, m.secondary, m.term)),
-            ) || current.hosts != view.hosts
-                || current.members.is_empty();
-            *current = view;
-            changed
-        });
         let _ = tokio::time::timeout(MONITOR_INTERVAL, monitor.kick.notified()).await;
     }
+}
+
+/// One probe of `host`, folded into the monitor's view.
+async fn probe_once(rpc: RpcClient, monitor: Arc<Monitor>, host: String) {
+    let result = probe(&rpc, &host).await;
+    monitor.view.send_if_modified(|view| {
+        let before: Vec<(String, bool, bool, u64)> = view
+            .members
+            .iter()
+            .map(|m| (m.host.clone(), m.primary, m.secondary, m.term))
+            .collect();
+        let was_empty = view.members.is_empty();
+        view.members.retain(|m| m.host != host);
+        let mut hosts_changed = false;
+        if let Some((member, reported)) = result {
+            for reported in reported {
+                if !view.hosts.contains(&reported) {
+                    view.hosts.push(reported);
+                    hosts_changed = true;
+                }
+            }
+            view.members.push(member);
+            view.members.sort_by(|a, b| a.host.cmp(&b.host));
+        }
+        let after: Vec<(String, bool, bool, u64)> = view
+            .members
+            .iter()
+            .map(|m| (m.host.clone(), m.primary, m.secondary, m.term))
+            .collect();
+        // Round-trip times change on every probe; only roles wake waiting callers.
+        before != after || hosts_changed || (was_empty && !view.members.is_empty())
+    });
 }
 
 #[cfg(test)]
