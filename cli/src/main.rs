@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum CliCommand {
-    /// Start a local cluster (config server, shards, router) and keep it in the foreground.
+    /// Start a local cluster (config server and shard replica sets, router) in the foreground.
     Up {
         /// Data directory (one subdirectory per node).
         #[arg(long, default_value = "./shoal-data")]

@@ -528,7 +528,7 @@ async fn start_cluster(
     let mut primaries = HashMap::new();
     for set in &layout.sets {
         let primary = wait_primary(set, running).await?;
-        eprintln!("{} elected {primary} primary", set.name);
+        eprintln!("{} formed with primary {primary}", set.name);
         primaries.insert(set.name.clone(), primary);
     }
     add_missing_shards(layout).await?;
@@ -622,8 +622,9 @@ fn check_still_running(node: &mut RunningNode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `hello` on every member of `set` until one is the writable primary; returns its
-/// host. Fails when a member exits or no primary is elected within [`STARTUP_WAIT`].
+/// Polls `hello` on every member of `set` until one is the writable primary and the others
+/// its secondaries (so `rs.*` works on any member once `shoal up` is ready); returns the
+/// primary's host. Fails when a member exits or the set does not form within [`STARTUP_WAIT`].
 async fn wait_primary(set: &ReplicaSetSpec, running: &mut [RunningNode]) -> anyhow::Result<String> {
     let deadline = Instant::now() + STARTUP_WAIT;
     let clients = set
@@ -631,16 +632,20 @@ async fn wait_primary(set: &ReplicaSetSpec, running: &mut [RunningNode]) -> anyh
         .iter()
         .map(|port| probe_client(*port))
         .collect::<anyhow::Result<Vec<Client>>>()?;
+    let hosts = set.hosts();
     loop {
-        for (client, host) in clients.iter().zip(set.hosts()) {
+        let mut replies = Vec::with_capacity(clients.len());
+        for client in &clients {
             let reply = client
                 .database("admin")
                 .run_command(doc! { "hello": 1 })
                 .await;
-            if reply.is_ok_and(|reply| is_writable_primary(&reply)) {
-                return Ok(host);
-            }
+            replies.push(reply.ok());
         }
+        let waiting_for = match set_formed(&hosts, &replies) {
+            Ok(primary) => return Ok(primary),
+            Err(waiting_for) => waiting_for,
+        };
         let mut logs = Vec::new();
         let members = running
             .iter_mut()
@@ -651,14 +656,51 @@ async fn wait_primary(set: &ReplicaSetSpec, running: &mut [RunningNode]) -> anyh
         }
         if deadline <= Instant::now() {
             bail!(
-                "replica set {} ({}) elected no primary within {} s; see {}",
+                "replica set {} did not form within {} s: {waiting_for}; see {}",
                 set.name,
-                set.initiate_members(),
                 STARTUP_WAIT.as_secs(),
                 logs.join(", ")
             );
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Whether a set has formed, from its members' `hello` replies (`None`: no answer), given in
+/// the order of `hosts`: the primary's host when one member is the writable primary and every
+/// other one is a secondary, else what is still missing.
+pub fn set_formed(hosts: &[String], replies: &[Option<Document>]) -> Result<String, String> {
+    let primaries: Vec<&String> = hosts
+        .iter()
+        .zip(replies)
+        .filter(|(_, reply)| reply.as_ref().is_some_and(is_writable_primary))
+        .map(|(host, _)| host)
+        .collect();
+    let [primary] = primaries.as_slice() else {
+        return Err(format!(
+            "{} primaries among {}",
+            primaries.len(),
+            hosts.join(", ")
+        ));
+    };
+    let not_secondary: Vec<&str> = hosts
+        .iter()
+        .zip(replies)
+        .filter(|(host, reply)| {
+            host != primary
+                && !reply
+                    .as_ref()
+                    .is_some_and(|reply| reply.get_bool("secondary") == Ok(true))
+        })
+        .map(|(host, _)| host.as_str())
+        .collect();
+    if not_secondary.is_empty() {
+        Ok((*primary).clone())
+    } else {
+        Err(format!(
+            "primary {primary}, but {} not secondary yet",
+            not_secondary.join(", ")
+        ))
     }
 }
 
@@ -710,24 +752,16 @@ async fn add_missing_shards(layout: &ClusterLayout) -> anyhow::Result<()> {
         .iter()
         .find(|node| node.role == NodeRole::Router);
     let router = router.ok_or_else(|| anyhow!("internal error: the layout has no router"))?;
-    let admin = probe_client(router.port)?.database("admin");
+    let client = probe_client(router.port)?;
     let deadline = Instant::now() + STARTUP_WAIT;
     loop {
-        let attempt = async {
-            let listed = listed_shard_names(&admin.run_command(doc! { "listShards": 1 }).await?);
-            for shard in shards_to_add(layout, &listed) {
-                admin
-                    .run_command(doc! { "addShard": shard.seed_list() })
-                    .await?;
-                eprintln!("added shard {}", shard.seed_list());
-            }
-            Ok::<(), mongodb::error::Error>(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(error) if is_transient(&error) && Instant::now() < deadline => {
+        let outcome = register_shards(layout, &client).await;
+        let retry_after = match outcome {
+            Ok(true) => return Ok(()),
+            Ok(false) => "the config server has not written its first metadata",
+            Err(error) if is_transient(&error) => {
                 tracing::debug!(%error, "shard registration not ready yet; retrying");
-                tokio::time::sleep(PROBE_INTERVAL).await;
+                "the cluster is still forming"
             }
             Err(error) => {
                 return Err(anyhow!(
@@ -735,8 +769,43 @@ async fn add_missing_shards(layout: &ClusterLayout) -> anyhow::Result<()> {
                     router.log_path.display()
                 ));
             }
+        };
+        if deadline <= Instant::now() {
+            bail!(
+                "cannot register the shards within {} s: {retry_after}; see {}",
+                STARTUP_WAIT.as_secs(),
+                router.log_path.display()
+            );
         }
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
+}
+
+/// One attempt at registering the missing shards; `Ok(false)` when the config server is not
+/// initialised yet. Its primary writes `config.version` and the first routing-metadata
+/// version a moment after its first election, and a shard added before that would have its
+/// routing version overwritten, leaving routers with a cache they believe is current.
+async fn register_shards(
+    layout: &ClusterLayout,
+    client: &Client,
+) -> Result<bool, mongodb::error::Error> {
+    let version = client
+        .database("config")
+        .collection::<Document>("version")
+        .find_one(doc! {})
+        .await?;
+    if version.is_none() {
+        return Ok(false);
+    }
+    let admin = client.database("admin");
+    let listed = listed_shard_names(&admin.run_command(doc! { "listShards": 1 }).await?);
+    for shard in shards_to_add(layout, &listed) {
+        admin
+            .run_command(doc! { "addShard": shard.seed_list() })
+            .await?;
+        eprintln!("added shard {}", shard.seed_list());
+    }
+    Ok(true)
 }
 
 fn is_transient(error: &mongodb::error::Error) -> bool {
@@ -1083,6 +1152,28 @@ mod tests {
             &doc! { "isWritablePrimary": false, "secondary": true }
         ));
         assert!(!is_writable_primary(&doc! { "ok": 1 }));
+    }
+
+    #[test]
+    fn a_set_forms_with_one_primary_and_all_others_secondary() {
+        let hosts: Vec<String> = ["h:1", "h:2", "h:3"].map(str::to_string).to_vec();
+        let primary = Some(doc! { "isWritablePrimary": true, "secondary": false });
+        let secondary = Some(doc! { "isWritablePrimary": false, "secondary": true });
+        let uninitiated = Some(doc! { "isWritablePrimary": false, "secondary": false });
+        let formed = [secondary.clone(), primary.clone(), secondary.clone()];
+        assert_eq!(set_formed(&hosts, &formed), Ok("h:2".to_string()));
+        let lagging = [primary.clone(), uninitiated, None];
+        assert_eq!(
+            set_formed(&hosts, &lagging),
+            Err("primary h:1, but h:2, h:3 not secondary yet".to_string())
+        );
+        let electing = [secondary.clone(), secondary.clone(), None];
+        assert_eq!(
+            set_formed(&hosts, &electing),
+            Err("0 primaries among h:1, h:2, h:3".to_string())
+        );
+        let two = [primary.clone(), primary, secondary];
+        assert!(set_formed(&hosts, &two).is_err());
     }
 
     #[test]

@@ -370,6 +370,11 @@ impl ReplCluster {
         anyhow::bail!("members {members:?} did not converge: {last:?}")
     }
 
+    /// Whether member `j`'s log contains `text`.
+    pub fn log_contains(&mut self, set: Set, j: usize, text: &str) -> bool {
+        std::fs::read_to_string(self.process(set, j).log_path()).is_ok_and(|log| log.contains(text))
+    }
+
     /// Marks the test as passed (no log dump on drop).
     pub fn finish(mut self) {
         self.finished = true;

@@ -49,7 +49,8 @@ impl Default for ReplOptions {
     }
 }
 
-/// Entries kept after a snapshot so a briefly lagging member catches up from the log.
+/// Entries kept after a snapshot so a briefly lagging member catches up from the log (at most
+/// half the snapshot interval).
 pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 2_000;
 /// Entries one append message carries at most; a write command can be up to 48 MB, and one
 /// message must fit a 64 MB RPC frame once encoded.
@@ -116,7 +117,9 @@ pub struct ReplicaSet {
     kv: Arc<dyn Kv>,
     rpc: RpcClient,
     state_machine: StateMachine,
-    removed: std::sync::atomic::AtomicBool,
+    /// The configuration version (membership log index + 1) that removed this member, 0 when it
+    /// is in the set; a newer configuration that includes it again (re-added) clears it.
+    removed_at: std::sync::atomic::AtomicU64,
     started: Instant,
 }
 
@@ -194,7 +197,7 @@ impl ReplicaSet {
             enable_pre_vote: Some(true),
             max_payload_entries: APPEND_ENTRIES_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
-            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT.min(options.snapshot_entries / 2),
             install_snapshot_timeout: 60_000,
             ..Default::default()
         }
@@ -222,7 +225,7 @@ impl ReplicaSet {
             kv,
             rpc,
             state_machine,
-            removed: std::sync::atomic::AtomicBool::new(false),
+            removed_at: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
         });
         set.apply_electability();
@@ -257,7 +260,14 @@ impl ReplicaSet {
     }
 
     fn is_removed(&self) -> bool {
-        self.removed.load(std::sync::atomic::Ordering::Relaxed)
+        let removed_at = self.removed_at.load(std::sync::atomic::Ordering::Relaxed);
+        if removed_at == 0 {
+            return false;
+        }
+        let metrics = self.metrics();
+        let current = Self::config_version(&metrics).unsigned_abs();
+        let included = metrics.membership_config.membership().get_node(&self.me).is_some();
+        !(included && current > removed_at)
     }
 
     /// Whether the set has been initiated (this member holds a configuration).
@@ -371,7 +381,8 @@ impl ReplicaSet {
             }
             "removed" => {
                 // The primary tells a member it reconfigured away that it is out.
-                self.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+                let version: u64 = serde_json::from_str(body).unwrap_or(u64::MAX);
+                self.removed_at.store(version.max(1), std::sync::atomic::Ordering::Relaxed);
                 self.apply_electability();
                 tracing::warn!(set = %self.set_name, "removed from the replica set");
                 Ok("null".to_owned())
@@ -634,9 +645,10 @@ impl ReplicaSet {
                 .change_membership(ChangeMembers::RemoveNodes(removed.clone()), true)
                 .await
                 .map_err(raft_write_error)?;
+            let version = Self::config_version(&self.metrics()).unsigned_abs();
             for id in &removed {
                 if let Some(node) = old.members.get(id) {
-                    self.notify_removed(&node.host).await;
+                    self.notify_removed(&node.host, version).await;
                 }
             }
         }
@@ -645,10 +657,10 @@ impl ReplicaSet {
         Ok(doc! {"ok": 1.0})
     }
 
-    async fn notify_removed(&self, host: &str) {
+    async fn notify_removed(&self, host: &str, version: u64) {
         let request = doc! {
             "_shoalRaft": "removed", "from": self.me as i64, "setName": self.set_name.clone(),
-            "body": "null", "$db": "admin",
+            "body": version.to_string(), "$db": "admin",
         };
         if let Err(error) = self.rpc.call(host, request, Duration::from_secs(2)).await {
             // It stops receiving the log anyway; it only learns it is out later.
