@@ -87,20 +87,28 @@ impl ConfigServer {
     /// on first start.
     async fn initialise(&self, core: &Arc<MemberCore>) -> Result<(), CommandError> {
         let _guard = self.metadata_lock.lock().await;
-        if store::find_one(core, coll::VERSION, 1).await?.is_some() {
-            return Ok(());
+        // Each document only if missing: a metadata command may already have run on this
+        // primary (it can be elected and serve before this work runs), and the routing version
+        // must never go backwards.
+        let mut ops = Vec::new();
+        if store::find_one(core, coll::VERSION, 1).await?.is_none() {
+            ops.push(put(coll::VERSION, doc! {"_id": 1, "clusterId": ObjectId::new()}));
         }
-        let ops = vec![
-            put(coll::VERSION, doc! {"_id": 1, "clusterId": ObjectId::new()}),
-            put(
+        if store::find_one(core, coll::SETTINGS, "balancer").await?.is_none() {
+            ops.push(put(
                 coll::SETTINGS,
                 doc! {"_id": "balancer", "mode": "off", "stopped": true},
-            ),
-            put(
+            ));
+        }
+        if store::find_one(core, coll::SHOAL_METADATA, "routing").await?.is_none() {
+            ops.push(put(
                 coll::SHOAL_METADATA,
                 doc! {"_id": "routing", "version": 1_i64},
-            ),
-        ];
+            ));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
         store::apply(core, ops).await
     }
 

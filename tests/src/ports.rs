@@ -37,7 +37,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Reserves `count` consecutive free ports and returns the first (for `shoal up`, which puts the
-/// router on PORT, the config server on PORT+1 and shard i on PORT+2+i).
+/// router on PORT and the replica-set members after it; see `up::up_ports`).
 pub fn free_port_block(count: u16) -> anyhow::Result<u16> {
     anyhow::ensure!(count > 0, "a port block needs at least one port");
     anyhow::ensure!(

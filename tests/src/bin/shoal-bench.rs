@@ -23,7 +23,8 @@ const KEY_SPACE: i64 = 1_000_000;
 const PAYLOAD_BYTES: usize = 960;
 const UP_RUNS: usize = 3;
 const UP_SHARDS: usize = 2;
-const UP_PORT_BLOCK: u16 = 5;
+/// Router, then 3 config members, then 3 members per shard (`shoal up`'s default layout).
+const UP_PORT_BLOCK: u16 = 1 + 3 * (1 + UP_SHARDS as u16);
 
 #[derive(Debug)]
 struct Options {
@@ -290,7 +291,7 @@ async fn up_benchmark() -> anyhow::Result<Vec<String>> {
             .prefix("shoal-bench-up-")
             .tempdir()?;
         let base = free_port_block(UP_PORT_BLOCK)?;
-        let ports: Vec<u16> = (base..base + 2 + UP_SHARDS as u16).collect();
+        let ports = shoal_tests::up::up_ports(base, UP_SHARDS, shoal_tests::up::MEMBERS_DEFAULT)?;
         let log = dir.path().join("shoal-up.log");
         let up = ShoalUp::start(&dir.path().join("cluster"), base, UP_SHARDS, &log).await?;
         let seconds = up.ready_after.as_secs_f64();
