@@ -92,15 +92,24 @@ impl ConfigServer {
         // must never go backwards.
         let mut ops = Vec::new();
         if store::find_one(core, coll::VERSION, 1).await?.is_none() {
-            ops.push(put(coll::VERSION, doc! {"_id": 1, "clusterId": ObjectId::new()}));
+            ops.push(put(
+                coll::VERSION,
+                doc! {"_id": 1, "clusterId": ObjectId::new()},
+            ));
         }
-        if store::find_one(core, coll::SETTINGS, "balancer").await?.is_none() {
+        if store::find_one(core, coll::SETTINGS, "balancer")
+            .await?
+            .is_none()
+        {
             ops.push(put(
                 coll::SETTINGS,
                 doc! {"_id": "balancer", "mode": "off", "stopped": true},
             ));
         }
-        if store::find_one(core, coll::SHOAL_METADATA, "routing").await?.is_none() {
+        if store::find_one(core, coll::SHOAL_METADATA, "routing")
+            .await?
+            .is_none()
+        {
             ops.push(put(
                 coll::SHOAL_METADATA,
                 doc! {"_id": "routing", "version": 1_i64},
@@ -839,7 +848,13 @@ async fn shard_call(
     };
     let (_, reply) = core
         .topology
-        .call(target, &db, request, shoal_repl::ReadPreference::PRIMARY, SHARD_CALL_TIMEOUT)
+        .call(
+            target,
+            &db,
+            request,
+            shoal_repl::ReadPreference::PRIMARY,
+            SHARD_CALL_TIMEOUT,
+        )
         .await?;
     Ok(reply)
 }

@@ -83,10 +83,9 @@ impl RoutingCache {
                 None => vec![host.to_owned()],
             };
             let target = host.to_owned();
-            cache.shards.insert(
-                id.clone(),
-                ShardInfo { id, hosts, target },
-            );
+            cache
+                .shards
+                .insert(id.clone(), ShardInfo { id, hosts, target });
         }
         for database in documents(table, "databases") {
             let name = database

@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, doc};
-use mongodb::{
-    options::{Acknowledgment, ReadPreference, SelectionCriteria, WriteConcern},
-};
+use mongodb::options::{Acknowledgment, ReadPreference, SelectionCriteria, WriteConcern};
 use shoal_tests::{
     mongo::get_i64,
     replset::{ReplCluster, Set},
@@ -35,29 +33,55 @@ async fn config_server_failover_keeps_metadata_commands_working() -> anyhow::Res
     let mut cluster = ReplCluster::start(3, 1).await?;
     let admin = cluster.router_client().await?.database("admin");
     admin.run_command(doc! {"enableSharding": "meta"}).await?;
-    admin.run_command(doc! {"shardCollection": "meta.a", "key": {"k": 1}}).await?;
+    admin
+        .run_command(doc! {"shardCollection": "meta.a", "key": {"k": 1}})
+        .await?;
     let primary = cluster.wait_primary(Set::Config).await?;
     cluster.kill(Set::Config, primary);
     let killed_at = Instant::now();
     // The router follows the election: both commands succeed once a new primary is elected.
-    admin.run_command(doc! {"shardCollection": "meta.b", "key": {"k": 1}}).await?;
-    admin.run_command(doc! {"split": "meta.b", "middle": {"k": 100}}).await?;
-    eprintln!("metadata commands succeeded {:?} after the config primary was killed", killed_at.elapsed());
-    let chunks = cluster.router_client().await?.database("config").collection::<Document>("chunks");
-    let collection = cluster.router_client().await?.database("config").collection::<Document>("collections");
-    let meta_b = collection.find_one(doc! {"_id": "meta.b"}).await?.ok_or_else(|| anyhow::anyhow!("meta.b not sharded"))?;
+    admin
+        .run_command(doc! {"shardCollection": "meta.b", "key": {"k": 1}})
+        .await?;
+    admin
+        .run_command(doc! {"split": "meta.b", "middle": {"k": 100}})
+        .await?;
+    eprintln!(
+        "metadata commands succeeded {:?} after the config primary was killed",
+        killed_at.elapsed()
+    );
+    let chunks = cluster
+        .router_client()
+        .await?
+        .database("config")
+        .collection::<Document>("chunks");
+    let collection = cluster
+        .router_client()
+        .await?
+        .database("config")
+        .collection::<Document>("collections");
+    let meta_b = collection
+        .find_one(doc! {"_id": "meta.b"})
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("meta.b not sharded"))?;
     let uuid = meta_b.get("uuid").cloned().unwrap_or(Bson::Null);
     assert_eq!(chunks.count_documents(doc! {"uuid": uuid}).await?, 2);
     // The killed member comes back as a secondary and catches up.
     cluster.start_member(Set::Config, primary).await?;
     cluster.wait_secondary(Set::Config, primary).await?;
-    cluster.converged_hash(Set::Config, "config", &[0, 1, 2]).await?;
+    cluster
+        .converged_hash(Set::Config, "config", &[0, 1, 2])
+        .await?;
     cluster.finish();
     Ok(())
 }
 
 fn opcounter(status: &Document, field: &str) -> i64 {
-    status.get_document("opcounters").ok().and_then(|o| get_i64(o, field)).unwrap_or(0)
+    status
+        .get_document("opcounters")
+        .ok()
+        .and_then(|o| get_i64(o, field))
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,26 +90,48 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
     let client = cluster.router_client().await?;
     let coll = client.database("wc").collection::<Document>("c");
     // w: 1 and w: 2 are acknowledged.
-    for (i, w) in [Acknowledgment::Nodes(1), Acknowledgment::Nodes(2), Acknowledgment::Majority].into_iter().enumerate() {
+    for (i, w) in [
+        Acknowledgment::Nodes(1),
+        Acknowledgment::Nodes(2),
+        Acknowledgment::Majority,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let concern = WriteConcern::builder().w(w).build();
-        coll.insert_one(doc! {"_id": i as i32}).write_concern(concern).await?;
+        coll.insert_one(doc! {"_id": i as i32})
+            .write_concern(concern)
+            .await?;
     }
     // w larger than the set is refused.
     let too_many = WriteConcern::builder().w(Acknowledgment::Nodes(5)).build();
-    assert!(coll.insert_one(doc! {"_id": 99}).write_concern(too_many).await.is_err());
+    assert!(
+        coll.insert_one(doc! {"_id": 99})
+            .write_concern(too_many)
+            .await
+            .is_err()
+    );
 
     // readPreference secondary: a secondary's query counter moves, the primary's does not.
     let primary = cluster.wait_primary(Set::Shard).await?;
     let mut before = Vec::new();
     for j in 0..3 {
-        before.push(opcounter(&cluster.member_command(Set::Shard, j, doc! {"serverStatus": 1}).await?, "query"));
+        before.push(opcounter(
+            &cluster
+                .member_command(Set::Shard, j, doc! {"serverStatus": 1})
+                .await?,
+            "query",
+        ));
     }
     let secondary = SelectionCriteria::ReadPreference(ReadPreference::Secondary { options: None });
     let found = eventually(Duration::from_secs(10), || {
         let coll = coll.clone();
         let secondary = secondary.clone();
         async move {
-            let found = coll.find_one(doc! {"_id": 2}).selection_criteria(secondary).await?;
+            let found = coll
+                .find_one(doc! {"_id": 2})
+                .selection_criteria(secondary)
+                .await?;
             found.ok_or_else(|| anyhow::anyhow!("not replicated to the secondary yet"))
         }
     })
@@ -93,10 +139,21 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
     assert_eq!(found.get_i32("_id")?, 2);
     let mut after = Vec::new();
     for j in 0..3 {
-        after.push(opcounter(&cluster.member_command(Set::Shard, j, doc! {"serverStatus": 1}).await?, "query"));
+        after.push(opcounter(
+            &cluster
+                .member_command(Set::Shard, j, doc! {"serverStatus": 1})
+                .await?,
+            "query",
+        ));
     }
-    assert_eq!(after[primary], before[primary], "the primary served a secondary read");
-    assert!((0..3).any(|j| j != primary && after[j] > before[j]), "no secondary served the read: {before:?} -> {after:?}");
+    assert_eq!(
+        after[primary], before[primary],
+        "the primary served a secondary read"
+    );
+    assert!(
+        (0..3).any(|j| j != primary && after[j] > before[j]),
+        "no secondary served the read: {before:?} -> {after:?}"
+    );
 
     // wtimeout with a majority down: writeConcernError 64, and the write itself survives.
     let others: Vec<usize> = (0..3).filter(|j| *j != primary).collect();
@@ -111,7 +168,9 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
             "writeConcern": {"w": "majority", "wtimeout": 1000},
         })
         .await?;
-    let error = reply.get_document("writeConcernError").map_err(|_| anyhow::anyhow!("no writeConcernError in {reply}"))?;
+    let error = reply
+        .get_document("writeConcernError")
+        .map_err(|_| anyhow::anyhow!("no writeConcernError in {reply}"))?;
     assert_eq!(error.get_i32("code")?, 64, "{reply}");
     assert_eq!(error.get_str("codeName")?, "WriteConcernTimeout");
     for j in &others {
@@ -120,7 +179,9 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
     eventually(Duration::from_secs(30), || {
         let coll = coll.clone();
         async move {
-            coll.find_one(doc! {"_id": "during-outage"}).await?.ok_or_else(|| anyhow::anyhow!("not committed yet"))
+            coll.find_one(doc! {"_id": "during-outage"})
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("not committed yet"))
         }
     })
     .await?;
@@ -137,12 +198,15 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
     let client = cluster.router_client().await?;
     let coll = client.database("grow").collection::<Document>("c");
     for i in 0..400 {
-        coll.insert_one(doc! {"_id": i, "pad": "y".repeat(200)}).await?;
+        coll.insert_one(doc! {"_id": i, "pad": "y".repeat(200)})
+            .await?;
     }
     // Member 3 was started with the others but is not in the set (the set was initiated with
     // all four; remove it first, then add it back as a non-voter).
     let primary = cluster.wait_primary(Set::Shard).await?;
-    let config = cluster.member_command(Set::Shard, primary, doc! {"replSetGetConfig": 1}).await?;
+    let config = cluster
+        .member_command(Set::Shard, primary, doc! {"replSetGetConfig": 1})
+        .await?;
     let mut config = config.get_document("config")?.clone();
     let members: Vec<Bson> = config.get_array("members")?.clone();
     let new_host = cluster.host(Set::Shard, 3);
@@ -154,7 +218,13 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
     if primary == 3 {
         anyhow::bail!("the member to remove became primary; the test needs it to be a secondary");
     }
-    cluster.member_command(Set::Shard, primary, doc! {"replSetReconfig": config.clone()}).await?;
+    cluster
+        .member_command(
+            Set::Shard,
+            primary,
+            doc! {"replSetReconfig": config.clone()},
+        )
+        .await?;
     // A removed member stops serving.
     let refused = cluster
         .member_client(Set::Shard, 3)
@@ -162,39 +232,62 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
         .database("grow")
         .collection::<Document>("c")
         .count_documents(doc! {})
-        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None }))
+        .selection_criteria(SelectionCriteria::ReadPreference(
+            ReadPreference::SecondaryPreferred { options: None },
+        ))
         .await;
-    let code = refused.as_ref().err().and_then(shoal_tests::mongo::error_code);
+    let code = refused
+        .as_ref()
+        .err()
+        .and_then(shoal_tests::mongo::error_code);
     assert_eq!(code, Some(13436), "a removed member answered: {refused:?}");
     for i in 400..600 {
         coll.insert_one(doc! {"_id": i}).await?;
     }
     // rs.add({host, votes: 0, priority: 0}).
     let mut members = kept;
-    members.push(Bson::Document(doc! {"_id": 3, "host": new_host.clone(), "votes": 0, "priority": 0}));
+    members.push(Bson::Document(
+        doc! {"_id": 3, "host": new_host.clone(), "votes": 0, "priority": 0},
+    ));
     config.insert("members", members);
-    cluster.member_command(Set::Shard, primary, doc! {"replSetReconfig": config}).await?;
-    let status = cluster.member_command(Set::Shard, primary, doc! {"replSetGetStatus": 1}).await?;
+    cluster
+        .member_command(Set::Shard, primary, doc! {"replSetReconfig": config})
+        .await?;
+    let status = cluster
+        .member_command(Set::Shard, primary, doc! {"replSetGetStatus": 1})
+        .await?;
     assert_eq!(status.get_array("members")?.len(), 4, "{status}");
-    cluster.converged_hash(Set::Shard, "grow", &[0, 1, 2, 3]).await?;
+    cluster
+        .converged_hash(Set::Shard, "grow", &[0, 1, 2, 3])
+        .await?;
     let count = cluster
         .member_client(Set::Shard, 3)
         .await?
         .database("grow")
         .collection::<Document>("c")
         .count_documents(doc! {})
-        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None }))
+        .selection_criteria(SelectionCriteria::ReadPreference(
+            ReadPreference::SecondaryPreferred { options: None },
+        ))
         .await?;
     assert_eq!(count, 600);
-    assert!(cluster.log_contains(Set::Shard, 3, "installed snapshot"), "the new member caught up without a snapshot");
+    assert!(
+        cluster.log_contains(Set::Shard, 3, "installed snapshot"),
+        "the new member caught up without a snapshot"
+    );
 
     // Kill the primary twice; the non-voter is never elected.
     for _ in 0..2 {
         let primary = cluster.wait_primary(Set::Shard).await?;
         cluster.kill(Set::Shard, primary);
-        let elected = cluster.wait_primary_other_than(Set::Shard, Some(primary)).await?;
+        let elected = cluster
+            .wait_primary_other_than(Set::Shard, Some(primary))
+            .await?;
         assert_ne!(elected, 3, "the votes: 0 member became primary");
-        let hello = cluster.hello(Set::Shard, 3).await.ok_or_else(|| anyhow::anyhow!("member 3 silent"))?;
+        let hello = cluster
+            .hello(Set::Shard, 3)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("member 3 silent"))?;
         assert!(!hello.get_bool("isWritablePrimary")?);
         cluster.start_member(Set::Shard, primary).await?;
         cluster.wait_secondary(Set::Shard, primary).await?;

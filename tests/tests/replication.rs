@@ -23,7 +23,7 @@ const WRITERS: usize = 4;
 /// Upper bound on one writer's operations per phase (the loop also stops on the phase's flag).
 const WRITES_PER_PHASE_MAX: u64 = 1_000_000;
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Ledger {
     acked: BTreeSet<String>,
     uncertain: BTreeSet<String>,
@@ -32,6 +32,18 @@ struct Ledger {
     last_success: Option<Instant>,
     longest_gap: Duration,
     errors: Vec<String>,
+}
+
+fn book(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Ledger {
+    fn snapshot(&self) -> Ledger {
+        self.clone()
+    }
 }
 
 async fn writer(
@@ -56,7 +68,7 @@ async fn writer(
             .update_one(doc! {"_id": format!("w{id}")}, doc! {"$inc": {"n": 1}})
             .upsert(true)
             .await;
-        let mut ledger = ledger.lock().unwrap();
+        let mut ledger = book(&ledger);
         match inserted {
             Ok(_) => {
                 ledger.acked.insert(key);
@@ -116,8 +128,8 @@ async fn phase(
     fault: Fault,
 ) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    ledger.lock().unwrap().last_success = None;
-    ledger.lock().unwrap().longest_gap = Duration::ZERO;
+    book(ledger).last_success = None;
+    book(ledger).longest_gap = Duration::ZERO;
     let mut tasks = Vec::new();
     for id in 0..WRITERS {
         let client = cluster.router_client().await?;
@@ -136,7 +148,7 @@ async fn phase(
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(60), task).await??;
     }
-    let gap = ledger.lock().unwrap().longest_gap;
+    let gap = book(ledger).longest_gap;
     eprintln!("phase {number}: longest gap between acknowledged inserts {gap:?}");
     verify(cluster, ledger).await
 }
@@ -152,11 +164,12 @@ async fn verify(cluster: &ReplCluster, ledger: &Arc<Mutex<Ledger>>) -> anyhow::R
         .await?;
     let ids: Vec<String> = found
         .iter()
-        .map(|d| d.get_str("_id").unwrap().to_owned())
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
         .collect();
+    anyhow::ensure!(ids.len() == found.len(), "a document without a string _id");
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     anyhow::ensure!(unique.len() == ids.len(), "a document is present twice");
-    let ledger = ledger.lock().unwrap();
+    let ledger = book(ledger).snapshot();
     let missing: Vec<&String> = ledger.acked.difference(&unique).collect();
     anyhow::ensure!(
         missing.is_empty(),

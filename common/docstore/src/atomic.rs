@@ -60,7 +60,9 @@ impl AtomicOp {
     pub fn to_document(&self, db: &str) -> Document {
         match self {
             AtomicOp::Put { coll, doc } => bson::doc! {"db": db, "put": coll, "doc": doc.clone()},
-            AtomicOp::Delete { coll, id } => bson::doc! {"db": db, "delete": coll, "id": id.clone()},
+            AtomicOp::Delete { coll, id } => {
+                bson::doc! {"db": db, "delete": coll, "id": id.clone()}
+            }
             AtomicOp::DeleteIfUnchanged { coll, expect } => {
                 bson::doc! {"db": db, "deleteIfUnchanged": coll, "expect": expect.clone()}
             }
@@ -106,7 +108,10 @@ impl Engine {
     /// `_shoalApplyAtomic {ops: [...]}` (see [`AtomicOp::parse`]): several writes, possibly in
     /// several databases, as one atomic batch. Routers and the config server use it for steps
     /// that must not be split by a crash; as a command it replicates like any other write.
-    pub(crate) fn apply_atomic_command(&self, command: &Document) -> Result<Document, CommandError> {
+    pub(crate) fn apply_atomic_command(
+        &self,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let ops = match command.get("ops") {
             Some(Bson::Array(ops)) => ops,
             Some(other) => return Err(CommandError::type_mismatch("ops", "array", other)),

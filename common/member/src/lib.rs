@@ -11,7 +11,6 @@
 
 use std::{
     future::Future,
-    time::Duration,
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
@@ -19,6 +18,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
     time::Instant,
 };
 
@@ -207,7 +207,6 @@ impl MemberCore {
         status.insert("repl", repl);
         status
     }
-
 }
 
 /// Runs one command: the server-information commands every server answers, then the role's
@@ -292,13 +291,21 @@ async fn dispatch_named(
             .config_document()
             .map(|config| doc! {"config": config, "ok": 1.0}),
         "replSetInitiate" => match command.get("replSetInitiate") {
-            Some(Bson::Document(config)) => repl.initiate(Some(config)).await,
+            // `{}` (as mongod) or no document: a set of this member alone.
+            Some(Bson::Document(config)) if !config.is_empty() => repl.initiate(Some(config)).await,
             _ => repl.initiate(None).await,
         },
         "replSetReconfig" => match command.get("replSetReconfig") {
             Some(Bson::Document(config)) => repl.reconfig(config).await,
-            Some(other) => Err(CommandError::type_mismatch("replSetReconfig", "object", other)),
-            None => Err(CommandError::missing_field("replSetReconfig", "replSetReconfig")),
+            Some(other) => Err(CommandError::type_mismatch(
+                "replSetReconfig",
+                "object",
+                other,
+            )),
+            None => Err(CommandError::missing_field(
+                "replSetReconfig",
+                "replSetReconfig",
+            )),
         },
         "replSetStepDown" => repl.step_down().await,
         "_shoalPartition" => {
@@ -349,7 +356,10 @@ async fn check_read(core: &Arc<MemberCore>, command: &Document) -> Result<(), Co
             "node is not in primary or recovering state",
         ));
     }
-    if secondary_ok(command) || command.contains_key("getMore") || command.contains_key("killCursors") {
+    if secondary_ok(command)
+        || command.contains_key("getMore")
+        || command.contains_key("killCursors")
+    {
         return Ok(());
     }
     Err(CommandError::new(
@@ -476,7 +486,9 @@ async fn initiate_if_asked(core: Arc<MemberCore>) {
     match core.repl.initiate(Some(&config)).await {
         Ok(_) => {}
         Err(error) if error.code == ErrorCode::ALREADY_INITIALIZED => {}
-        Err(error) => tracing::error!(%error, "initiating the replica set from --initiate-members failed"),
+        Err(error) => {
+            tracing::error!(%error, "initiating the replica set from --initiate-members failed")
+        }
     }
 }
 
@@ -493,7 +505,7 @@ async fn primary_work(core: Arc<MemberCore>, extension: Arc<dyn Extension>) {
             Ok(()) => return,
             Err(error) => {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
+                if failures == 1 || failures.is_multiple_of(50) {
                     tracing::warn!(%error, failures, "primary start-up work failed; retrying");
                 }
             }

@@ -68,7 +68,11 @@ impl ReadPreference {
             return Ok(ReadPreference::PRIMARY);
         };
         let Bson::Document(spec) = value else {
-            return Err(CommandError::type_mismatch("$readPreference", "object", value));
+            return Err(CommandError::type_mismatch(
+                "$readPreference",
+                "object",
+                value,
+            ));
         };
         let mode = match spec.get_str("mode") {
             Ok("primary") => ReadMode::Primary,
@@ -174,7 +178,11 @@ impl SetView {
                 preference.max_staleness.is_none_or(|max| {
                     // The server-selection formula, with the probe interval standing in for
                     // the heartbeat frequency.
-                    let reference = if primary.is_some() { primary_write } else { freshest };
+                    let reference = if primary.is_some() {
+                        primary_write
+                    } else {
+                        freshest
+                    };
                     let lag = (reference - m.last_write_millis).max(0);
                     let staleness = lag + MONITOR_INTERVAL.as_millis() as i64;
                     staleness <= max.as_millis() as i64
@@ -266,11 +274,8 @@ fn may_repeat(command: &Document) -> bool {
 }
 
 fn unreachable(host: &str, reason: &str) -> CommandError {
-    CommandError::new(
-        ErrorCode::HOST_UNREACHABLE,
-        format!("{host}: {reason}"),
-    )
-    .with_label("RetryableWriteError")
+    CommandError::new(ErrorCode::HOST_UNREACHABLE, format!("{host}: {reason}"))
+        .with_label("RetryableWriteError")
 }
 
 impl Topology {
@@ -290,7 +295,10 @@ impl Topology {
     fn monitor(&self, target: &str) -> Result<Arc<Monitor>, CommandError> {
         let mut monitors = self.monitors.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(monitor) = monitors.get(target) {
-            *monitor.last_used.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            *monitor
+                .last_used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             return Ok(Arc::clone(monitor));
         }
         let (name, hosts) = target.split_once('/').ok_or_else(|| {
@@ -330,7 +338,10 @@ impl Topology {
         let mut receiver = monitor.view.subscribe();
         let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT * 2;
         while receiver.borrow().members.is_empty() {
-            if tokio::time::timeout_at(deadline, receiver.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, receiver.changed())
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -379,11 +390,17 @@ impl Topology {
                 continue;
             };
             let mut request = command.clone();
-            if preference.mode != ReadMode::Primary && Some(host.as_str()) != view.primary().map(|p| p.host.as_str()) {
+            if preference.mode != ReadMode::Primary
+                && Some(host.as_str()) != view.primary().map(|p| p.host.as_str())
+            {
                 request.insert("$readPreference", doc! {"mode": "secondaryPreferred"});
             }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let call = self.rpc.call(&host, request, timeout.min(remaining.max(Duration::from_millis(1))));
+            let call = self.rpc.call(
+                &host,
+                request,
+                timeout.min(remaining.max(Duration::from_millis(1))),
+            );
             let outcome = if preference.mode == ReadMode::Primary {
                 // A primary that stops answering (killed, paused, partitioned) is noticed by
                 // the monitor when another member wins an election: stop waiting then.
@@ -410,8 +427,15 @@ impl Topology {
                 Some(Ok(reply)) => {
                     let error = CommandError::from_reply(&reply);
                     match error {
-                        Some(error) if not_executed(error.code) || (repeatable && outcome_unknown(error.code)) => {
-                            tracing::debug!(host, code = error.code.0, "member cannot serve; retrying elsewhere");
+                        Some(error)
+                            if not_executed(error.code)
+                                || (repeatable && outcome_unknown(error.code)) =>
+                        {
+                            tracing::debug!(
+                                host,
+                                code = error.code.0,
+                                "member cannot serve; retrying elsewhere"
+                            );
                             monitor.kick.notify_one();
                             last_error = Some(error);
                         }
@@ -429,7 +453,10 @@ impl Topology {
                 None => {
                     monitor.kick.notify_one();
                     if !repeatable {
-                        return Err(unreachable(&host, "the primary changed while the write was in flight"));
+                        return Err(unreachable(
+                            &host,
+                            "the primary changed while the write was in flight",
+                        ));
                     }
                     last_error = Some(unreachable(&host, "the primary changed"));
                 }
@@ -444,7 +471,10 @@ impl Topology {
             .unwrap_or_else(|| {
                 CommandError::new(
                     ErrorCode::FAILED_TO_SATISFY_READ_PREFERENCE,
-                    format!("Could not find host matching read preference {:?} for set {}", preference.mode, monitor.name),
+                    format!(
+                        "Could not find host matching read preference {:?} for set {}",
+                        preference.mode, monitor.name
+                    ),
                 )
             })
             .with_label("RetryableWriteError"))
@@ -523,7 +553,8 @@ async fn run_monitor(
         for host in hosts {
             let running = probing.get(&host).is_some_and(|task| !task.is_finished());
             if !running {
-                let task = tokio::spawn(probe_once(rpc.clone(), Arc::clone(&monitor), host.clone()));
+                let task =
+                    tokio::spawn(probe_once(rpc.clone(), Arc::clone(&monitor), host.clone()));
                 probing.insert(host, task);
             }
         }
@@ -581,7 +612,11 @@ mod tests {
     #[test]
     fn higher_term_primary_wins() {
         let view = SetView {
-            members: vec![member("a", true, 3, 0), member("b", true, 4, 0), member("c", false, 0, 0)],
+            members: vec![
+                member("a", true, 3, 0),
+                member("b", true, 4, 0),
+                member("c", false, 0, 0),
+            ],
             hosts: vec![],
         };
         assert_eq!(view.primary().unwrap().host, "b");
@@ -591,28 +626,65 @@ mod tests {
     #[test]
     fn read_modes_choose_members() {
         let view = SetView {
-            members: vec![member("p", true, 1, 200_000), member("s1", false, 0, 199_000), member("s2", false, 0, 10_000)],
+            members: vec![
+                member("p", true, 1, 200_000),
+                member("s1", false, 0, 199_000),
+                member("s2", false, 0, 10_000),
+            ],
             hosts: vec![],
         };
-        let pref = |mode| ReadPreference { mode, max_staleness: None };
+        let pref = |mode| ReadPreference {
+            mode,
+            max_staleness: None,
+        };
         assert_eq!(view.readable(pref(ReadMode::Secondary)).len(), 2);
-        assert_eq!(view.readable(pref(ReadMode::SecondaryPreferred)).last().unwrap(), "p");
+        assert_eq!(
+            view.readable(pref(ReadMode::SecondaryPreferred))
+                .last()
+                .unwrap(),
+            "p"
+        );
         assert_eq!(view.readable(pref(ReadMode::PrimaryPreferred))[0], "p");
-        let stale = ReadPreference { mode: ReadMode::Secondary, max_staleness: Some(Duration::from_secs(90)) };
+        let stale = ReadPreference {
+            mode: ReadMode::Secondary,
+            max_staleness: Some(Duration::from_secs(90)),
+        };
         assert_eq!(view.readable(stale), vec!["s1".to_owned()]);
-        let no_primary = SetView { members: vec![member("s1", false, 0, 1)], hosts: vec![] };
+        let no_primary = SetView {
+            members: vec![member("s1", false, 0, 1)],
+            hosts: vec![],
+        };
         assert!(no_primary.readable(ReadPreference::PRIMARY).is_empty());
-        assert_eq!(no_primary.readable(pref(ReadMode::PrimaryPreferred)), vec!["s1".to_owned()]);
+        assert_eq!(
+            no_primary.readable(pref(ReadMode::PrimaryPreferred)),
+            vec!["s1".to_owned()]
+        );
     }
 
     #[test]
     fn parses_read_preferences() {
-        assert_eq!(ReadPreference::of(&doc! {}).unwrap(), ReadPreference::PRIMARY);
-        let p = ReadPreference::of(&doc! {"$readPreference": {"mode": "secondary", "maxStalenessSeconds": 120}}).unwrap();
+        assert_eq!(
+            ReadPreference::of(&doc! {}).unwrap(),
+            ReadPreference::PRIMARY
+        );
+        let p = ReadPreference::of(
+            &doc! {"$readPreference": {"mode": "secondary", "maxStalenessSeconds": 120}},
+        )
+        .unwrap();
         assert_eq!(p.mode, ReadMode::Secondary);
         assert_eq!(p.max_staleness, Some(Duration::from_secs(120)));
-        assert!(ReadPreference::of(&doc! {"$readPreference": {"mode": "secondary", "maxStalenessSeconds": 10}}).is_err());
-        assert!(ReadPreference::of(&doc! {"$readPreference": {"mode": "primary", "maxStalenessSeconds": 100}}).is_err());
+        assert!(
+            ReadPreference::of(
+                &doc! {"$readPreference": {"mode": "secondary", "maxStalenessSeconds": 10}}
+            )
+            .is_err()
+        );
+        assert!(
+            ReadPreference::of(
+                &doc! {"$readPreference": {"mode": "primary", "maxStalenessSeconds": 100}}
+            )
+            .is_err()
+        );
         assert!(ReadPreference::of(&doc! {"$readPreference": {"mode": "bogus"}}).is_err());
     }
 

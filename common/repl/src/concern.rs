@@ -63,11 +63,14 @@ impl WriteConcern {
                 ("w", Bson::String(tag)) => {
                     return Err(CommandError::new(
                         ErrorCode::UNSATISFIABLE_WRITE_CONCERN,
-                        format!("No write concern mode named '{tag}' found in replica set configuration"),
+                        format!(
+                            "No write concern mode named '{tag}' found in replica set configuration"
+                        ),
                     ));
                 }
                 ("w", number) => {
-                    let n = integer(number).ok_or_else(|| bad("w must be a number or \"majority\""))?;
+                    let n =
+                        integer(number).ok_or_else(|| bad("w must be a number or \"majority\""))?;
                     concern.w = match n {
                         0 => W::Unacknowledged,
                         1..=50 => W::Members(n as u32),
@@ -91,7 +94,9 @@ impl WriteConcern {
 
     /// The longest the write waits for its concern.
     pub fn deadline(&self) -> Duration {
-        self.wtimeout.unwrap_or(WRITE_CONCERN_WAIT_MAX).min(WRITE_CONCERN_WAIT_MAX)
+        self.wtimeout
+            .unwrap_or(WRITE_CONCERN_WAIT_MAX)
+            .min(WRITE_CONCERN_WAIT_MAX)
     }
 
     /// The `writeConcernError` for a concern not met in time.
@@ -150,10 +155,16 @@ mod tests {
     #[test]
     fn parses_write_concerns() {
         assert_eq!(WriteConcern::of(&doc! {}).unwrap(), WriteConcern::default());
-        let c = WriteConcern::of(&doc! {"writeConcern": {"w": 2, "wtimeout": 500, "j": true}}).unwrap();
+        let c =
+            WriteConcern::of(&doc! {"writeConcern": {"w": 2, "wtimeout": 500, "j": true}}).unwrap();
         assert_eq!(c.w, W::Members(2));
         assert_eq!(c.wtimeout, Some(Duration::from_millis(500)));
-        assert_eq!(WriteConcern::of(&doc! {"writeConcern": {"w": 0}}).unwrap().w, W::Unacknowledged);
+        assert_eq!(
+            WriteConcern::of(&doc! {"writeConcern": {"w": 0}})
+                .unwrap()
+                .w,
+            W::Unacknowledged
+        );
         assert_eq!(
             WriteConcern::of(&doc! {"writeConcern": {"w": "majority", "wtimeout": 0}}).unwrap(),
             WriteConcern::default()
@@ -161,13 +172,20 @@ mod tests {
         assert!(WriteConcern::of(&doc! {"writeConcern": {"w": "dc1"}}).is_err());
         assert!(WriteConcern::of(&doc! {"writeConcern": {"w": true}}).is_err());
         assert!(WriteConcern::of(&doc! {"writeConcern": 1}).is_err());
-        assert_eq!(WriteConcern::default().timeout_error().get_i32("code").unwrap(), 64);
+        assert_eq!(
+            WriteConcern::default()
+                .timeout_error()
+                .get_i32("code")
+                .unwrap(),
+            64
+        );
     }
 
     #[test]
     fn finds_session_statements() {
         let lsid = doc! {"id": Binary {subtype: BinarySubtype::Uuid, bytes: vec![7; 16]}};
-        let command = doc! {"insert": "c", "lsid": lsid.clone(), "txnNumber": 5_i64, "stmtIds": [3, 4]};
+        let command =
+            doc! {"insert": "c", "lsid": lsid.clone(), "txnNumber": 5_i64, "stmtIds": [3, 4]};
         let statement = session_statement(&command).unwrap();
         assert_eq!((statement.txn_number, statement.stmt), (5, 3));
         assert!(session_statement(&doc! {"insert": "c", "lsid": lsid.clone()}).is_none());

@@ -133,7 +133,7 @@ impl ReplConfig {
 
 fn parse_member(entry: &Document) -> Result<MemberNode, CommandError> {
     let id = match entry.get("_id").and_then(number) {
-        Some(id) if id >= 0.0 && id <= 255.0 && id.fract() == 0.0 => id as i32,
+        Some(id) if (0.0..=255.0).contains(&id) && id.fract() == 0.0 => id as i32,
         _ => return Err(invalid("member _id must be a number from 0 to 255")),
     };
     let host = entry
@@ -175,7 +175,11 @@ fn parse_member(entry: &Document) -> Result<MemberNode, CommandError> {
                 Some(s) if s >= 0.0 && s <= f64::from(u32::MAX) => {
                     member.secondary_delay_secs = s as u32;
                 }
-                _ => return Err(invalid(format!("member {id}: secondaryDelaySecs must be >= 0"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "member {id}: secondaryDelaySecs must be >= 0"
+                    )));
+                }
             },
             other => {
                 return Err(invalid(format!(
@@ -231,18 +235,36 @@ mod tests {
         let bad = [
             doc! {"_id": "other", "members": [{"_id": 0, "host": "127.0.0.1:1"}]},
             config(vec![]),
-            config(vec![doc! {"_id": 0, "host": "127.0.0.1:1"}, doc! {"_id": 0, "host": "127.0.0.1:2"}]),
-            config(vec![doc! {"_id": 0, "host": "127.0.0.1:1"}, doc! {"_id": 1, "host": "127.0.0.1:1"}]),
+            config(vec![
+                doc! {"_id": 0, "host": "127.0.0.1:1"},
+                doc! {"_id": 0, "host": "127.0.0.1:2"},
+            ]),
+            config(vec![
+                doc! {"_id": 0, "host": "127.0.0.1:1"},
+                doc! {"_id": 1, "host": "127.0.0.1:1"},
+            ]),
             config(vec![doc! {"_id": 0, "host": "127.0.0.1:1", "votes": 2}]),
             config(vec![doc! {"_id": 0, "host": "127.0.0.1:1", "votes": 0}]),
-            config(vec![doc! {"_id": 0, "host": "127.0.0.1:1", "hidden": true, "priority": 1}]),
+            config(vec![
+                doc! {"_id": 0, "host": "127.0.0.1:1", "hidden": true, "priority": 1},
+            ]),
             config(vec![doc! {"_id": 0, "host": "nowhere"}]),
-            config(vec![doc! {"_id": 0, "host": "127.0.0.1:1", "arbiterOnly": true}]),
-            config((0..8).map(|i| doc! {"_id": i, "host": format!("127.0.0.1:{}", i + 1)}).collect()),
+            config(vec![
+                doc! {"_id": 0, "host": "127.0.0.1:1", "arbiterOnly": true},
+            ]),
+            config(
+                (0..8)
+                    .map(|i| doc! {"_id": i, "host": format!("127.0.0.1:{}", i + 1)})
+                    .collect(),
+            ),
         ];
         for config in bad {
             let error = ReplConfig::parse(&config, "rs").unwrap_err();
-            assert_eq!(error.code, ErrorCode::INVALID_REPLICA_SET_CONFIG, "{config}");
+            assert_eq!(
+                error.code,
+                ErrorCode::INVALID_REPLICA_SET_CONFIG,
+                "{config}"
+            );
         }
     }
 }

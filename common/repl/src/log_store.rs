@@ -117,7 +117,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let pairs = self
             .kv
-            .scan(Space::RaftLog, &index_key(start), &end, LOG_READ_ENTRIES_MAX)
+            .scan(
+                Space::RaftLog,
+                &index_key(start),
+                &end,
+                LOG_READ_ENTRIES_MAX,
+            )
             .map_err(io_error)?;
         pairs
             .iter()
@@ -168,7 +173,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -181,7 +190,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Synced before the callback: an entry counts towards a majority only once durable,
         // which is what makes `w: "majority"` (and `j: true`) mean what they say.
         let result = self.kv.write(batch, true).map_err(io_error);
-        let failed = result.as_ref().err().map(|e| io::Error::other(e.to_string()));
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| io::Error::other(e.to_string()));
         callback.io_completed(result);
         match failed {
             Some(error) => Err(error),

@@ -22,8 +22,8 @@ use openraft::{
     errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
     network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2},
     raft::{
-        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-        TransferLeaderRequest, TransferLeaderResponse,
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+        TransferLeaderResponse, VoteRequest, VoteResponse,
     },
 };
 use shoal_rpc::RpcClient;
@@ -151,8 +151,8 @@ impl PeerClient {
         request: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let body = serde_json::to_string(request)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body =
+            serde_json::to_string(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let reply = self
             .call(kind, body, None, option.hard_ttl())
             .await

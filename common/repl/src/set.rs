@@ -8,13 +8,12 @@ use std::{
 
 use bson::{Bson, Document, doc, oid::ObjectId};
 use openraft::{
-    ChangeMembers, Config, Raft, ServerState, SnapshotPolicy,
+    ChangeMembers, Config, Instant as _, Raft, ServerState, SnapshotPolicy,
     alias::{SnapshotMetaOf, SnapshotOf, VoteOf},
     errors::RaftError,
     metrics::RaftMetrics,
     raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest},
     type_config::async_runtime::WatchReceiver,
-    Instant as _,
 };
 use shoal_common::{CommandError, ErrorCode};
 use shoal_docstore::{Engine, Kv, Space};
@@ -133,10 +132,11 @@ impl std::fmt::Debug for ReplicaSet {
 }
 
 fn not_primary() -> CommandError {
-    CommandError::new(ErrorCode::NOT_WRITABLE_PRIMARY, "not primary").with_label("RetryableWriteError")
+    CommandError::new(ErrorCode::NOT_WRITABLE_PRIMARY, "not primary")
+        .with_label("RetryableWriteError")
 }
 
-fn raft_write_error<E: std::fmt::Display>(error: RaftError<TypeConfig, E>) -> CommandError
+fn raft_write_error<E>(error: RaftError<TypeConfig, E>) -> CommandError
 where
     E: std::error::Error,
 {
@@ -252,7 +252,11 @@ impl ReplicaSet {
     pub fn can_serve_reads(&self) -> bool {
         let metrics = self.metrics();
         !self.is_removed()
-            && metrics.membership_config.membership().get_node(&self.me).is_some()
+            && metrics
+                .membership_config
+                .membership()
+                .get_node(&self.me)
+                .is_some()
             && matches!(
                 metrics.state,
                 ServerState::Leader | ServerState::Follower | ServerState::Learner
@@ -266,7 +270,11 @@ impl ReplicaSet {
         }
         let metrics = self.metrics();
         let current = Self::config_version(&metrics).unsigned_abs();
-        let included = metrics.membership_config.membership().get_node(&self.me).is_some();
+        let included = metrics
+            .membership_config
+            .membership()
+            .get_node(&self.me)
+            .is_some();
         !(included && current > removed_at)
     }
 
@@ -332,21 +340,30 @@ impl ReplicaSet {
             ));
         }
         if request.get_str("setName").ok() != Some(self.set_name.as_str()) {
-            return Err(CommandError::bad_value("raft message for another replica set"));
+            return Err(CommandError::bad_value(
+                "raft message for another replica set",
+            ));
         }
         let body = request
             .get_str("body")
             .map_err(|_| CommandError::bad_value("raft message without body"))?;
-        let parse_error = |e: serde_json::Error| CommandError::bad_value(format!("raft message: {e}"));
+        let parse_error =
+            |e: serde_json::Error| CommandError::bad_value(format!("raft message: {e}"));
         let fatal = |e: String| CommandError::new(ErrorCode::SHUTDOWN_IN_PROGRESS, e);
         let reply_body = match kind {
             "append" => {
-                let rpc: AppendEntriesRequest<TypeConfig> = serde_json::from_str(body).map_err(parse_error)?;
-                let response = self.raft.append_entries(rpc).await.map_err(|e| fatal(e.to_string()))?;
+                let rpc: AppendEntriesRequest<TypeConfig> =
+                    serde_json::from_str(body).map_err(parse_error)?;
+                let response = self
+                    .raft
+                    .append_entries(rpc)
+                    .await
+                    .map_err(|e| fatal(e.to_string()))?;
                 serde_json::to_string(&response)
             }
             "vote" | "preVote" => {
-                let rpc: VoteRequest<TypeConfig> = serde_json::from_str(body).map_err(parse_error)?;
+                let rpc: VoteRequest<TypeConfig> =
+                    serde_json::from_str(body).map_err(parse_error)?;
                 let response = if kind == "vote" {
                     self.raft.vote(rpc).await
                 } else {
@@ -356,7 +373,8 @@ impl ReplicaSet {
                 serde_json::to_string(&response)
             }
             "transferLeader" => {
-                let rpc: TransferLeaderRequest<TypeConfig> = serde_json::from_str(body).map_err(parse_error)?;
+                let rpc: TransferLeaderRequest<TypeConfig> =
+                    serde_json::from_str(body).map_err(parse_error)?;
                 let response = self
                     .raft
                     .handle_transfer_leader(rpc)
@@ -371,7 +389,10 @@ impl ReplicaSet {
                     Some(Bson::Binary(binary)) => binary.bytes.clone(),
                     _ => return Err(CommandError::bad_value("snapshot without data")),
                 };
-                let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
+                let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta,
+                    snapshot: data,
+                };
                 let response = self
                     .raft
                     .install_full_snapshot(vote, snapshot)
@@ -382,12 +403,17 @@ impl ReplicaSet {
             "removed" => {
                 // The primary tells a member it reconfigured away that it is out.
                 let version: u64 = serde_json::from_str(body).unwrap_or(u64::MAX);
-                self.removed_at.store(version.max(1), std::sync::atomic::Ordering::Relaxed);
+                self.removed_at
+                    .store(version.max(1), std::sync::atomic::Ordering::Relaxed);
                 self.apply_electability();
                 tracing::warn!(set = %self.set_name, "removed from the replica set");
                 Ok("null".to_owned())
             }
-            other => return Err(CommandError::bad_value(format!("unknown raft message '{other}'"))),
+            other => {
+                return Err(CommandError::bad_value(format!(
+                    "unknown raft message '{other}'"
+                )));
+            }
         }
         .map_err(|e| CommandError::internal(format!("encoding raft reply: {e}")))?;
         Ok(doc! {"ok": 1.0, "body": reply_body})
@@ -434,7 +460,8 @@ impl ReplicaSet {
         }
         let started = tokio::time::Instant::now();
         let deadline = concern.deadline();
-        let response = match tokio::time::timeout(deadline, self.raft.client_write(proposal)).await {
+        let response = match tokio::time::timeout(deadline, self.raft.client_write(proposal)).await
+        {
             Ok(result) => result.map_err(raft_write_error)?,
             Err(_) => {
                 // The entry stays in the log and commits when a majority is back; only the
@@ -491,7 +518,9 @@ impl ReplicaSet {
                 "linearizable read concern requires the primary",
             ));
         }
-        let read = self.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+        let read = self
+            .raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
         match tokio::time::timeout(Duration::from_secs(10), read).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(raft_write_error(error)),
@@ -520,7 +549,10 @@ impl ReplicaSet {
         if !parsed.members.contains_key(&self.me) {
             return Err(CommandError::new(
                 ErrorCode::INVALID_REPLICA_SET_CONFIG,
-                format!("No host described in new configuration with {{version: 1, term: 0}} for replica set {} maps to this node ({})", self.set_name, self.host),
+                format!(
+                    "No host described in new configuration with {{version: 1, term: 0}} for replica set {} maps to this node ({})",
+                    self.set_name, self.host
+                ),
             ));
         }
         let voters: BTreeMap<NodeId, MemberNode> = parsed
@@ -550,7 +582,11 @@ impl ReplicaSet {
         Ok(doc! {"ok": 1.0})
     }
 
-    async fn forward_or_add_learner(&self, id: NodeId, node: MemberNode) -> Result<(), CommandError> {
+    async fn forward_or_add_learner(
+        &self,
+        id: NodeId,
+        node: MemberNode,
+    ) -> Result<(), CommandError> {
         if self.is_primary() {
             self.raft
                 .add_learner(id, node, false)
@@ -571,7 +607,10 @@ impl ReplicaSet {
             if let Some(leader) = watch.borrow_watched().current_leader {
                 return Ok(leader);
             }
-            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
                 return Err(CommandError::new(
                     ErrorCode::EXCEEDED_TIME_LIMIT,
                     "no primary was elected in time",
@@ -672,7 +711,10 @@ impl ReplicaSet {
     /// highest priority.
     pub async fn step_down(&self) -> Result<Document, CommandError> {
         if !self.is_primary() {
-            return Err(CommandError::new(ErrorCode::NOT_WRITABLE_PRIMARY, "not primary so can't step down"));
+            return Err(CommandError::new(
+                ErrorCode::NOT_WRITABLE_PRIMARY,
+                "not primary so can't step down",
+            ));
         }
         let deadline = tokio::time::Instant::now() + STEP_DOWN_CATCH_UP;
         let target = loop {
@@ -749,7 +791,10 @@ impl ReplicaSet {
             }
         }
         reply.insert("isWritablePrimary", primary);
-        reply.insert("secondary", in_set && !primary && metrics.current_leader.is_some());
+        reply.insert(
+            "secondary",
+            in_set && !primary && metrics.current_leader.is_some(),
+        );
         if in_set {
             reply.insert("setName", self.set_name.clone());
             reply.insert("setVersion", Self::config_version(&metrics));
@@ -776,9 +821,10 @@ impl ReplicaSet {
             if primary {
                 reply.insert("electionId", election_id(metrics.current_term));
             }
-            let optime = metrics
-                .last_applied
-                .map_or_else(|| op_time(0, 0), |applied| op_time(applied.leader_id.term, applied.index));
+            let optime = metrics.last_applied.map_or_else(
+                || op_time(0, 0),
+                |applied| op_time(applied.leader_id.term, applied.index),
+            );
             reply.insert(
                 "lastWrite",
                 doc! {"opTime": optime.clone(), "majorityOpTime": optime, "lastWriteDate": bson::DateTime::now()},
@@ -794,7 +840,12 @@ impl ReplicaSet {
         if self.is_removed() {
             return MemberState::Removed;
         }
-        if metrics.membership_config.membership().get_node(&self.me).is_none() {
+        if metrics
+            .membership_config
+            .membership()
+            .get_node(&self.me)
+            .is_none()
+        {
             return MemberState::Startup;
         }
         match metrics.state {
@@ -820,20 +871,26 @@ impl ReplicaSet {
     /// secondary asks the primary and falls back to what it knows itself.
     pub async fn status(&self, local_only: bool) -> Result<Document, CommandError> {
         if !self.is_initiated() && !self.is_removed() {
-            return Err(CommandError::new(ErrorCode::NOT_YET_INITIALIZED, "no replset config has been received"));
+            return Err(CommandError::new(
+                ErrorCode::NOT_YET_INITIALIZED,
+                "no replset config has been received",
+            ));
         }
         let metrics = self.metrics();
-        if !local_only && !self.is_primary() {
-            if let Some(leader) = metrics.current_leader
-                && let Some(node) = metrics.membership_config.membership().get_node(&leader)
+        if !local_only
+            && !self.is_primary()
+            && let Some(leader) = metrics.current_leader
+            && let Some(node) = metrics.membership_config.membership().get_node(&leader)
+        {
+            let request = doc! {"replSetGetStatus": 1, "_shoalLocal": true, "$db": "admin"};
+            if let Ok(mut reply) = self
+                .rpc
+                .call(&node.host, request, Duration::from_secs(2))
+                .await
+                && reply.get_f64("ok") == Ok(1.0)
             {
-                let request = doc! {"replSetGetStatus": 1, "_shoalLocal": true, "$db": "admin"};
-                if let Ok(mut reply) = self.rpc.call(&node.host, request, Duration::from_secs(2)).await
-                    && reply.get_f64("ok") == Ok(1.0)
-                {
-                    self.rewrite_self(&mut reply, &metrics);
-                    return Ok(reply);
-                }
+                self.rewrite_self(&mut reply, &metrics);
+                return Ok(reply);
             }
         }
         Ok(self.local_status(&metrics))
@@ -870,7 +927,10 @@ impl ReplicaSet {
             let matched = if is_me {
                 metrics.last_applied
             } else if primary {
-                metrics.replication.as_ref().and_then(|r| r.get(id).copied().flatten())
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
             } else {
                 None
             };
@@ -910,7 +970,10 @@ impl ReplicaSet {
                 member.insert("optime", op_time(matched.leader_id.term, matched.index));
                 let when = self.entry_time(matched.index).or(leader_time).unwrap_or(0);
                 member.insert("optimeDate", bson::DateTime::from_millis(when));
-                member.insert("lagEntries", i64::try_from(last_index.saturating_sub(matched.index)).unwrap_or(i64::MAX));
+                member.insert(
+                    "lagEntries",
+                    i64::try_from(last_index.saturating_sub(matched.index)).unwrap_or(i64::MAX),
+                );
                 if let (Some(leader), false) = (leader_time, is_me && primary) {
                     member.insert("lagSeconds", ((leader - when).max(0) as f64) / 1000.0);
                 }
@@ -919,7 +982,10 @@ impl ReplicaSet {
                 let millis = bson::DateTime::now().timestamp_millis()
                     - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
                 member.insert("lastHeartbeat", bson::DateTime::from_millis(millis));
-                member.insert("lastHeartbeatAgeMillis", i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+                member.insert(
+                    "lastHeartbeatAgeMillis",
+                    i64::try_from(age.as_millis()).unwrap_or(i64::MAX),
+                );
             }
             if node.votes == 0 {
                 member.insert("votes", 0);
@@ -949,7 +1015,10 @@ impl ReplicaSet {
     /// `replSetGetConfig`.
     pub fn config_document(&self) -> Result<Document, CommandError> {
         if !self.is_initiated() {
-            return Err(CommandError::new(ErrorCode::NOT_YET_INITIALIZED, "no replset config has been received"));
+            return Err(CommandError::new(
+                ErrorCode::NOT_YET_INITIALIZED,
+                "no replset config has been received",
+            ));
         }
         let metrics = self.metrics();
         Ok(self.config().to_document(

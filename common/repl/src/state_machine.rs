@@ -140,6 +140,9 @@ pub struct ApplyStats {
     pub deduplicated: AtomicU64,
 }
 
+/// The last snapshot built or installed, kept to serve lagging members.
+type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>);
+
 /// The replicated state machine over the member's engine.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -149,7 +152,7 @@ pub struct StateMachine {
     /// `secondaryDelaySecs` of this member, from the latest applied membership.
     delay_secs: Arc<AtomicU32>,
     apply_lock: Arc<Mutex<()>>,
-    current: Arc<Mutex<Option<(SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>)>>>,
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
     /// Apply statistics.
     pub stats: Arc<ApplyStats>,
 }
@@ -195,7 +198,10 @@ impl StateMachine {
 
     /// Applies one entry synchronously; returns the reply for its proposer.
     fn apply_entry(&self, entry: &openraft::alias::EntryOf<TypeConfig>) -> io::Result<Applied> {
-        let _guard = self.apply_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let log_id = entry.log_id;
         let mut batch = WriteBatch::new();
         let applied = match &entry.payload {
@@ -312,7 +318,10 @@ impl StateMachine {
     }
 
     fn snapshot_now(&self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
-        let _guard = self.apply_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let last_applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
         let membership: StoredMembershipOf<TypeConfig> =
             self.read_json(MEMBERSHIP_KEY)?.unwrap_or_default();
@@ -354,7 +363,10 @@ impl StateMachine {
     }
 
     fn install(&self, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
-        let _guard = self.apply_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut batch = WriteBatch::new();
         for (space, start, end) in snapshot_ranges() {
             batch.delete_range(space, start, end);
@@ -392,7 +404,11 @@ fn session_key(lsid: &[u8]) -> Vec<u8> {
 
 /// The session record after `session`'s statement produced `reply`: results of the same
 /// transaction number accumulate (one per batch a router sent), a newer number starts afresh.
-fn session_record(existing: Option<Document>, session: &SessionStatement, reply: &Document) -> Document {
+fn session_record(
+    existing: Option<Document>,
+    session: &SessionStatement,
+    reply: &Document,
+) -> Document {
     let mut results = match existing {
         Some(record) if record.get_i64("txn").ok() == Some(session.txn_number) => {
             record.get_document("results").cloned().unwrap_or_default()
@@ -411,7 +427,11 @@ fn snapshot_ranges() -> [(Space, Vec<u8>, Vec<u8>); 3] {
     [
         (Space::Catalog, Vec::new(), vec![0xff; 64]),
         (Space::Docs, Vec::new(), vec![0xff; 64]),
-        (Space::RaftMeta, SESSION_PREFIX.to_vec(), SESSION_END.to_vec()),
+        (
+            Space::RaftMeta,
+            SESSION_PREFIX.to_vec(),
+            SESSION_END.to_vec(),
+        ),
     ]
 }
 
@@ -441,7 +461,12 @@ fn decode_pair(data: &[u8]) -> io::Result<DecodedPair<'_>> {
         0 => Space::Catalog,
         1 => Space::Docs,
         3 => Space::RaftMeta,
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad snapshot space")),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad snapshot space",
+            ));
+        }
     };
     fn take(rest: &[u8]) -> io::Result<(usize, &[u8])> {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot");
@@ -532,11 +557,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        Ok(current.map(|(meta, data)| SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta,
-            snapshot: data.as_ref().clone(),
-        }))
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Ok(
+            current.map(|(meta, data)| SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta,
+                snapshot: data.as_ref().clone(),
+            }),
+        )
     }
 }
 

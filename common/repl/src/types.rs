@@ -99,10 +99,7 @@ impl MemberNode {
 
     /// Whether the member may ever become primary.
     pub fn electable(&self) -> bool {
-        self.priority_milli > 0
-            && self.votes > 0
-            && !self.hidden
-            && self.secondary_delay_secs == 0
+        self.priority_milli > 0 && self.votes > 0 && !self.hidden && self.secondary_delay_secs == 0
     }
 
     /// `priority` as MongoDB shows it.

@@ -316,7 +316,10 @@ impl CommandHandler for Router {
             Err(error) => return error.to_document(),
         };
         let work = self.dispatch(&ctx, &db, command).instrument(span);
-        match crate::cluster::READ_PREFERENCE.scope(preference, work).await {
+        match crate::cluster::READ_PREFERENCE
+            .scope(preference, work)
+            .await
+        {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::debug!(code = error.code.0, error = %error.errmsg, "command failed");

@@ -38,7 +38,10 @@ fn parse_options() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| anyhow::anyhow!("{name} needs a value"));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))
+        };
         match arg.as_str() {
             "--trials" => options.trials = value("--trials")?.parse()?,
             "--clients" => options.clients = value("--clients")?.parse()?,
@@ -53,7 +56,10 @@ fn parse_options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-async fn failover_trials(cluster: &mut ReplCluster, trials: usize) -> anyhow::Result<Vec<Duration>> {
+async fn failover_trials(
+    cluster: &mut ReplCluster,
+    trials: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let client = cluster.router_client().await?;
     let coll = client.database("bench").collection::<Document>("failover");
     let pad = "f".repeat(PAYLOAD_BYTES);
@@ -62,17 +68,29 @@ async fn failover_trials(cluster: &mut ReplCluster, trials: usize) -> anyhow::Re
     for trial in 0..trials {
         let primary = cluster.wait_primary(Set::Shard).await?;
         // Let every member catch up so any of them may win.
-        cluster.converged_hash(Set::Shard, "bench", &[0, 1, 2]).await?;
+        cluster
+            .converged_hash(Set::Shard, "bench", &[0, 1, 2])
+            .await?;
         cluster.kill(Set::Shard, primary);
         let killed = Instant::now();
         loop {
-            anyhow::ensure!(killed.elapsed() < TRIAL_LIMIT, "trial {trial}: no insert succeeded within {TRIAL_LIMIT:?}");
-            if coll.insert_one(doc! {"trial": trial as i64, "pad": pad.clone()}).await.is_ok() {
+            anyhow::ensure!(
+                killed.elapsed() < TRIAL_LIMIT,
+                "trial {trial}: no insert succeeded within {TRIAL_LIMIT:?}"
+            );
+            if coll
+                .insert_one(doc! {"trial": trial as i64, "pad": pad.clone()})
+                .await
+                .is_ok()
+            {
                 break;
             }
         }
         let took = killed.elapsed();
-        println!("trial {trial}: first w:majority insert {:.0} ms after SIGKILL of the primary", took.as_secs_f64() * 1000.0);
+        println!(
+            "trial {trial}: first w:majority insert {:.0} ms after SIGKILL of the primary",
+            took.as_secs_f64() * 1000.0
+        );
         times.push(took);
         cluster.start_member(Set::Shard, primary).await?;
         cluster.wait_secondary(Set::Shard, primary).await?;
@@ -80,17 +98,27 @@ async fn failover_trials(cluster: &mut ReplCluster, trials: usize) -> anyhow::Re
     Ok(times)
 }
 
-async fn throughput(cluster: &ReplCluster, clients: usize, seconds: u64, w: Acknowledgment, label: &str) -> anyhow::Result<f64> {
+async fn throughput(
+    cluster: &ReplCluster,
+    clients: usize,
+    seconds: u64,
+    w: Acknowledgment,
+    label: &str,
+) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for id in 0..clients {
         let client = cluster.router_client().await?;
         let concern = WriteConcern::builder().w(w.clone()).build();
-        let coll = client.database("bench").collection_with_options::<Document>(
-            label,
-            mongodb::options::CollectionOptions::builder().write_concern(concern).build(),
-        );
+        let coll = client
+            .database("bench")
+            .collection_with_options::<Document>(
+                label,
+                mongodb::options::CollectionOptions::builder()
+                    .write_concern(concern)
+                    .build(),
+            );
         let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
         tasks.push(tokio::spawn(async move {
             let pad = "t".repeat(PAYLOAD_BYTES);
@@ -98,7 +126,11 @@ async fn throughput(cluster: &ReplCluster, clients: usize, seconds: u64, w: Ackn
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if coll.insert_one(doc! {"c": id as i64, "s": seq as i64, "pad": pad.clone()}).await.is_ok() {
+                if coll
+                    .insert_one(doc! {"c": id as i64, "s": seq as i64, "pad": pad.clone()})
+                    .await
+                    .is_ok()
+                {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -120,15 +152,37 @@ async fn throughput(cluster: &ReplCluster, clients: usize, seconds: u64, w: Ackn
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
     let mut cluster = ReplCluster::start(1, 3).await?;
-    let majority = throughput(&cluster, options.clients, options.seconds, Acknowledgment::Majority, "w_majority").await?;
-    let one = throughput(&cluster, options.clients, options.seconds, Acknowledgment::Nodes(1), "w_1").await?;
+    let majority = throughput(
+        &cluster,
+        options.clients,
+        options.seconds,
+        Acknowledgment::Majority,
+        "w_majority",
+    )
+    .await?;
+    let one = throughput(
+        &cluster,
+        options.clients,
+        options.seconds,
+        Acknowledgment::Nodes(1),
+        "w_1",
+    )
+    .await?;
     let mut times = failover_trials(&mut cluster, options.trials).await?;
     times.sort();
     let median = times.get(times.len() / 2).copied().unwrap_or_default();
     let worst = times.last().copied().unwrap_or_default();
     println!("== summary ==");
-    println!("failover (SIGKILL primary -> first w:majority insert via router), {} trials: median {:.0} ms, worst {:.0} ms", times.len(), median.as_secs_f64() * 1000.0, worst.as_secs_f64() * 1000.0);
-    println!("inserts/s with {} clients: w:majority {majority:.0}, w:1 {one:.0}", options.clients);
+    println!(
+        "failover (SIGKILL primary -> first w:majority insert via router), {} trials: median {:.0} ms, worst {:.0} ms",
+        times.len(),
+        median.as_secs_f64() * 1000.0,
+        worst.as_secs_f64() * 1000.0
+    );
+    println!(
+        "inserts/s with {} clients: w:majority {majority:.0}, w:1 {one:.0}",
+        options.clients
+    );
     cluster.finish();
     Ok(())
 }
