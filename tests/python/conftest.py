@@ -23,7 +23,10 @@ SHARDS = 2
 # Ports below the kernel's ephemeral range, so client sockets cannot take them meanwhile.
 PORT_LOW, PORT_HIGH = 12_000, 32_000
 PORT_ATTEMPTS_MAX = 2_000
-PORT_BLOCK = 2 + SHARDS + 1
+# `shoal up`'s default: every set has 3 members.
+MEMBERS = 3
+# Router, config members, then each shard's members (see `shoal up`'s port layout).
+PORT_BLOCK = 1 + MEMBERS * (1 + SHARDS)
 
 
 def bin_dir() -> Path:
@@ -71,7 +74,15 @@ class ShoalUp:
         self.uri = self._wait_ready()
         self.router_port = self.base
         self.config_port = self.base + 1
-        self.shard_ports = [self.base + 2 + i for i in range(SHARDS)]
+        # Shard i's members: PORT+1+M*(i+1) onwards.
+        self.shard_members = [
+            [self.base + 1 + MEMBERS * (i + 1) + j for j in range(MEMBERS)] for i in range(SHARDS)
+        ]
+
+    def shard_uri(self, index: int) -> str:
+        """The replica-set URI of shard `index`: pymongo discovers its primary."""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.shard_members[index])
+        return f"mongodb://{hosts}/?replicaSet=shard{index}"
 
     def _wait_ready(self) -> str:
         ready = threading.Event()

@@ -24,10 +24,7 @@ def client(cluster):
 
 def shard_client(cluster, shard_name):
     index = int(shard_name.removeprefix("shard"))
-    port = cluster.shard_ports[index]
-    return pymongo.MongoClient(
-        f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=10_000
-    )
+    return pymongo.MongoClient(cluster.shard_uri(index), serverSelectionTimeoutMS=10_000)
 
 
 def test_router_is_a_mongos(client):

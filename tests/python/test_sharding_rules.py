@@ -18,8 +18,7 @@ def client(cluster):
 
 
 def shard_count(cluster, shard_index, db, coll, query):
-    uri = f"mongodb://127.0.0.1:{cluster.shard_ports[shard_index]}/?directConnection=true"
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000) as direct:
+    with pymongo.MongoClient(cluster.shard_uri(shard_index), serverSelectionTimeoutMS=10_000) as direct:
         return direct[db][coll].count_documents(query)
 
 
