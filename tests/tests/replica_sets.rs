@@ -295,3 +295,108 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
     cluster.finish();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_down_priority_takeover_and_delayed_member() -> anyhow::Result<()> {
+    let mut cluster = ReplCluster::start(1, 4).await?;
+    let _ = &mut cluster;
+    let client = cluster.router_client().await?;
+    let coll = client.database("prio").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 0}).await?;
+
+    // replSetStepDown hands the primary role to another member.
+    let first = cluster.wait_primary(Set::Shard).await?;
+    cluster
+        .member_command(Set::Shard, first, doc! {"replSetStepDown": 60})
+        .await?;
+    let second = cluster
+        .wait_primary_other_than(Set::Shard, Some(first))
+        .await?;
+    assert_ne!(first, second);
+    coll.insert_one(doc! {"_id": 1}).await?;
+
+    // Give `first` priority 2 and make member `delayed` a hidden, delayed non-voter: the
+    // supervisor hands the primary role back to `first`.
+    let delayed = (0..4).find(|j| *j != first && *j != second).unwrap_or(3);
+    let reply = cluster
+        .member_command(Set::Shard, second, doc! {"replSetGetConfig": 1})
+        .await?;
+    let mut config = reply.get_document("config")?.clone();
+    let first_host = cluster.host(Set::Shard, first);
+    let delayed_host = cluster.host(Set::Shard, delayed);
+    let members: Vec<Bson> = config
+        .get_array("members")?
+        .iter()
+        .filter_map(|m| m.as_document().cloned())
+        .map(|mut m| {
+            let host = m.get_str("host").unwrap_or("").to_owned();
+            if host == first_host {
+                m.insert("priority", 2.0);
+            }
+            if host == delayed_host {
+                m.insert("priority", 0.0);
+                m.insert("votes", 0);
+                m.insert("hidden", true);
+                m.insert("secondaryDelaySecs", 3);
+            }
+            Bson::Document(m)
+        })
+        .collect();
+    config.insert("members", members);
+    cluster
+        .member_command(Set::Shard, second, doc! {"replSetReconfig": config})
+        .await?;
+    let started = Instant::now();
+    eventually(Duration::from_secs(20), || {
+        let cluster = &cluster;
+        async move {
+            match cluster.current_primary(Set::Shard).await {
+                Some(j) if j == first => Ok(()),
+                other => anyhow::bail!("primary is {other:?}, not the priority-2 member {first}"),
+            }
+        }
+    })
+    .await?;
+    eprintln!("priority takeover after {:?}", started.elapsed());
+
+    // The delayed member applies a write about three seconds late.
+    coll.insert_one(doc! {"_id": "late"}).await?;
+    let written = Instant::now();
+    let on_delayed = cluster
+        .member_client(Set::Shard, delayed)
+        .await?
+        .database("prio")
+        .collection::<Document>("c");
+    let secondary =
+        SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None });
+    let early = on_delayed
+        .find_one(doc! {"_id": "late"})
+        .selection_criteria(secondary.clone())
+        .await?;
+    assert!(early.is_none(), "the delayed member applied at once");
+    eventually(Duration::from_secs(20), || {
+        let on_delayed = on_delayed.clone();
+        let secondary = secondary.clone();
+        async move {
+            on_delayed
+                .find_one(doc! {"_id": "late"})
+                .selection_criteria(secondary)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("not applied yet"))
+        }
+    })
+    .await?;
+    let lag = written.elapsed();
+    assert!(
+        lag >= Duration::from_secs(2),
+        "applied after {lag:?}, before its delay"
+    );
+    eprintln!("the delayed member applied the write after {lag:?}");
+    let hello = cluster
+        .hello(Set::Shard, delayed)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("delayed member silent"))?;
+    assert!(hello.get_bool("hidden")?);
+    cluster.finish();
+    Ok(())
+}
