@@ -439,6 +439,17 @@ impl Topology {
                             monitor.kick.notify_one();
                             last_error = Some(error);
                         }
+                        Some(error) if outcome_unknown(error.code) => {
+                            // Not repeatable and perhaps applied: report it without the
+                            // member-state code a driver would pin on the router.
+                            return Err(unreachable(
+                                &host,
+                                &format!(
+                                    "the primary changed while the write was in flight, so it may or may not have been applied ({})",
+                                    error.errmsg
+                                ),
+                            ));
+                        }
                         _ => return Ok((host, reply)),
                     }
                 }
@@ -467,17 +478,24 @@ impl Topology {
             // Wait for the monitor to see a change (a new primary), at most a probe interval.
             let _ = tokio::time::timeout(MONITOR_INTERVAL, receiver.changed()).await;
         }
-        Err(last_error
-            .unwrap_or_else(|| {
-                CommandError::new(
-                    ErrorCode::FAILED_TO_SATISFY_READ_PREFERENCE,
-                    format!(
-                        "Could not find host matching read preference {:?} for set {}",
-                        preference.mode, monitor.name
-                    ),
-                )
-            })
-            .with_label("RetryableWriteError"))
+        // A member's "not primary" is about that member; passed on as-is, a driver would
+        // take it as being about the router and drop it (wire-protocol brief, section 4).
+        let no_host = CommandError::new(
+            ErrorCode::FAILED_TO_SATISFY_READ_PREFERENCE,
+            format!(
+                "Could not find host matching read preference {:?} for set {}",
+                preference.mode, monitor.name
+            ),
+        );
+        let error = match last_error {
+            Some(error) if !not_executed(error.code) && !outcome_unknown(error.code) => error,
+            Some(error) => CommandError::new(
+                no_host.code,
+                format!("{} (last error: {})", no_host.errmsg, error.errmsg),
+            ),
+            None => no_host,
+        };
+        Err(error.with_label("RetryableWriteError"))
     }
 }
 

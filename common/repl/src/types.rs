@@ -68,7 +68,8 @@ impl Applied {
 }
 
 /// One member as the replica-set configuration describes it (`rs.conf().members[i]`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// (`Default` is an empty placeholder, required by openraft's storage test suite.)
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MemberNode {
     /// MongoDB's member `_id`.
     pub id: i32,

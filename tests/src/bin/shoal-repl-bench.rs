@@ -6,7 +6,8 @@
 //! - throughput: `--clients N` (default 16) clients each inserting single documents for
 //!   `--seconds S` (default 10), with `w: "majority"` and then with `w: 1`.
 //!
-//! Usage: `shoal-repl-bench [--trials N] [--clients N] [--seconds S]`.
+//! Usage: `shoal-repl-bench [--members M] [--trials N] [--clients N] [--seconds S]` (failover
+//! trials need `--members 3`).
 
 use std::{
     sync::{
@@ -25,6 +26,7 @@ const PAYLOAD_BYTES: usize = 1_000;
 const TRIAL_LIMIT: Duration = Duration::from_secs(60);
 
 struct Options {
+    members: usize,
     trials: usize,
     clients: usize,
     seconds: u64,
@@ -32,6 +34,7 @@ struct Options {
 
 fn parse_options() -> anyhow::Result<Options> {
     let mut options = Options {
+        members: 3,
         trials: 10,
         clients: 16,
         seconds: 10,
@@ -44,10 +47,13 @@ fn parse_options() -> anyhow::Result<Options> {
         };
         match arg.as_str() {
             "--trials" => options.trials = value("--trials")?.parse()?,
+            "--members" => options.members = value("--members")?.parse()?,
             "--clients" => options.clients = value("--clients")?.parse()?,
             "--seconds" => options.seconds = value("--seconds")?.parse()?,
             "--help" | "-h" => {
-                println!("usage: shoal-repl-bench [--trials N] [--clients N] [--seconds S]");
+                println!(
+                    "usage: shoal-repl-bench [--members M] [--trials N] [--clients N] [--seconds S]"
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other} (try --help)"),
@@ -68,8 +74,9 @@ async fn failover_trials(
     for trial in 0..trials {
         let primary = cluster.wait_primary(Set::Shard).await?;
         // Let every member catch up so any of them may win.
+        let members: Vec<usize> = (0..cluster.members(Set::Shard)).collect();
         cluster
-            .converged_hash(Set::Shard, "bench", &[0, 1, 2])
+            .converged_hash(Set::Shard, "bench", &members)
             .await?;
         cluster.kill(Set::Shard, primary);
         let killed = Instant::now();
@@ -151,7 +158,7 @@ async fn throughput(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
-    let mut cluster = ReplCluster::start(1, 3).await?;
+    let mut cluster = ReplCluster::start(1, options.members).await?;
     let majority = throughput(
         &cluster,
         options.clients,
