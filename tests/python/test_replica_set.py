@@ -5,8 +5,15 @@ secondary read preference is served by a secondary."""
 import time
 
 import pymongo
+import pytest
 from pymongo.read_preferences import Secondary
 from pymongo.write_concern import WriteConcern
+
+
+@pytest.fixture()
+def client(cluster):
+    with pymongo.MongoClient(cluster.uri, serverSelectionTimeoutMS=10_000) as client:
+        yield client
 
 
 def test_discovery_write_concern_and_secondary_reads(cluster):
@@ -39,3 +46,25 @@ def test_discovery_write_concern_and_secondary_reads(cluster):
             assert error.code == 100
         except pymongo.errors.OperationFailure as error:
             assert error.code == 100
+
+
+def test_retryable_batches_apply_every_statement(cluster, client):
+    """One retryable command whose statements reach the same shard in several requests (updates
+    go one statement per request; ordered inserts alternate shards) applies every statement:
+    the shard's retry records are per batch, not per command."""
+    from pymongo import UpdateOne
+
+    admin = client.admin
+    admin.command("enableSharding", "rb")
+    admin.command("shardCollection", "rb.c", key={"k": 1})
+    admin.command("split", "rb.c", middle={"k": 100})
+    lower = client.config.databases.find_one({"_id": "rb"})["primary"]
+    upper = next(s["_id"] for s in admin.command("listShards")["shards"] if s["_id"] != lower)
+    admin.command("moveChunk", "rb.c", find={"k": 100}, to=upper)
+    coll = client.rb.c
+    # Alternating shards: lower, upper, lower, upper.
+    coll.insert_many([{"_id": i, "k": 50 + (i % 2) * 100, "n": 0} for i in range(4)], ordered=True)
+    assert coll.count_documents({}) == 4
+    result = coll.bulk_write([UpdateOne({"_id": i, "k": 50 + (i % 2) * 100}, {"$inc": {"n": 1}}) for i in range(4)])
+    assert result.modified_count == 4
+    assert sorted(d["n"] for d in coll.find({})) == [1, 1, 1, 1]

@@ -86,6 +86,8 @@ pub const GENERIC_FIELDS: &[&str] = &[
     "databaseVersion",
     "autocommit",
     "startTransaction",
+    "stmtIds",
+    "stmtId",
 ];
 
 impl Engine {

@@ -7,21 +7,22 @@ use std::sync::Arc;
 
 use openraft::{StorageError, testing::log::StoreBuilder};
 use shoal_docstore::{Engine, Kv, MemKv};
-use shoal_repl::{DeferringKv, log_store::LogStore, state_machine::StateMachine, types::TypeConfig};
+use shoal_repl::{
+    DeferringKv, log_store::LogStore, state_machine::StateMachine, types::TypeConfig,
+};
 
 struct MemBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
         let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
-        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv))))
-            .map_err(|e| {
-                StorageError::from_io_error(
-                    openraft::ErrorSubject::Store,
-                    openraft::ErrorVerb::Read,
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
+        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).map_err(|e| {
+            StorageError::from_io_error(
+                openraft::ErrorSubject::Store,
+                openraft::ErrorVerb::Read,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         let state_machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
         Ok(((), LogStore::new(kv), state_machine))
     }

@@ -136,6 +136,13 @@ impl Router {
                 .collect::<Vec<_>>(),
         );
         request.insert("ordered", ordered);
+        request.insert(
+            "stmtIds",
+            indexes
+                .iter()
+                .map(|index| Bson::Int32(clamp_i32(*index as i64)))
+                .collect::<Vec<_>>(),
+        );
         let reply = match routing.shard_host(shard) {
             Ok(host) => self.cluster.call_ok(host, &ns.db, request).await,
             Err(error) => Err(error),
@@ -229,7 +236,7 @@ impl Router {
         for (index, statement) in statements.iter().enumerate() {
             let outcome = match statement {
                 Bson::Document(statement) => {
-                    self.statement(&ns, command, kind, statement, &placement, &routing)
+                    self.statement(&ns, command, (kind, index), statement, &placement, &routing)
                         .await
                 }
                 other => Err(CommandError::type_mismatch(
@@ -263,7 +270,7 @@ impl Router {
         &self,
         ns: &Namespace,
         command: &Document,
-        kind: StatementKind,
+        (kind, index): (StatementKind, usize),
         statement: &Document,
         placement: &Placement,
         routing: &RoutingCache,
@@ -284,6 +291,10 @@ impl Router {
         let mut request = shard_command(command);
         request.insert(kind.array_field(), vec![Bson::Document(statement.clone())]);
         request.insert("ordered", true);
+        // Each request of a retryable write names its statements: a shard records executed
+        // statements per (session, txnNumber, first statement id), so two requests of one
+        // client command to the same shard must not look like a retry of each other.
+        request.insert("stmtIds", vec![clamp_i32(index as i64)]);
         if let StatementKind::Update = kind {
             request.extend(key_fields);
         }
