@@ -825,9 +825,19 @@ impl ReplicaSet {
                 || op_time(0, 0),
                 |applied| op_time(applied.leader_id.term, applied.index),
             );
+            // The proposal time of the last applied write: what `maxStalenessSeconds` compares.
+            // A purged entry (or a blank one) falls back to now, which errs on "fresh".
+            let written = metrics
+                .last_applied
+                .and_then(|applied| self.entry_time(applied.index))
+                .unwrap_or_else(|| bson::DateTime::now().timestamp_millis());
             reply.insert(
                 "lastWrite",
-                doc! {"opTime": optime.clone(), "majorityOpTime": optime, "lastWriteDate": bson::DateTime::now()},
+                doc! {
+                    "opTime": optime.clone(),
+                    "majorityOpTime": optime,
+                    "lastWriteDate": bson::DateTime::from_millis(written),
+                },
             );
         } else {
             reply.insert("isreplicaset", true);

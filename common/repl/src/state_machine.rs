@@ -98,7 +98,11 @@ impl Kv for DeferringKv {
         let batch = DEFERRED.with(|deferred| match &mut *deferred.borrow_mut() {
             Some(held) => {
                 // Every engine command writes once, at its end, so nothing reads these back
-                // before the apply commits them.
+                // before the apply commits them. A second write would mean a command read
+                // state this apply has not written yet: say so loudly.
+                if !held.is_empty() {
+                    tracing::error!("an engine command wrote twice during one apply");
+                }
                 held.extend(batch.ops);
                 None
             }
