@@ -6,7 +6,7 @@
 //! Metadata writes are serialized by one lock and each is a single atomic engine batch that also
 //! bumps the routing-metadata version, which is how routers learn that their cache is old.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use bson::{Bson, Document, doc, oid::ObjectId};
 use shoal_common::{
@@ -32,6 +32,9 @@ pub struct ConfigServer {
     /// Serializes metadata changes: each reads, decides and writes without interleaving.
     metadata_lock: tokio::sync::Mutex<()>,
 }
+
+/// The most initial chunks `shardCollection` creates for a hashed key (MongoDB's limit).
+const INITIAL_CHUNKS_MAX: usize = 8192;
 
 const COMMANDS: &[&str] = &[
     "addShard",
@@ -457,25 +460,88 @@ impl ConfigServer {
             .await?;
         let uuid = CollectionUuid::random();
         let epoch = Epoch(ObjectId::new());
-        let chunk = Chunk {
-            min: key.global_min(),
-            max: key.global_max(),
-            shard: primary,
-            version: shoal_common::ChunkVersion::initial(epoch),
-        };
-        let ops = vec![
-            put(
-                coll::COLLECTIONS,
-                catalog::collection_document(&ns, uuid, epoch, &key, unique),
-            ),
-            put(
+        let chunks = self
+            .initial_chunks(core, command, &ns, &key, &primary, epoch)
+            .await?;
+        for shard in chunks.iter().map(|c| &c.shard).collect::<BTreeSet<_>>() {
+            if *shard != primary {
+                self.create_on_shard(core, shard, &ns, &key, unique).await?;
+            }
+        }
+        let mut ops = vec![put(
+            coll::COLLECTIONS,
+            catalog::collection_document(&ns, uuid, epoch, &key, unique),
+        )];
+        for chunk in &chunks {
+            ops.push(put(
                 coll::CHUNKS,
-                catalog::chunk_document(&catalog::new_chunk_id(), &ns, uuid, &chunk),
-            ),
-        ];
+                catalog::chunk_document(&catalog::new_chunk_id(), &ns, uuid, chunk),
+            ));
+        }
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, key = %key.to_document(), "collection sharded");
         Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": uuid.to_bson(), "ok": 1.0})
+    }
+
+    /// The chunks a newly sharded collection starts with: for an empty collection on a hashed
+    /// key, `numInitialChunks` (default two per shard) spread over every shard, as MongoDB does;
+    /// otherwise one chunk on the primary shard, which holds any existing documents.
+    async fn initial_chunks(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+        ns: &Namespace,
+        key: &ShardKeyPattern,
+        primary: &ShardId,
+        epoch: Epoch,
+    ) -> Result<Vec<Chunk>, CommandError> {
+        let single = vec![Chunk {
+            min: key.global_min(),
+            max: key.global_max(),
+            shard: primary.clone(),
+            version: shoal_common::ChunkVersion::initial(epoch),
+        }];
+        if !key.is_hashed_prefix() {
+            return Ok(single);
+        }
+        let host = self.shard_host(core, primary).await?;
+        let count = doc! {"count": ns.coll.clone(), "$db": ns.db.clone()};
+        let reply = shard_call(core, &host, count).await?;
+        if let Some(error) = CommandError::from_reply(&reply) {
+            return Err(error);
+        }
+        if !matches!(reply.get("n"), Some(Bson::Int32(0) | Bson::Int64(0))) {
+            return Ok(single);
+        }
+        let mut shards: Vec<ShardId> = Vec::new();
+        for shard in store::find_all(core, coll::SHARDS, doc! {}).await? {
+            if let Ok(id) = shard.get_str("_id") {
+                shards.push(ShardId::new(id)?);
+            }
+        }
+        shards.sort();
+        // Start the deal at the primary so a one-shard cluster keeps everything there.
+        if let Some(at) = shards.iter().position(|s| s == primary) {
+            shards.rotate_left(at);
+        }
+        let wanted = match command.get("numInitialChunks") {
+            None => 2 * shards.len(),
+            Some(Bson::Int32(n)) if *n > 0 => *n as usize,
+            Some(Bson::Int64(n)) if *n > 0 => *n as usize,
+            Some(other) => {
+                return Err(CommandError::bad_value(format!(
+                    "numInitialChunks must be a positive number, not {other}"
+                )));
+            }
+        };
+        if wanted > INITIAL_CHUNKS_MAX {
+            return Err(CommandError::bad_value(format!(
+                "numInitialChunks cannot be more than {INITIAL_CHUNKS_MAX}"
+            )));
+        }
+        Ok(key
+            .hashed_initial_chunks(&shards, wanted, epoch)
+            .unwrap_or(single))
     }
 
     /// Creates the collection and its shard-key index on its primary shard, as MongoDB does at

@@ -13,7 +13,7 @@ use bson::{Bson, Document};
 use crate::{
     bsonorder::{compare, compare_key_values},
     error::{CommandError, ErrorCode},
-    ids::{ChunkVersion, ShardId},
+    ids::{ChunkVersion, Epoch, ShardId},
 };
 
 /// How one shard-key field is used.
@@ -83,6 +83,64 @@ impl ShardKeyPattern {
             };
         }
         pattern
+    }
+
+    /// Whether the first field is hashed: such a key spreads an empty collection over every
+    /// shard from the start (MongoDB's initial chunks of a hashed shard key).
+    pub fn is_hashed_prefix(&self) -> bool {
+        self.fields
+            .first()
+            .is_some_and(|(_, kind)| *kind == KeyKind::Hashed)
+    }
+
+    /// The initial chunks of an empty collection sharded on a hashed-prefix key: `count`
+    /// chunks of equal width over the 64-bit hash space, dealt round-robin to `shards`, with
+    /// versions 1|0, 1|1, ... in key order. `None` when the key has no hashed prefix, no shard
+    /// is given or `count` is 0.
+    pub fn hashed_initial_chunks(
+        &self,
+        shards: &[ShardId],
+        count: usize,
+        epoch: Epoch,
+    ) -> Option<Vec<Chunk>> {
+        if !self.is_hashed_prefix() || shards.is_empty() || count == 0 {
+            return None;
+        }
+        let bound = |hash: Option<i64>| -> Document {
+            self.fields
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| {
+                    let value = match (i, hash) {
+                        (0, Some(hash)) => Bson::Int64(hash),
+                        _ => Bson::MinKey,
+                    };
+                    (name.clone(), value)
+                })
+                .collect()
+        };
+        let width = (1_i128 << 64) / count as i128;
+        let mut chunks = Vec::with_capacity(count);
+        for i in 0..count {
+            let lower = (i > 0).then(|| (i64::MIN as i128 + width * i as i128) as i64);
+            let min = bound(lower);
+            let max = if i + 1 == count {
+                self.global_max()
+            } else {
+                bound(Some((i64::MIN as i128 + width * (i as i128 + 1)) as i64))
+            };
+            chunks.push(Chunk {
+                min: if i == 0 { self.global_min() } else { min },
+                max,
+                shard: shards[i % shards.len()].clone(),
+                version: ChunkVersion {
+                    epoch,
+                    major: 1,
+                    minor: u32::try_from(i).unwrap_or(u32::MAX),
+                },
+            });
+        }
+        Some(chunks)
     }
 
     /// Whether any field is hashed.
@@ -506,6 +564,24 @@ mod tests {
     use bson::{doc, oid::ObjectId};
 
     use super::*;
+
+    #[test]
+    fn hashed_keys_get_spread_initial_chunks() {
+        let key = ShardKeyPattern::parse(&bson::doc! {"k": "hashed"}).unwrap();
+        let shards = [ShardId::new("a").unwrap(), ShardId::new("b").unwrap()];
+        let epoch = Epoch(bson::oid::ObjectId::new());
+        let chunks = key.hashed_initial_chunks(&shards, 4, epoch).unwrap();
+        assert_eq!(chunks.len(), 4);
+        // The chunks tile the key space (ChunkMap::new checks it) and alternate shards.
+        ChunkMap::new(key.clone(), chunks.clone()).unwrap();
+        assert_eq!(chunks[1].min, bson::doc! {"k": i64::MIN / 2});
+        assert_eq!(chunks[2].min, bson::doc! {"k": 0_i64});
+        let owners: Vec<&str> = chunks.iter().map(|c| c.shard.as_str()).collect();
+        assert_eq!(owners, ["a", "b", "a", "b"]);
+        let ranged = ShardKeyPattern::parse(&bson::doc! {"k": 1}).unwrap();
+        assert!(ranged.hashed_initial_chunks(&shards, 4, epoch).is_none());
+        assert!(key.hashed_initial_chunks(&[], 4, epoch).is_none());
+    }
     use crate::ids::Epoch;
 
     fn map() -> ChunkMap {
