@@ -43,6 +43,7 @@ const COMMANDS: &[&str] = &[
     "enableSharding",
     "shardCollection",
     "split",
+    "mergeChunks",
     "moveChunk",
     "balancerStatus",
     "balancerStart",
@@ -164,6 +165,7 @@ impl ConfigServer {
             "enableSharding" => self.enable_sharding(core, command).await,
             "shardCollection" => self.shard_collection(core, command).await,
             "split" => self.split(core, command).await,
+            "mergeChunks" => self.merge_chunks(core, command).await,
             "moveChunk" => self.move_chunk(core, command).await,
             "_shoalEnsureDatabase" => self.ensure_database_command(core, command).await,
             "_shoalDropCollection" => self.drop_collection(core, command).await,
@@ -629,6 +631,50 @@ impl ConfigServer {
         failpoint::hit("split.beforeCommit");
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, at = %middle, "chunk split");
+        Ok(doc! {"ok": 1.0})
+    }
+
+    /// `mergeChunks: ns, bounds: [min, max]`: merges the adjacent chunks of one shard that
+    /// exactly cover the bounds into one. Metadata only: the documents already sit together.
+    async fn merge_chunks(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = Namespace::parse(string_field(command, "mergeChunks")?)?;
+        let bounds = match command.get("bounds") {
+            Some(Bson::Array(bounds)) => bounds,
+            Some(other) => return Err(CommandError::type_mismatch("bounds", "array", other)),
+            None => return Err(CommandError::missing_field("mergeChunks", "bounds")),
+        };
+        let (Some(Bson::Document(min)), Some(Bson::Document(max)), 2) =
+            (bounds.first(), bounds.get(1), bounds.len())
+        else {
+            return Err(CommandError::bad_value(
+                "mergeChunks bounds must be [minKey, maxKey] documents",
+            ));
+        };
+        let mut collection = self.load_collection(core, &ns).await?;
+        let range = collection.map.merge(min, max)?;
+        let merged = &collection.map.chunks[range.start];
+        let mut ops = vec![put(
+            coll::CHUNKS,
+            catalog::chunk_document(
+                &collection.chunk_ids[range.start],
+                &ns,
+                collection.uuid,
+                merged,
+            ),
+        )];
+        for id in &collection.chunk_ids[range.start + 1..range.end] {
+            ops.push(AtomicOp::Delete {
+                coll: coll::CHUNKS.into(),
+                id: id.clone(),
+            });
+        }
+        failpoint::hit("mergeChunks.beforeCommit");
+        self.commit(core, ops).await?;
+        tracing::info!(ns = %ns, min = %min, max = %max, merged = range.len(), "chunks merged");
         Ok(doc! {"ok": 1.0})
     }
 

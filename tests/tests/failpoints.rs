@@ -30,6 +30,7 @@ enum Step {
     ShardCollection,
     Split,
     MoveChunk,
+    Merge,
 }
 
 impl Step {
@@ -38,6 +39,7 @@ impl Step {
             Step::ShardCollection => "shardCollection.afterEnsureDatabase",
             Step::Split => "split.beforeCommit",
             Step::MoveChunk => "moveChunk.beforeCommit",
+            Step::Merge => "mergeChunks.beforeCommit",
         }
     }
 }
@@ -55,6 +57,11 @@ async fn split_before_commit() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn move_chunk_before_commit() -> anyhow::Result<()> {
     crash_and_retry(Step::MoveChunk).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_chunks_before_commit() -> anyhow::Result<()> {
+    crash_and_retry(Step::Merge).await
 }
 
 async fn crash_and_retry(step: Step) -> anyhow::Result<()> {
@@ -116,7 +123,7 @@ async fn prepare(router: &Client, step: Step) -> anyhow::Result<String> {
         admin(router, doc! { "enableSharding": DB }).await?;
         admin(router, doc! { "shardCollection": NS, "key": { "k": 1 } }).await?;
     }
-    if step == Step::MoveChunk {
+    if matches!(step, Step::MoveChunk | Step::Merge) {
         admin(router, doc! { "split": NS, "middle": { "k": MIDDLE } }).await?;
     }
     // Before shardCollection the database may not exist yet; any shard is "other" then.
@@ -134,6 +141,9 @@ fn step_command(step: Step, upper: &str) -> Document {
         Step::ShardCollection => doc! { "shardCollection": NS, "key": { "k": 1 } },
         Step::Split => doc! { "split": NS, "middle": { "k": MIDDLE } },
         Step::MoveChunk => doc! { "moveChunk": NS, "find": { "k": MIDDLE }, "to": upper },
+        Step::Merge => doc! {
+            "mergeChunks": NS, "bounds": [{ "k": Bson::MinKey }, { "k": Bson::MaxKey }],
+        },
     }
 }
 
@@ -151,7 +161,11 @@ async fn check_after(
         _ => upper.to_owned(),
     };
     let upper = upper.as_str();
-    let expected_chunks = if step == Step::ShardCollection { 1 } else { 2 };
+    let expected_chunks = if matches!(step, Step::ShardCollection | Step::Merge) {
+        1
+    } else {
+        2
+    };
     assert_eq!(chunks.len(), expected_chunks, "{chunks:?}");
     assert_eq!(chunks[0].get_str("shard")?, primary, "{chunks:?}");
     if step == Step::Split {

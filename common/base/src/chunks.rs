@@ -470,6 +470,65 @@ impl ChunkMap {
         self.check_tiling()
     }
 
+    /// Merges the chunks that exactly cover `[min, max)` into one (`mergeChunks`): they must all
+    /// be on one shard, and there must be at least two. The merged chunk gets the next minor
+    /// version. Returns the index range the merged chunks occupied.
+    pub fn merge(
+        &mut self,
+        min: &Document,
+        max: &Document,
+    ) -> Result<std::ops::Range<usize>, CommandError> {
+        self.key.validate_key_shape(min)?;
+        self.key.validate_key_shape(max)?;
+        let first = self
+            .chunks
+            .iter()
+            .position(|c| compare_key_values(&c.min, min) == Ordering::Equal);
+        let last = self
+            .chunks
+            .iter()
+            .position(|c| compare_key_values(&c.max, max) == Ordering::Equal);
+        let (Some(first), Some(last)) = (first, last) else {
+            return Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!(
+                    "could not merge chunks: [{min}, {max}) does not start and end at chunk boundaries"
+                ),
+            ));
+        };
+        if last <= first {
+            return Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!("could not merge chunks: [{min}, {max}) covers fewer than two chunks"),
+            ));
+        }
+        let shard = self.chunks[first].shard.clone();
+        if let Some(other) = self.chunks[first..=last].iter().find(|c| c.shard != shard) {
+            return Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!(
+                    "could not merge chunks: [{min}, {max}) spans shards {shard} and {}",
+                    other.shard
+                ),
+            ));
+        }
+        let version = self
+            .collection_version()
+            .ok_or_else(|| CommandError::internal("a sharded collection has at least one chunk"))?;
+        let merged = Chunk {
+            min: self.chunks[first].min.clone(),
+            max: self.chunks[last].max.clone(),
+            shard,
+            version: ChunkVersion {
+                minor: version.minor + 1,
+                ..version
+            },
+        };
+        self.chunks.splice(first..=last, [merged]);
+        self.check_tiling()?;
+        Ok(first..last + 1)
+    }
+
     /// Gives the chunk containing `key` to `to`, bumping the major version.
     pub fn move_chunk(&mut self, key: &Document, to: &ShardId) -> Result<&Chunk, CommandError> {
         let index = self.chunk_index_for_key(key);
@@ -564,6 +623,38 @@ mod tests {
     use bson::{doc, oid::ObjectId};
 
     use super::*;
+
+    #[test]
+    fn merges_adjacent_chunks_of_one_shard() {
+        let key = ShardKeyPattern::parse(&bson::doc! {"k": 1}).unwrap();
+        let epoch = Epoch(bson::oid::ObjectId::new());
+        let a = ShardId::new("a").unwrap();
+        let whole = Chunk {
+            min: key.global_min(),
+            max: key.global_max(),
+            shard: a.clone(),
+            version: ChunkVersion::initial(epoch),
+        };
+        let mut map = ChunkMap::new(key.clone(), vec![whole]).unwrap();
+        map.split_at(&bson::doc! {"k": 10}).unwrap();
+        map.split_at(&bson::doc! {"k": 20}).unwrap();
+        map.move_chunk(&bson::doc! {"k": 25}, &ShardId::new("b").unwrap())
+            .unwrap();
+        // [Min,10) and [10,20) are on a; [20,Max) on b.
+        let across = map.merge(&key.global_min(), &key.global_max());
+        assert!(across.is_err());
+        let not_boundary = map.merge(&key.global_min(), &bson::doc! {"k": 15});
+        assert!(not_boundary.is_err());
+        let single = map.merge(&key.global_min(), &bson::doc! {"k": 10});
+        assert!(single.is_err());
+        let before = map.collection_version().unwrap();
+        let range = map.merge(&key.global_min(), &bson::doc! {"k": 20}).unwrap();
+        assert_eq!(range, 0..2);
+        assert_eq!(map.chunks.len(), 2);
+        assert_eq!(map.chunks[0].max, bson::doc! {"k": 20});
+        assert_eq!(map.chunks[0].shard, a);
+        assert!(map.chunks[0].version.minor > before.minor);
+    }
 
     #[test]
     fn hashed_keys_get_spread_initial_chunks() {

@@ -89,6 +89,7 @@ fn list_commands() -> Document {
         "listDatabases",
         "listIndexes",
         "listShards",
+        "mergeChunks",
         "moveChunk",
         "ping",
         "removeShard",

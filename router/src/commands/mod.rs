@@ -126,9 +126,8 @@ impl Router {
             "drop" => self.drop_collection(db, &command).await,
             "dropDatabase" => self.drop_database(db, &command).await,
             "addShard" | "listShards" | "removeShard" | "enableSharding" | "shardCollection"
-            | "split" | "moveChunk" | "balancerStatus" | "balancerStart" | "balancerStop" => {
-                self.admin_forward(db, &command).await
-            }
+            | "split" | "mergeChunks" | "moveChunk" | "balancerStatus" | "balancerStart"
+            | "balancerStop" => self.admin_forward(db, &command).await,
             "flushRouterConfig" => self.flush_router_config().await,
             "explain" => self.explain_command(db, &command).await,
             "createIndexes" => self.create_indexes(db, &command).await,
