@@ -601,19 +601,20 @@ impl ConfigServer {
         command: &Document,
     ) -> Result<Document, CommandError> {
         let ns = Namespace::parse(string_field(command, "split")?)?;
+        let mut collection = self.load_collection(core, &ns).await?;
         let middle = match command.get("middle") {
             Some(Bson::Document(middle)) => middle.clone(),
             Some(other) => return Err(CommandError::type_mismatch("middle", "object", other)),
             None if command.contains_key("find") || command.contains_key("bounds") => {
-                return Err(CommandError::new(
-                    ErrorCode::INVALID_OPTIONS,
-                    "split by 'find' or 'bounds' needs chunk statistics, which come with automatic \
-                     splitting; give the split point with 'middle'",
+                self.median_of_chunk(core, &ns, &collection, command)
+                    .await?
+            }
+            None => {
+                return Err(CommandError::bad_value(
+                    "split needs 'middle', 'find' or 'bounds'",
                 ));
             }
-            None => return Err(CommandError::bad_value("split needs 'middle'")),
         };
-        let mut collection = self.load_collection(core, &ns).await?;
         let index = collection.map.chunk_index_for_key(&middle);
         collection.map.split_at(&middle)?;
         let lower = &collection.map.chunks[index];
@@ -632,6 +633,48 @@ impl ConfigServer {
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, at = %middle, "chunk split");
         Ok(doc! {"ok": 1.0})
+    }
+
+    /// The split point of `split` by `find` (the chunk holding that shard key) or `bounds` (the
+    /// chunk with exactly those bounds): the median shard key of its documents, from its shard.
+    async fn median_of_chunk(
+        &self,
+        core: &Arc<MemberCore>,
+        ns: &Namespace,
+        collection: &ShardedCollection,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let key = chunk_key_from_command(&collection.map, command)?;
+        let chunk = &collection.map.chunks[collection.map.chunk_index_for_key(&key)];
+        if let Ok(bounds) = command.get_array("bounds") {
+            let max = bounds.get(1).and_then(Bson::as_document);
+            if chunk.min != key || max != Some(&chunk.max) {
+                return Err(CommandError::bad_value(format!(
+                    "bounds {bounds:?} are not the bounds of a chunk (the chunk there is [{}, {}))",
+                    chunk.min, chunk.max
+                )));
+            }
+        }
+        let host = self.shard_host(core, &chunk.shard).await?;
+        let request = doc! {
+            "_shoalSplitPoint": ns.to_string(), "$db": "admin",
+            "keyPattern": collection.map.key.to_document(),
+            "min": chunk.min.clone(), "max": chunk.max.clone(),
+        };
+        let reply = shard_call(core, &host, request).await?;
+        if let Some(error) = CommandError::from_reply(&reply) {
+            return Err(error);
+        }
+        match reply.get("splitPoint") {
+            Some(Bson::Document(point)) => Ok(point.clone()),
+            _ => Err(CommandError::new(
+                ErrorCode::ILLEGAL_OPERATION,
+                format!(
+                    "chunk [{}, {}) holds fewer than two distinct shard keys and cannot be split",
+                    chunk.min, chunk.max
+                ),
+            )),
+        }
     }
 
     /// `mergeChunks: ns, bounds: [min, max]`: merges the adjacent chunks of one shard that

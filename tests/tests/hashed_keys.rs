@@ -1,7 +1,8 @@
 //! Hashed shard keys: an empty collection sharded on `{k: "hashed"}` starts with chunks spread
 //! over every shard (two per shard by default, or `numInitialChunks`), so inserts spread from
 //! the first document; a non-empty collection starts with one chunk on its primary shard, as in
-//! MongoDB. Every document stays reachable through the router.
+//! MongoDB. Every document stays reachable through the router. Also `split` by `find` and
+//! `bounds`, which cut a chunk at the median shard key of its documents.
 
 use bson::{Document, doc};
 use shoal_tests::{Node, TestCluster};
@@ -93,6 +94,86 @@ async fn empty_hashed_collections_start_spread_over_every_shard() -> anyhow::Res
     let counts = chunks_per_shard(&cluster, "h.full").await?;
     assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 1, "{counts:?}");
     assert_eq!(full.count_documents(doc! {}).await?, 50);
+    cluster.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_by_find_or_bounds_cuts_at_the_median() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(2).await?;
+    let client = cluster.router_client().await?;
+    let admin = client.database("admin");
+    admin.run_command(doc! {"enableSharding": "m"}).await?;
+    admin
+        .run_command(doc! {"shardCollection": "m.r", "key": {"k": 1}})
+        .await?;
+    let ranged = client.database("m").collection::<Document>("r");
+    ranged.insert_many((0..1000).map(|k| doc! {"k": k})).await?;
+    admin
+        .run_command(doc! {"split": "m.r", "find": {"k": 10}})
+        .await?;
+    admin
+        .run_command(doc! {"split": "m.r", "bounds": [{"k": 500}, {"k": bson::Bson::MaxKey}]})
+        .await?;
+    let chunks = shoal_tests::sharding::chunks_of(&client, "m.r").await?;
+    let mins: Vec<String> = chunks
+        .iter()
+        .map(|c| {
+            c.get_document("min")
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        mins,
+        ["{ \"k\": MinKey }", "{ \"k\": 500 }", "{ \"k\": 750 }"],
+        "{chunks:?}"
+    );
+    // Bounds that are not a chunk's are refused.
+    let wrong = admin
+        .run_command(doc! {"split": "m.r", "bounds": [{"k": 500}, {"k": 600}]})
+        .await;
+    assert!(wrong.is_err());
+    assert_eq!(ranged.count_documents(doc! {}).await?, 1000);
+
+    // A hashed key splits at the median of the hashes.
+    admin
+        .run_command(doc! {"shardCollection": "m.h", "key": {"k": "hashed"}, "numInitialChunks": 1})
+        .await?;
+    let hashed = client.database("m").collection::<Document>("h");
+    hashed.insert_many((0..1000).map(|k| doc! {"k": k})).await?;
+    admin
+        .run_command(doc! {"split": "m.h", "find": {"k": 3}})
+        .await?;
+    assert_eq!(
+        shoal_tests::sharding::chunks_of(&client, "m.h")
+            .await?
+            .len(),
+        2
+    );
+    assert_eq!(hashed.count_documents(doc! {}).await?, 1000);
+
+    // A chunk whose documents all have its lower bound as key cannot be split. (The first
+    // split puts every document in [7, MaxKey).)
+    admin
+        .run_command(doc! {"shardCollection": "m.one", "key": {"k": 1}})
+        .await?;
+    let one = client.database("m").collection::<Document>("one");
+    one.insert_many((0..10).map(|_| doc! {"k": 7})).await?;
+    admin
+        .run_command(doc! {"split": "m.one", "find": {"k": 7}})
+        .await?;
+    let stuck = admin
+        .run_command(doc! {"split": "m.one", "find": {"k": 7}})
+        .await;
+    assert_eq!(
+        stuck
+            .as_ref()
+            .err()
+            .and_then(shoal_tests::mongo::error_code),
+        Some(20),
+        "{stuck:?}"
+    );
     cluster.finish();
     Ok(())
 }

@@ -327,6 +327,43 @@ impl Engine {
     }
 }
 
+/// The most shard-key values `_shoalSplitPoint` sorts to find a median.
+pub const SPLIT_POINT_KEYS_MAX: usize = 2_000_000;
+
+impl Engine {
+    /// `_shoalSplitPoint: ns, keyPattern, min, max`: the median shard key of the documents in
+    /// `[min, max)` (`split` by `find` or `bounds` splits a chunk there), or `null` when the range
+    /// holds fewer than two distinct keys and cannot be split.
+    pub(crate) fn split_point(&self, command: &Document) -> Result<Document, CommandError> {
+        let fields = Fields::new(command, "_shoalSplitPoint");
+        let ns = match command.get("_shoalSplitPoint") {
+            Some(Bson::String(ns)) => ns.as_str(),
+            _ => return Err(fields.missing("_shoalSplitPoint")),
+        };
+        let ns = Namespace::parse(ns)?.to_string();
+        let pattern = fields
+            .doc("keyPattern")?
+            .ok_or_else(|| fields.missing("keyPattern"))?;
+        let range = KeyRange::parse(&fields, pattern)?;
+        let reader = Direct(self.kv.as_ref());
+        let Some(entry) = catalog::lookup(&reader, &ns)? else {
+            return Ok(doc! {"splitPoint": Bson::Null});
+        };
+        let mut keys = range.keys(&reader, &entry)?;
+        keys.sort_by(compare_key_values);
+        Ok(doc! {"splitPoint": median_split(&keys, &range.min).map_or(Bson::Null, Bson::Document)})
+    }
+}
+
+/// The median of sorted `keys`, moved up past keys equal to `min` so both halves are non-empty.
+fn median_split(keys: &[Document], min: &Document) -> Option<Document> {
+    let middle = keys.len() / 2;
+    keys[middle.min(keys.len())..]
+        .iter()
+        .find(|key| compare_key_values(key, min) == std::cmp::Ordering::Greater)
+        .cloned()
+}
+
 /// A shard-key range `[min, max)` under a key pattern.
 struct KeyRange {
     pattern: ShardKeyPattern,
@@ -348,6 +385,34 @@ impl KeyRange {
         pattern.validate_key_shape(&min)?;
         pattern.validate_key_shape(&max)?;
         Ok(KeyRange { pattern, min, max })
+    }
+
+    /// The shard keys of the collection's documents in the range.
+    fn keys(
+        &self,
+        reader: &dyn Reader,
+        entry: &CollectionEntry,
+    ) -> Result<Vec<Document>, CommandError> {
+        let (start, end) = collection_range(entry.id);
+        let mut keys = Vec::new();
+        scan_documents(reader, &start, &end, |_, document, _| {
+            let key = self.pattern.extract(&document)?;
+            let in_range = compare_key_values(&self.min, &key) != std::cmp::Ordering::Greater
+                && compare_key_values(&key, &self.max) == std::cmp::Ordering::Less;
+            if in_range {
+                if keys.len() >= SPLIT_POINT_KEYS_MAX {
+                    return Err(CommandError::new(
+                        ErrorCode::ILLEGAL_OPERATION,
+                        format!(
+                            "the chunk holds more than {SPLIT_POINT_KEYS_MAX} documents; split it with 'middle'"
+                        ),
+                    ));
+                }
+                keys.push(key);
+            }
+            Ok::<_, CommandError>(Step::Next)
+        })?;
+        Ok(keys)
     }
 
     /// Total bytes and number of the collection's documents in the range.
@@ -386,5 +451,40 @@ fn collection_hash(reader: &dyn Reader, entry: &CollectionEntry) -> Result<Strin
             Some(next) => cursor = next,
             None => return Ok(hash.hex()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_split_points_leave_both_halves_non_empty() {
+        let keys: Vec<Document> = [1, 1, 1, 2, 3].iter().map(|k| doc! {"k": k}).collect();
+        assert_eq!(median_split(&keys, &doc! {"k": 0}), Some(doc! {"k": 1}));
+        // The median equals the chunk's min: move up to the next distinct key.
+        assert_eq!(median_split(&keys, &doc! {"k": 1}), Some(doc! {"k": 2}));
+        let same: Vec<Document> = [7, 7, 7].iter().map(|k| doc! {"k": k}).collect();
+        assert_eq!(median_split(&same, &doc! {"k": 7}), None);
+        assert_eq!(median_split(&[], &doc! {"k": 0}), None);
+    }
+
+    #[test]
+    fn split_point_command_finds_the_median_key() {
+        let engine = Engine::with_kv(std::sync::Arc::new(crate::kv::MemKv::new())).unwrap();
+        let docs: Vec<Bson> = (0..100)
+            .map(|k| Bson::Document(doc! {"_id": k, "k": k}))
+            .collect();
+        engine.execute("d", &doc! {"insert": "c", "documents": docs});
+        let reply = engine.execute(
+            "admin",
+            &doc! {"_shoalSplitPoint": "d.c", "keyPattern": {"k": 1}, "min": {"k": 10}, "max": {"k": 30}},
+        );
+        assert_eq!(reply.get_document("splitPoint").unwrap(), &doc! {"k": 20});
+        let missing = engine.execute(
+            "admin",
+            &doc! {"_shoalSplitPoint": "d.none", "keyPattern": {"k": 1}},
+        );
+        assert_eq!(missing.get("splitPoint"), Some(&Bson::Null));
     }
 }

@@ -224,6 +224,7 @@ impl Engine {
             "ping" => Ok(Document::new()),
             "_shoalCountRange" => self.count_range(command),
             "_shoalApplyAtomic" => self.apply_atomic_command(command),
+            "_shoalSplitPoint" => self.split_point(command),
             _ => Err(CommandError::new(
                 ErrorCode::COMMAND_NOT_FOUND,
                 format!("no such command: '{name}'"),
