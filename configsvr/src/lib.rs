@@ -8,6 +8,7 @@
 //! The pure decisions (parsing `addShard` strings, choosing a primary shard, rewriting chunk
 //! maps) live in [`catalog`] and in `shoal_common::chunks`; [`server`] is the I/O around them.
 
+mod autosplit;
 pub mod catalog;
 pub mod server;
 mod store;

@@ -27,10 +27,13 @@ use crate::{
 const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The config server's command extension.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ConfigServer {
     /// Serializes metadata changes: each reads, decides and writes without interleaving.
-    metadata_lock: tokio::sync::Mutex<()>,
+    pub(crate) metadata_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether this process started its auto-splitter (it runs once per process and acts only
+    /// while the member is primary).
+    autosplit_started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The most initial chunks `shardCollection` creates for a hashed key (MongoDB's limit).
@@ -44,6 +47,7 @@ const COMMANDS: &[&str] = &[
     "shardCollection",
     "split",
     "mergeChunks",
+    "configureCollectionBalancing",
     "moveChunk",
     "balancerStatus",
     "balancerStart",
@@ -81,7 +85,14 @@ impl Extension for ConfigServer {
         Box::pin(async move {
             self.initialise(member)
                 .await
-                .map_err(|e| anyhow::anyhow!("initialising config: {e}"))
+                .map_err(|e| anyhow::anyhow!("initialising config: {e}"))?;
+            if !self
+                .autosplit_started
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                tokio::spawn(self.clone().autosplit_loop(Arc::clone(member)));
+            }
+            Ok(())
         })
     }
 }
@@ -166,6 +177,7 @@ impl ConfigServer {
             "shardCollection" => self.shard_collection(core, command).await,
             "split" => self.split(core, command).await,
             "mergeChunks" => self.merge_chunks(core, command).await,
+            "configureCollectionBalancing" => self.configure_balancing(core, command).await,
             "moveChunk" => self.move_chunk(core, command).await,
             "_shoalEnsureDatabase" => self.ensure_database_command(core, command).await,
             "_shoalDropCollection" => self.drop_collection(core, command).await,
@@ -578,7 +590,7 @@ impl ConfigServer {
         Ok(())
     }
 
-    async fn load_collection(
+    pub(crate) async fn load_collection(
         &self,
         core: &Arc<MemberCore>,
         ns: &Namespace,
@@ -601,7 +613,7 @@ impl ConfigServer {
         command: &Document,
     ) -> Result<Document, CommandError> {
         let ns = Namespace::parse(string_field(command, "split")?)?;
-        let mut collection = self.load_collection(core, &ns).await?;
+        let collection = self.load_collection(core, &ns).await?;
         let middle = match command.get("middle") {
             Some(Bson::Document(middle)) => middle.clone(),
             Some(other) => return Err(CommandError::type_mismatch("middle", "object", other)),
@@ -615,29 +627,42 @@ impl ConfigServer {
                 ));
             }
         };
-        let index = collection.map.chunk_index_for_key(&middle);
-        collection.map.split_at(&middle)?;
+        self.split_at(core, &ns, collection, &middle).await?;
+        Ok(doc! {"ok": 1.0})
+    }
+
+    /// Splits the chunk of `collection` containing `middle` there and commits (the caller holds
+    /// the metadata lock and loaded `collection` under it).
+    pub(crate) async fn split_at(
+        &self,
+        core: &Arc<MemberCore>,
+        ns: &Namespace,
+        mut collection: ShardedCollection,
+        middle: &Document,
+    ) -> Result<(), CommandError> {
+        let index = collection.map.chunk_index_for_key(middle);
+        collection.map.split_at(middle)?;
         let lower = &collection.map.chunks[index];
         let upper = &collection.map.chunks[index + 1];
         let ops = vec![
             put(
                 coll::CHUNKS,
-                catalog::chunk_document(&collection.chunk_ids[index], &ns, collection.uuid, lower),
+                catalog::chunk_document(&collection.chunk_ids[index], ns, collection.uuid, lower),
             ),
             put(
                 coll::CHUNKS,
-                catalog::chunk_document(&catalog::new_chunk_id(), &ns, collection.uuid, upper),
+                catalog::chunk_document(&catalog::new_chunk_id(), ns, collection.uuid, upper),
             ),
         ];
         failpoint::hit("split.beforeCommit");
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, at = %middle, "chunk split");
-        Ok(doc! {"ok": 1.0})
+        Ok(())
     }
 
     /// The split point of `split` by `find` (the chunk holding that shard key) or `bounds` (the
     /// chunk with exactly those bounds): the median shard key of its documents, from its shard.
-    async fn median_of_chunk(
+    pub(crate) async fn median_of_chunk(
         &self,
         core: &Arc<MemberCore>,
         ns: &Namespace,
@@ -675,6 +700,43 @@ impl ConfigServer {
                 ),
             )),
         }
+    }
+
+    /// `configureCollectionBalancing: ns, chunkSize: <MB>`: the collection's own maximum chunk
+    /// size (`maxChunkSizeBytes` in `config.collections`); 0 returns to the cluster's.
+    async fn configure_balancing(
+        &self,
+        core: &Arc<MemberCore>,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        let ns = Namespace::parse(string_field(command, "configureCollectionBalancing")?)?;
+        let Some(mut collection) = store::find_one(core, coll::COLLECTIONS, ns.to_string()).await?
+        else {
+            return Err(CommandError::new(
+                ErrorCode::NAMESPACE_NOT_SHARDED,
+                format!("{ns} is not sharded"),
+            ));
+        };
+        match command.get("chunkSize") {
+            None => {}
+            Some(Bson::Int32(0) | Bson::Int64(0)) => {
+                collection.remove("maxChunkSizeBytes");
+            }
+            Some(Bson::Int32(mb @ 1..=1024)) => {
+                collection.insert("maxChunkSizeBytes", i64::from(*mb) << 20);
+            }
+            Some(Bson::Int64(mb @ 1..=1024)) => {
+                collection.insert("maxChunkSizeBytes", *mb << 20);
+            }
+            Some(other) => {
+                return Err(CommandError::bad_value(format!(
+                    "chunkSize must be a number of MB from 1 to 1024 (0 for the cluster's), not {other}"
+                )));
+            }
+        }
+        self.commit(core, vec![put(coll::COLLECTIONS, collection)])
+            .await?;
+        Ok(doc! {"ok": 1.0})
     }
 
     /// `mergeChunks: ns, bounds: [min, max]`: merges the adjacent chunks of one shard that
@@ -795,7 +857,7 @@ impl ConfigServer {
         Ok(())
     }
 
-    async fn shard_host(
+    pub(crate) async fn shard_host(
         &self,
         core: &Arc<MemberCore>,
         shard: &ShardId,
@@ -992,7 +1054,7 @@ fn regex_escape(text: &str) -> String {
 
 /// Sends `request` (which names its `$db`) to the primary of the shard at `target`, following
 /// its elections.
-async fn shard_call(
+pub(crate) async fn shard_call(
     core: &Arc<MemberCore>,
     target: &str,
     mut request: Document,

@@ -355,6 +355,86 @@ impl Engine {
     }
 }
 
+/// The most ranges one `_shoalRangeSizes` call measures.
+pub const RANGE_SIZES_MAX: usize = 100_000;
+
+impl Engine {
+    /// `_shoalRangeSizes: ns, keyPattern, ranges: [[min, max], ...]` (sorted, disjoint): the bytes
+    /// and documents of the collection in each range, in one scan. The config server's
+    /// auto-splitter finds chunks grown past the maximum size with it.
+    pub(crate) fn range_sizes(&self, command: &Document) -> Result<Document, CommandError> {
+        let fields = Fields::new(command, "_shoalRangeSizes");
+        let ns = match command.get("_shoalRangeSizes") {
+            Some(Bson::String(ns)) => Namespace::parse(ns)?.to_string(),
+            _ => return Err(fields.missing("_shoalRangeSizes")),
+        };
+        let pattern = ShardKeyPattern::parse(
+            fields
+                .doc("keyPattern")?
+                .ok_or_else(|| fields.missing("keyPattern"))?,
+        )?;
+        let ranges = parse_ranges(command, &pattern)?;
+        let mut sizes = vec![(0i64, 0i64); ranges.len()];
+        let reader = Direct(self.kv.as_ref());
+        if let Some(entry) = catalog::lookup(&reader, &ns)? {
+            let (start, end) = collection_range(entry.id);
+            scan_documents(&reader, &start, &end, |_, document, size| {
+                let key = pattern.extract(&document)?;
+                // The last range whose min is <= key; it holds the key if key < its max.
+                let at = ranges.partition_point(|(min, _)| {
+                    compare_key_values(min, &key) != std::cmp::Ordering::Greater
+                });
+                if let Some(index) = at.checked_sub(1)
+                    && compare_key_values(&key, &ranges[index].1) == std::cmp::Ordering::Less
+                {
+                    sizes[index].0 += i64::try_from(size).unwrap_or(i64::MAX);
+                    sizes[index].1 += 1;
+                }
+                Ok::<_, CommandError>(Step::Next)
+            })?;
+        }
+        let sizes: Vec<Bson> = sizes
+            .into_iter()
+            .map(|(bytes, count)| Bson::Document(doc! {"bytes": bytes, "count": count}))
+            .collect();
+        Ok(doc! {"sizes": sizes})
+    }
+}
+
+fn parse_ranges(
+    command: &Document,
+    pattern: &ShardKeyPattern,
+) -> Result<Vec<(Document, Document)>, CommandError> {
+    let raw = command
+        .get_array("ranges")
+        .map_err(|_| CommandError::missing_field("_shoalRangeSizes", "ranges"))?;
+    if raw.len() > RANGE_SIZES_MAX {
+        return Err(CommandError::bad_value(format!(
+            "at most {RANGE_SIZES_MAX} ranges per call"
+        )));
+    }
+    let mut ranges: Vec<(Document, Document)> = Vec::with_capacity(raw.len());
+    for range in raw {
+        let pair = range.as_array().filter(|pair| pair.len() == 2);
+        let (Some(Bson::Document(min)), Some(Bson::Document(max))) =
+            (pair.and_then(|p| p.first()), pair.and_then(|p| p.get(1)))
+        else {
+            return Err(CommandError::bad_value("each range must be [min, max]"));
+        };
+        pattern.validate_key_shape(min)?;
+        pattern.validate_key_shape(max)?;
+        if let Some((_, previous_max)) = ranges.last()
+            && compare_key_values(previous_max, min) == std::cmp::Ordering::Greater
+        {
+            return Err(CommandError::bad_value(
+                "ranges must be sorted and disjoint",
+            ));
+        }
+        ranges.push((min.clone(), max.clone()));
+    }
+    Ok(ranges)
+}
+
 /// The median of sorted `keys`, moved up past keys equal to `min` so both halves are non-empty.
 fn median_split(keys: &[Document], min: &Document) -> Option<Document> {
     let middle = keys.len() / 2;
@@ -481,6 +561,25 @@ mod tests {
             &doc! {"_shoalSplitPoint": "d.c", "keyPattern": {"k": 1}, "min": {"k": 10}, "max": {"k": 30}},
         );
         assert_eq!(reply.get_document("splitPoint").unwrap(), &doc! {"k": 20});
+        let sizes = engine.execute(
+            "admin",
+            &doc! {
+                "_shoalRangeSizes": "d.c", "keyPattern": {"k": 1},
+                "ranges": [[{"k": 0}, {"k": 10}], [{"k": 50}, {"k": 60}], [{"k": 95}, {"k": 200}]],
+            },
+        );
+        let counts: Vec<i64> = sizes
+            .get_array("sizes")
+            .unwrap()
+            .iter()
+            .map(|s| s.as_document().unwrap().get_i64("count").unwrap())
+            .collect();
+        assert_eq!(counts, [10, 10, 5]);
+        let unsorted = engine.execute(
+            "admin",
+            &doc! {"_shoalRangeSizes": "d.c", "keyPattern": {"k": 1}, "ranges": [[{"k": 5}, {"k": 9}], [{"k": 0}, {"k": 3}]]},
+        );
+        assert_eq!(unsorted.get_i32("code").unwrap(), 2);
         let missing = engine.execute(
             "admin",
             &doc! {"_shoalSplitPoint": "d.none", "keyPattern": {"k": 1}},

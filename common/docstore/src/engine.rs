@@ -225,6 +225,7 @@ impl Engine {
             "_shoalCountRange" => self.count_range(command),
             "_shoalApplyAtomic" => self.apply_atomic_command(command),
             "_shoalSplitPoint" => self.split_point(command),
+            "_shoalRangeSizes" => self.range_sizes(command),
             _ => Err(CommandError::new(
                 ErrorCode::COMMAND_NOT_FOUND,
                 format!("no such command: '{name}'"),

@@ -88,6 +88,7 @@ fn list_commands() -> Document {
         "listCollections",
         "listDatabases",
         "listIndexes",
+        "configureCollectionBalancing",
         "listShards",
         "mergeChunks",
         "moveChunk",

@@ -125,9 +125,18 @@ impl Router {
             "create" => self.create(db, &command).await,
             "drop" => self.drop_collection(db, &command).await,
             "dropDatabase" => self.drop_database(db, &command).await,
-            "addShard" | "listShards" | "removeShard" | "enableSharding" | "shardCollection"
-            | "split" | "mergeChunks" | "moveChunk" | "balancerStatus" | "balancerStart"
-            | "balancerStop" => self.admin_forward(db, &command).await,
+            "addShard"
+            | "listShards"
+            | "removeShard"
+            | "enableSharding"
+            | "shardCollection"
+            | "split"
+            | "mergeChunks"
+            | "moveChunk"
+            | "balancerStatus"
+            | "balancerStart"
+            | "balancerStop"
+            | "configureCollectionBalancing" => self.admin_forward(db, &command).await,
             "flushRouterConfig" => self.flush_router_config().await,
             "explain" => self.explain_command(db, &command).await,
             "createIndexes" => self.create_indexes(db, &command).await,
@@ -197,8 +206,12 @@ impl Router {
 }
 
 /// Client writes go to user databases only; `config`, `admin` and `local` are the cluster's, and
-/// `system.*` collections are the server's.
+/// `system.*` collections are the server's. The exception is `config.settings`, which users edit
+/// through mongos in MongoDB too (`chunksize`, `autosplit`, the balancer's settings).
 fn refuse_internal_write(ns: &Namespace) -> Result<(), CommandError> {
+    if ns.db == "config" && ns.coll == "settings" {
+        return Ok(());
+    }
     if matches!(ns.db.as_str(), "config" | "admin" | "local") || ns.coll.starts_with("system.") {
         return Err(CommandError::new(
             ErrorCode::INVALID_NAMESPACE,

@@ -37,6 +37,9 @@ impl Router {
         command: &Document,
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "insert")?;
+        if is_settings(&ns) {
+            return self.settings_write(&ns, command).await;
+        }
         let documents = match command.get("documents") {
             Some(Bson::Array(documents)) => documents,
             Some(other) => return Err(CommandError::type_mismatch("documents", "array", other)),
@@ -168,6 +171,18 @@ impl Router {
         }
     }
 
+    /// A write to `config.settings` (cluster settings such as `chunksize`): the whole command
+    /// goes to the config server, which stores the collection.
+    async fn settings_write(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
+        self.cluster
+            .call_config(&ns.db, shard_command(command))
+            .await
+    }
+
     pub(super) async fn update(
         &self,
         db: &str,
@@ -191,6 +206,9 @@ impl Router {
         kind: StatementKind,
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, kind.command())?;
+        if is_settings(&ns) {
+            return self.settings_write(&ns, command).await;
+        }
         let statements = match command.get(kind.array_field()) {
             Some(Bson::Array(statements)) => statements,
             Some(other) => {
@@ -952,6 +970,11 @@ fn write_reply(
 
 fn clamp_i32(value: i64) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// Whether `ns` is `config.settings`, the one internal collection clients write.
+fn is_settings(ns: &Namespace) -> bool {
+    ns.db == "config" && ns.coll == "settings"
 }
 
 #[cfg(test)]
