@@ -1,9 +1,11 @@
 //! The `shoal` command: `shoal up` runs a local cluster in the foreground, `shoal shell` is a
-//! mongosh-style admin shell, and `shoal certs` makes TLS material for hand-started nodes.
+//! mongosh-style admin shell, `shoal certs` makes TLS material for hand-started nodes, and
+//! `shoal dump` / `shoal restore` make and load logical backups in mongodump's layout.
 //!
 //! main only parses arguments and owns the tokio runtime; the shell drives the runtime itself
 //! because its line editor blocks on the terminal between statements.
 
+mod backup;
 mod certs;
 mod shell;
 mod up;
@@ -70,6 +72,42 @@ enum CliCommand {
         #[arg(long)]
         eval: Option<String>,
     },
+    /// Write a logical backup (mongodump's layout) of every database but admin, config and
+    /// local, read through the router.
+    #[command(after_help = DUMP_HELP)]
+    Dump {
+        /// Connection string of the router, e.g. mongodb://127.0.0.1:27017/.
+        uri: String,
+        /// The dump directory: DIR/<db>/<coll>.bson and DIR/<db>/<coll>.metadata.json.
+        #[arg(long, default_value = "dump")]
+        out: PathBuf,
+        /// Dump only this database.
+        #[arg(long)]
+        db: Option<String>,
+        /// Dump only this collection (of --db).
+        #[arg(long, requires = "db")]
+        collection: Option<String>,
+        /// Gzip every file (.bson.gz, .metadata.json.gz).
+        #[arg(long)]
+        gzip: bool,
+    },
+    /// Load a dump written by `shoal dump` (or mongodump) through the router.
+    #[command(after_help = RESTORE_HELP)]
+    Restore {
+        /// Connection string of the router, e.g. mongodb://127.0.0.1:27017/.
+        uri: String,
+        /// The dump directory (holding one directory per database).
+        dir: PathBuf,
+        /// Restore only this database of the dump.
+        #[arg(long)]
+        db: Option<String>,
+        /// Restore only this collection (of --db).
+        #[arg(long, requires = "db")]
+        collection: Option<String>,
+        /// Drop each collection before restoring it.
+        #[arg(long)]
+        drop: bool,
+    },
     /// Create a cluster CA and, optionally, a node certificate signed by it.
     Certs {
         /// Directory of the CA (ca.pem, ca-key.pem); created if missing.
@@ -86,6 +124,22 @@ enum CliCommand {
         hosts: Vec<String>,
     },
 }
+
+/// What `shoal dump --help` adds below the options.
+const DUMP_HELP: &str = "\
+Each collection is read with one cursor sorted by _id over the live collection: a dump is
+consistent per collection only as far as a cursor is, and is NOT a point-in-time snapshot of the
+cluster (writes during the dump may or may not be included). Stop writes for an exact copy.
+Progress goes to stderr. Exits non-zero on any error; an unfinished .bson is left as .partial.";
+
+/// What `shoal restore --help` adds below the options.
+const RESTORE_HELP: &str = "\
+Per collection: drop it (--drop), create it with its dumped options, shard it on its dumped shard
+key (enableSharding + shardCollection), create its indexes, then insert its documents in unordered
+batches of 1000. Files ending in .gz are decompressed.
+Restore stops at the first error and exits non-zero, naming the file for a corrupt or truncated
+dump. Documents inserted before the error STAY in the collection: rerun with --drop to start over.
+Without --drop, documents whose _id already exists are errors.";
 
 fn main() -> ExitCode {
     init_tracing();
@@ -151,6 +205,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        CliCommand::Dump {
+            uri,
+            out,
+            db,
+            collection,
+            gzip,
+        } => {
+            let options = backup::dump::DumpOptions {
+                uri,
+                out,
+                selection: backup::layout::Selection::new(db, collection)?,
+                gzip,
+            };
+            let reporter = backup::progress::Reporter::for_stderr();
+            let summary = runtime()?.block_on(backup::dump::run(&options, reporter))?;
+            eprintln!(
+                "dumped {} documents of {} collections to {}",
+                summary.documents,
+                summary.collections,
+                options.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Restore {
+            uri,
+            dir,
+            db,
+            collection,
+            drop,
+        } => {
+            let options = backup::restore::RestoreOptions {
+                uri,
+                dir,
+                selection: backup::layout::Selection::new(db, collection)?,
+                drop,
+            };
+            let reporter = backup::progress::Reporter::for_stderr();
+            let summary = runtime()?.block_on(backup::restore::run(&options, reporter))?;
+            eprintln!(
+                "restored {} documents of {} collections from {}",
+                summary.documents,
+                summary.collections,
+                options.dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         CliCommand::Certs {
             ca_dir,
@@ -281,6 +381,53 @@ mod tests {
         assert_eq!(uri(Some("mongodb://x:1/"), None, None), "mongodb://x:1/");
         assert!(shell_uri(None, Some("h:5"), Some(6)).is_err());
         assert!(shell_uri(None, Some("a,,b"), None).is_err());
+    }
+
+    #[test]
+    fn dump_and_restore_arguments() {
+        let cli = Cli::try_parse_from(["shoal", "dump", "mongodb://h:1/", "--gzip"]).unwrap();
+        let CliCommand::Dump {
+            uri,
+            out,
+            db,
+            collection,
+            gzip,
+        } = cli.command
+        else {
+            panic!("expected dump");
+        };
+        assert_eq!(
+            (uri.as_str(), out, db, collection, gzip),
+            ("mongodb://h:1/", PathBuf::from("dump"), None, None, true)
+        );
+        assert!(Cli::try_parse_from(["shoal", "dump", "u", "--collection", "c"]).is_err());
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "restore",
+            "u",
+            "d",
+            "--db",
+            "x",
+            "--collection",
+            "c",
+            "--drop",
+        ])
+        .unwrap();
+        let CliCommand::Restore {
+            dir,
+            db,
+            collection,
+            drop,
+            ..
+        } = cli.command
+        else {
+            panic!("expected restore");
+        };
+        assert_eq!(
+            (dir, db.as_deref(), collection.as_deref(), drop),
+            (PathBuf::from("d"), Some("x"), Some("c"), true)
+        );
+        assert!(Cli::try_parse_from(["shoal", "restore", "u"]).is_err());
     }
 
     #[test]
