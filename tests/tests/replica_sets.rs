@@ -186,6 +186,36 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
     })
     .await?;
     cluster.converged_hash(Set::Shard, "wc", &[0, 1, 2]).await?;
+
+    // readConcern linearizable: served by the primary after a ReadIndex round, refused by a
+    // secondary.
+    let linearizable = coll
+        .find_one(doc! {"_id": "during-outage"})
+        .read_concern(mongodb::options::ReadConcern::linearizable())
+        .await?;
+    assert!(linearizable.is_some());
+    let primary = cluster.wait_primary(Set::Shard).await?;
+    let secondary_member = (0..3).find(|j| *j != primary).unwrap_or(0);
+    let on_secondary = cluster
+        .member_client(Set::Shard, secondary_member)
+        .await?
+        .database("wc")
+        .collection::<Document>("c");
+    let refused = on_secondary
+        .find_one(doc! {})
+        .read_concern(mongodb::options::ReadConcern::linearizable())
+        .selection_criteria(SelectionCriteria::ReadPreference(
+            ReadPreference::SecondaryPreferred { options: None },
+        ))
+        .await;
+    assert_eq!(
+        refused
+            .as_ref()
+            .err()
+            .and_then(shoal_tests::mongo::error_code),
+        Some(10107),
+        "{refused:?}"
+    );
     cluster.finish();
     Ok(())
 }
