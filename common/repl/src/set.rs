@@ -136,23 +136,21 @@ fn not_primary() -> CommandError {
         .with_label("RetryableWriteError")
 }
 
+/// A Raft API error as the MongoDB error a client sees: losing the primary role mid-operation is
+/// InterruptedDueToReplStateChange (retryable), a stopped Raft is InterruptedAtShutdown.
 fn raft_write_error<E>(error: RaftError<TypeConfig, E>) -> CommandError
 where
-    E: std::error::Error,
+    E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>>,
 {
+    if error.forward_to_leader().is_some() {
+        return CommandError::new(
+            ErrorCode::INTERRUPTED_DUE_TO_REPL_STATE_CHANGE,
+            format!("operation was interrupted because the member stepped down: {error}"),
+        )
+        .with_label("RetryableWriteError");
+    }
     match error {
-        RaftError::APIError(api) => {
-            let text = api.to_string();
-            if text.contains("forward") || text.contains("leader") {
-                CommandError::new(
-                    ErrorCode::INTERRUPTED_DUE_TO_REPL_STATE_CHANGE,
-                    format!("operation was interrupted because the member stepped down: {text}"),
-                )
-                .with_label("RetryableWriteError")
-            } else {
-                CommandError::new(ErrorCode::OPERATION_FAILED, text)
-            }
-        }
+        RaftError::APIError(api) => CommandError::new(ErrorCode::OPERATION_FAILED, api.to_string()),
         RaftError::Fatal(fatal) => CommandError::new(
             ErrorCode::INTERRUPTED_AT_SHUTDOWN,
             format!("replication stopped: {fatal}"),
@@ -574,7 +572,7 @@ impl ReplicaSet {
         if !learners.is_empty() {
             self.wait_for_leader(INITIATE_ELECTION_WAIT).await?;
             for (id, node) in learners {
-                self.forward_or_add_learner(id, node).await?;
+                self.add_learner_as_primary(id, node).await?;
             }
         }
         self.apply_electability();
@@ -582,7 +580,7 @@ impl ReplicaSet {
         Ok(doc! {"ok": 1.0})
     }
 
-    async fn forward_or_add_learner(
+    async fn add_learner_as_primary(
         &self,
         id: NodeId,
         node: MemberNode,
@@ -629,11 +627,8 @@ impl ReplicaSet {
         let old = self.config();
         let old_voters = old.voters();
         let new_voters = new.voters();
-        if old_voters.symmetric_difference(&new_voters).count() > 1
-            && !old_voters.is_subset(&new_voters)
-        {
-            tracing::info!("reconfig changes several votes at once; joint consensus keeps it safe");
-        }
+        // Several votes may change at once (unlike MongoDB's one-at-a-time rule): openraft's
+        // joint consensus keeps every intermediate configuration safe.
         let added: Vec<NodeId> = new
             .members
             .keys()
