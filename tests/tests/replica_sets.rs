@@ -187,6 +187,43 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
     .await?;
     cluster.converged_hash(Set::Shard, "wc", &[0, 1, 2]).await?;
 
+    // A primary cut off from its majority steps down: hello says so and writes are refused.
+    let cut = cluster.wait_primary(Set::Shard).await?;
+    let others: Vec<usize> = (0..3).filter(|j| *j != cut).collect();
+    cluster.partition(Set::Shard, cut, &others).await?;
+    eventually(Duration::from_secs(15), || {
+        let cluster = &cluster;
+        async move {
+            let hello = cluster
+                .hello(Set::Shard, cut)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("silent"))?;
+            anyhow::ensure!(
+                !hello.get_bool("isWritablePrimary")?,
+                "still claims primary"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    let refused = cluster
+        .member_client(Set::Shard, cut)
+        .await?
+        .database("wc")
+        .collection::<Document>("c")
+        .insert_one(doc! {"_id": "cut-off"})
+        .await;
+    assert_eq!(
+        refused
+            .as_ref()
+            .err()
+            .and_then(shoal_tests::mongo::error_code),
+        Some(10107),
+        "{refused:?}"
+    );
+    cluster.heal(Set::Shard).await?;
+    cluster.wait_primary(Set::Shard).await?;
+
     // readConcern linearizable: served by the primary after a ReadIndex round, refused by a
     // secondary.
     let linearizable = coll

@@ -116,6 +116,8 @@ pub struct ReplicaSet {
     kv: Arc<dyn Kv>,
     rpc: RpcClient,
     state_machine: StateMachine,
+    /// Set while this leader cannot get a majority to confirm it (see `check_majority`).
+    majority_lost: std::sync::atomic::AtomicBool,
     /// The configuration version (membership log index + 1) that removed this member, 0 when it
     /// is in the set; a newer configuration that includes it again (re-added) clears it.
     removed_at: std::sync::atomic::AtomicU64,
@@ -224,6 +226,7 @@ impl ReplicaSet {
             rpc,
             state_machine,
             removed_at: std::sync::atomic::AtomicU64::new(0),
+            majority_lost: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
         });
         set.apply_electability();
@@ -242,8 +245,49 @@ impl ReplicaSet {
 
     /// Whether this member is the primary now.
     pub fn is_primary(&self) -> bool {
+        self.is_raft_leader()
+            && !self
+                .majority_lost
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether Raft considers this member the leader (it may have lost its majority since).
+    fn is_raft_leader(&self) -> bool {
         let metrics = self.metrics();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.me)
+    }
+
+    /// How long a primary may go without a majority confirming it before it stops acting as
+    /// primary: by then the others have had time to elect someone else.
+    fn majority_lease(&self) -> Duration {
+        Duration::from_millis((self.options.election_timeout_ms * 4).max(2_000))
+    }
+
+    /// Confirms with a majority (one heartbeat round) that this leader still leads, and records
+    /// the answer: a primary cut off from its majority steps down in `hello` and refuses writes,
+    /// as MongoDB's does, instead of waiting to hear of a higher term.
+    async fn check_majority(&self) {
+        let confirmed = if self.is_raft_leader() {
+            let probe = self
+                .raft
+                .get_read_log_id(openraft::raft::ReadPolicy::ReadIndex);
+            matches!(
+                tokio::time::timeout(self.majority_lease(), probe).await,
+                Ok(Ok(_))
+            )
+        } else {
+            true
+        };
+        let was_lost = self
+            .majority_lost
+            .swap(!confirmed, std::sync::atomic::Ordering::Relaxed);
+        if was_lost == confirmed {
+            if confirmed {
+                tracing::info!(set = %self.set_name, "a majority confirms this primary again");
+            } else {
+                tracing::warn!(set = %self.set_name, "no majority confirms this primary: stepping down from serving writes");
+            }
+        }
     }
 
     /// Whether this member may serve reads that accept a secondary.
@@ -808,7 +852,9 @@ impl ReplicaSet {
                     reply.insert("secondaryDelaySecs", i64::from(me.secondary_delay_secs));
                 }
             }
+            // A leader without a majority does not name itself primary.
             if let Some(leader) = metrics.current_leader
+                && (leader != self.me || primary)
                 && let Some(node) = membership.get_node(&leader)
             {
                 reply.insert("primary", node.host.clone());
@@ -854,7 +900,12 @@ impl ReplicaSet {
             return MemberState::Startup;
         }
         match metrics.state {
-            ServerState::Leader if metrics.current_leader == Some(self.me) => MemberState::Primary,
+            ServerState::Leader if metrics.current_leader == Some(self.me) && self.is_primary() => {
+                MemberState::Primary
+            }
+            ServerState::Leader if metrics.current_leader == Some(self.me) => {
+                MemberState::Secondary
+            }
             ServerState::Follower | ServerState::Learner if metrics.current_leader.is_some() => {
                 MemberState::Secondary
             }
@@ -1051,6 +1102,7 @@ async fn priority_supervisor(set: std::sync::Weak<ReplicaSet>) {
             return;
         };
         set.apply_electability();
+        set.check_majority().await;
         if !set.is_primary() {
             leader_since = None;
             continue;
