@@ -261,7 +261,6 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
 async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::Result<()> {
     // Snapshots every 100 entries, so the added member needs one (the log before it is gone).
     let mut cluster = ReplCluster::start_with(1, 4, &["--snapshot-entries", "100"]).await?;
-    let _ = &mut cluster;
     let client = cluster.router_client().await?;
     let coll = client.database("grow").collection::<Document>("c");
     for i in 0..400 {
@@ -365,8 +364,7 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn step_down_priority_takeover_and_delayed_member() -> anyhow::Result<()> {
-    let mut cluster = ReplCluster::start(1, 4).await?;
-    let _ = &mut cluster;
+    let cluster = ReplCluster::start(1, 4).await?;
     let client = cluster.router_client().await?;
     let coll = client.database("prio").collection::<Document>("c");
     coll.insert_one(doc! {"_id": 0}).await?;
