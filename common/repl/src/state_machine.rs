@@ -47,6 +47,14 @@ const SNAPSHOT_PAGE_PAIRS: usize = 4096;
 /// The largest snapshot a member builds in memory (documents and catalog); a larger data set
 /// needs streamed snapshots, which this version does not have.
 pub const SNAPSHOT_BYTES_MAX: usize = 56 << 20;
+/// How long a retryable-write record outlives its last use: MongoDB's session timeout
+/// (`logicalSessionTimeoutMinutes`, 30). A retry after that is executed again, as in MongoDB.
+pub const SESSION_TIMEOUT_MILLIS: i64 = 30 * 60 * 1000;
+/// Every this many entries, apply also removes expired session records (decided from the entry's
+/// time and the state, so every member removes the same ones).
+pub const SESSION_SWEEP_EVERY_ENTRIES: u64 = 4096;
+/// Session records one sweep removes at most; the next sweep continues.
+pub const SESSION_SWEEP_MAX: usize = 10_000;
 /// Statement results kept per session record (a retried batch is looked up by its first
 /// statement id).
 pub const SESSION_RESULTS_MAX: usize = 1024;
@@ -222,6 +230,9 @@ impl StateMachine {
             }
             EntryPayload::Normal(proposal) => {
                 let reply = self.apply_proposal(log_id.index, proposal, &mut batch)?;
+                if log_id.index % SESSION_SWEEP_EVERY_ENTRIES == 0 {
+                    self.sweep_sessions(proposal.now_millis, &mut batch)?;
+                }
                 Applied {
                     reply: bson::to_vec(&reply).map_err(io_error)?,
                 }
@@ -285,7 +296,7 @@ impl StateMachine {
         if let (Some(session), Some(existing)) = (&proposal.session, record)
             && matches!(reply.get("ok"), Some(Bson::Double(ok)) if *ok == 1.0)
         {
-            let updated = session_record(existing, session, &reply);
+            let updated = session_record(existing, session, &reply, proposal.now_millis);
             batch.put(
                 Space::RaftMeta,
                 session_key(&session.lsid),
@@ -293,6 +304,30 @@ impl StateMachine {
             );
         }
         Ok(reply)
+    }
+
+    /// Adds to `batch` the removal of session records unused since `now - SESSION_TIMEOUT`.
+    fn sweep_sessions(&self, now_millis: i64, batch: &mut WriteBatch) -> io::Result<()> {
+        let pairs = self
+            .kv
+            .scan(
+                Space::RaftMeta,
+                SESSION_PREFIX,
+                SESSION_END,
+                SESSION_SWEEP_MAX,
+            )
+            .map_err(io_error)?;
+        let cutoff = now_millis.saturating_sub(SESSION_TIMEOUT_MILLIS);
+        for (key, value) in pairs {
+            let last_use = Document::from_reader(&mut value.as_slice())
+                .ok()
+                .and_then(|record| record.get_i64("lastUse").ok())
+                .unwrap_or(i64::MIN);
+            if last_use < cutoff {
+                batch.delete(Space::RaftMeta, key);
+            }
+        }
+        Ok(())
     }
 
     /// The session's record and, when this statement already ran, its recorded reply.
@@ -412,6 +447,7 @@ fn session_record(
     existing: Option<Document>,
     session: &SessionStatement,
     reply: &Document,
+    now_millis: i64,
 ) -> Document {
     let mut results = match existing {
         Some(record) if record.get_i64("txn").ok() == Some(session.txn_number) => {
@@ -422,7 +458,7 @@ fn session_record(
     if results.len() < SESSION_RESULTS_MAX {
         results.insert(session.stmt.to_string(), reply.clone());
     }
-    doc! {"txn": session.txn_number, "results": results}
+    doc! {"txn": session.txn_number, "results": results, "lastUse": now_millis}
 }
 
 /// What a snapshot holds: catalog, documents and session records (the log and the vote are
@@ -599,11 +635,38 @@ mod tests {
             txn_number: txn,
             stmt,
         };
-        let first = session_record(None, &statement(1, 0), &doc! {"n": 1});
-        let second = session_record(Some(first), &statement(1, 5), &doc! {"n": 2});
+        let first = session_record(None, &statement(1, 0), &doc! {"n": 1}, 5);
+        let second = session_record(Some(first), &statement(1, 5), &doc! {"n": 2}, 6);
         assert_eq!(second.get_document("results").unwrap().len(), 2);
-        let third = session_record(Some(second), &statement(2, 0), &doc! {"n": 3});
+        let third = session_record(Some(second), &statement(2, 0), &doc! {"n": 3}, 7);
         assert_eq!(third.get_document("results").unwrap().len(), 1);
         assert_eq!(third.get_i64("txn").unwrap(), 2);
+    }
+
+    #[test]
+    fn expired_session_records_are_swept() {
+        let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
+        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).unwrap();
+        let machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
+        let now = 10 * SESSION_TIMEOUT_MILLIS;
+        let mut seed = WriteBatch::new();
+        for (lsid, last_use) in [(1u8, now - SESSION_TIMEOUT_MILLIS - 1), (2u8, now - 1000)] {
+            let record = doc! {"txn": 1_i64, "results": {}, "lastUse": last_use};
+            seed.put(
+                Space::RaftMeta,
+                session_key(&[lsid; 16]),
+                bson::to_vec(&record).unwrap(),
+            );
+        }
+        kv.write(seed, true).unwrap();
+        let mut batch = WriteBatch::new();
+        machine.sweep_sessions(now, &mut batch).unwrap();
+        assert_eq!(
+            batch.ops,
+            vec![WriteOp::Delete {
+                space: Space::RaftMeta,
+                key: session_key(&[1; 16]),
+            }]
+        );
     }
 }
