@@ -230,7 +230,7 @@ impl StateMachine {
             }
             EntryPayload::Normal(proposal) => {
                 let reply = self.apply_proposal(log_id.index, proposal, &mut batch)?;
-                if log_id.index % SESSION_SWEEP_EVERY_ENTRIES == 0 {
+                if log_id.index.is_multiple_of(SESSION_SWEEP_EVERY_ENTRIES) {
                     self.sweep_sessions(proposal.now_millis, &mut batch)?;
                 }
                 Applied {
