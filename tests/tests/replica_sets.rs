@@ -76,6 +76,11 @@ async fn config_server_failover_keeps_metadata_commands_working() -> anyhow::Res
     Ok(())
 }
 
+/// Reads that a secondary may answer (direct connections to a member).
+fn secondary_preferred() -> SelectionCriteria {
+    SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None })
+}
+
 fn opcounter(status: &Document, field: &str) -> i64 {
     status
         .get_document("opcounters")
@@ -241,9 +246,7 @@ async fn write_concerns_and_secondary_reads() -> anyhow::Result<()> {
     let refused = on_secondary
         .find_one(doc! {})
         .read_concern(mongodb::options::ReadConcern::linearizable())
-        .selection_criteria(SelectionCriteria::ReadPreference(
-            ReadPreference::SecondaryPreferred { options: None },
-        ))
+        .selection_criteria(secondary_preferred())
         .await;
     assert_eq!(
         refused
@@ -298,9 +301,7 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
         .database("grow")
         .collection::<Document>("c")
         .count_documents(doc! {})
-        .selection_criteria(SelectionCriteria::ReadPreference(
-            ReadPreference::SecondaryPreferred { options: None },
-        ))
+        .selection_criteria(secondary_preferred())
         .await;
     let code = refused
         .as_ref()
@@ -332,9 +333,7 @@ async fn added_member_catches_up_and_a_non_voter_is_never_primary() -> anyhow::R
         .database("grow")
         .collection::<Document>("c")
         .count_documents(doc! {})
-        .selection_criteria(SelectionCriteria::ReadPreference(
-            ReadPreference::SecondaryPreferred { options: None },
-        ))
+        .selection_criteria(secondary_preferred())
         .await?;
     assert_eq!(count, 600);
     assert!(
@@ -432,8 +431,7 @@ async fn step_down_priority_takeover_and_delayed_member() -> anyhow::Result<()> 
         .await?
         .database("prio")
         .collection::<Document>("c");
-    let secondary =
-        SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None });
+    let secondary = secondary_preferred();
     let early = on_delayed
         .find_one(doc! {"_id": "late"})
         .selection_criteria(secondary.clone())

@@ -253,7 +253,9 @@ impl ReplicaSet {
 
     /// Whether Raft considers this member the leader (it may have lost its majority since).
     fn is_raft_leader(&self) -> bool {
-        let metrics = self.metrics();
+        // Borrowed, not cloned: this runs on every write and every read.
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow_watched();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.me)
     }
 

@@ -58,12 +58,22 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// The reply as a document (an empty one for entries without a reply).
+    /// The reply as a document (an empty one for entries without a reply). Undecodable bytes
+    /// become an InternalError reply rather than a reply without `ok`.
     pub fn document(&self) -> Document {
         if self.reply.is_empty() {
             return Document::new();
         }
-        Document::from_reader(&mut self.reply.as_slice()).unwrap_or_default()
+        match Document::from_reader(&mut self.reply.as_slice()) {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::error!(%error, "undecodable reply from the state machine");
+                shoal_common::CommandError::internal(
+                    "the write was applied but its reply could not be decoded",
+                )
+                .to_document()
+            }
+        }
     }
 }
 
