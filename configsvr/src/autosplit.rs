@@ -45,6 +45,10 @@ impl ConfigServer {
             if !core.repl.is_primary() {
                 continue;
             }
+            // A split of a chunk under migration would abort the migration: wait for it.
+            let Ok(_no_migration) = self.migration_lock.try_lock() else {
+                continue;
+            };
             match self.autosplit_round(&core).await {
                 Ok(0) => failing = false,
                 Ok(splits) => {

@@ -9,6 +9,7 @@
 //! maps) live in [`catalog`] and in `shoal_common::chunks`; [`server`] is the I/O around them.
 
 mod autosplit;
+pub mod migrate;
 pub mod catalog;
 pub mod server;
 mod store;

@@ -34,7 +34,14 @@ pub struct ConfigServer {
     /// Whether this process started its auto-splitter (it runs once per process and acts only
     /// while the member is primary).
     autosplit_started: Arc<std::sync::atomic::AtomicBool>,
+    /// One chunk migration at a time (held for a whole migration and each range deletion).
+    pub(crate) migration_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes ownership pushes to shards, so an older view never lands after a newer one.
+    pub(crate) filtering_lock: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// `config.actionlog`: recent balancer rounds and migrations (read by `sh.status()`).
+pub(crate) const ACTIONLOG: &str = "actionlog";
 
 /// The most initial chunks `shardCollection` creates for a hashed key (MongoDB's limit).
 const INITIAL_CHUNKS_MAX: usize = 8192;
@@ -49,6 +56,8 @@ const COMMANDS: &[&str] = &[
     "mergeChunks",
     "configureCollectionBalancing",
     "moveChunk",
+    "moveRange",
+    "_shoalSyncShardFiltering",
     "balancerStatus",
     "balancerStart",
     "balancerStop",
@@ -91,6 +100,7 @@ impl Extension for ConfigServer {
                 .swap(true, std::sync::atomic::Ordering::SeqCst)
             {
                 tokio::spawn(self.clone().autosplit_loop(Arc::clone(member)));
+                tokio::spawn(self.clone().range_deleter_loop(Arc::clone(member)));
             }
             Ok(())
         })
@@ -157,6 +167,9 @@ impl ConfigServer {
                 "Shoal has no balancer yet: chunks move only with moveChunk",
             )),
             "_shoalGetRoutingTable" => self.routing_table(core, command).await,
+            // Migrations take the metadata lock only around their metadata reads and commit.
+            "moveChunk" | "moveRange" => self.move_chunk_command(core, name, command).await,
+            "_shoalSyncShardFiltering" => self.sync_filtering_command(core, command).await,
             _ => {
                 let _guard = self.metadata_lock.lock().await;
                 self.run_locked(core, name, command).await
@@ -178,7 +191,6 @@ impl ConfigServer {
             "split" => self.split(core, command).await,
             "mergeChunks" => self.merge_chunks(core, command).await,
             "configureCollectionBalancing" => self.configure_balancing(core, command).await,
-            "moveChunk" => self.move_chunk(core, command).await,
             "_shoalEnsureDatabase" => self.ensure_database_command(core, command).await,
             "_shoalDropCollection" => self.drop_collection(core, command).await,
             "_shoalDropDatabase" => self.drop_database(core, command).await,
@@ -494,6 +506,8 @@ impl ConfigServer {
         }
         self.commit(core, ops).await?;
         tracing::info!(ns = %ns, key = %key.to_document(), "collection sharded");
+        let shards = self.all_shards(core).await?;
+        self.sync_filtering(core, &ns, &shards).await?;
         Ok(doc! {"collectionsharded": ns.to_string(), "collectionUUID": uuid.to_bson(), "ok": 1.0})
     }
 
@@ -783,80 +797,6 @@ impl ConfigServer {
         Ok(doc! {"ok": 1.0})
     }
 
-    async fn move_chunk(
-        &self,
-        core: &Arc<MemberCore>,
-        command: &Document,
-    ) -> Result<Document, CommandError> {
-        let started = std::time::Instant::now();
-        let ns = Namespace::parse(string_field(command, "moveChunk")?)?;
-        let to = ShardId::new(string_field(command, "to")?)?;
-        let mut collection = self.load_collection(core, &ns).await?;
-        let key = chunk_key_from_command(&collection.map, command)?;
-        let Some(to_shard) = store::find_one(core, coll::SHARDS, to.as_str()).await? else {
-            return Err(CommandError::new(
-                ErrorCode::SHARD_NOT_FOUND,
-                format!("Shard {to} not found"),
-            ));
-        };
-        let _ = to_shard;
-        let index = collection.map.chunk_index_for_key(&key);
-        let chunk = collection.map.chunks[index].clone();
-        if chunk.shard == to {
-            // MongoDB answers a move to the current owner with success and does nothing.
-            return Ok(doc! {"millis": 0_i64, "ok": 1.0});
-        }
-        self.require_empty_chunk(core, &ns, &collection.map.key, &chunk)
-            .await?;
-        collection.map.move_chunk(&key, &to)?;
-        let moved = &collection.map.chunks[index];
-        let ops = vec![put(
-            coll::CHUNKS,
-            catalog::chunk_document(&collection.chunk_ids[index], &ns, collection.uuid, moved),
-        )];
-        failpoint::hit("moveChunk.beforeCommit");
-        self.commit(core, ops).await?;
-        tracing::info!(ns = %ns, min = %chunk.min, from = %chunk.shard, to = %to, "chunk moved");
-        let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        Ok(doc! {"millis": millis, "ok": 1.0})
-    }
-
-    /// Moving a chunk that holds documents needs the online migration protocol; until then only
-    /// empty chunks move, and a chunk with documents is refused rather than orphaned.
-    async fn require_empty_chunk(
-        &self,
-        core: &Arc<MemberCore>,
-        ns: &Namespace,
-        key: &ShardKeyPattern,
-        chunk: &Chunk,
-    ) -> Result<(), CommandError> {
-        let donor_host = self.shard_host(core, &chunk.shard).await?;
-        let request = doc! {
-            "_shoalCountRange": ns.to_string(), "$db": "admin",
-            "keyPattern": key.to_document(), "min": chunk.min.clone(), "max": chunk.max.clone(),
-        };
-        let reply = shard_call(core, &donor_host, request).await?;
-        if let Some(error) = CommandError::from_reply(&reply) {
-            return Err(error);
-        }
-        let count = match reply.get("n") {
-            Some(Bson::Int32(n)) => i64::from(*n),
-            Some(Bson::Int64(n)) => *n,
-            _ => return Err(CommandError::internal("_shoalCountRange reply without n")),
-        };
-        if count > 0 {
-            return Err(CommandError::new(
-                ErrorCode::ILLEGAL_OPERATION,
-                format!(
-                    "chunk [{}, {}) of {ns} holds {count} documents; moving chunks with data \
-                     needs online migration, which is not available yet",
-                    chunk.min, chunk.max
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     pub(crate) async fn shard_host(
         &self,
         core: &Arc<MemberCore>,
@@ -967,7 +907,7 @@ impl ConfigServer {
     }
 
     /// Writes `ops` and the bumped routing version in one atomic batch.
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         core: &Arc<MemberCore>,
         mut ops: Vec<AtomicOp>,
@@ -998,7 +938,7 @@ fn put(coll: &str, doc: Document) -> AtomicOp {
     }
 }
 
-fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, CommandError> {
+pub(crate) fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, CommandError> {
     match command.get(field) {
         Some(Bson::String(value)) => Ok(value),
         Some(other) => Err(CommandError::type_mismatch(field, "string", other)),
@@ -1010,7 +950,7 @@ fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, Comma
 
 /// The shard-key value naming a chunk in `moveChunk`: `find` (a query on the shard key) or
 /// `bounds` (`[min, max]`, whose `min` names the chunk).
-fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document, CommandError> {
+pub(crate) fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document, CommandError> {
     if let Some(find) = command.get("find") {
         let find = find
             .as_document()

@@ -3,6 +3,8 @@
 //! process aborts on the spot, exactly as a crash would leave it. Restarting without the
 //! variable must then find consistent state and let the operation be retried.
 //!
+//! An entry `name:pause=MILLIS` pauses there instead (see [`pause_millis`]).
+//!
 //! The list is read once; with the variable unset a failpoint costs one atomic load.
 
 use std::sync::OnceLock;
@@ -20,6 +22,19 @@ fn armed() -> &'static [String] {
             .map(str::to_owned)
             .collect(),
         Err(_) => Vec::new(),
+    })
+}
+
+/// How long the named failpoint pauses, when armed as `name:pause=MILLIS`: the operation
+/// stops there for that long (announcing it on stderr), so a test can kill another process at
+/// exactly that step, then lets the operation go on against whatever it finds.
+pub fn pause_millis(name: &str) -> Option<u64> {
+    armed().iter().find_map(|armed_name| {
+        let (armed_name, mode) = armed_name.split_once(':')?;
+        if armed_name != name {
+            return None;
+        }
+        mode.strip_prefix("pause=")?.parse().ok()
     })
 }
 

@@ -52,6 +52,7 @@ pub(crate) fn create(txn: &mut Txn<'_>, ns: &str) -> Result<CollectionEntry, Sto
         indexes: Vec::new(),
         next_index_id: 1,
         validation: crate::validation::Validation::default(),
+        sharding: None,
     };
     txn.put(
         Space::Catalog,

@@ -55,6 +55,8 @@ pub(crate) struct Cursor {
     /// The remaining results.
     pub source: Source,
     last_used: Instant,
+    /// When the cursor was opened (range deletion waits for cursors older than a migration).
+    opened: Instant,
 }
 
 impl Cursor {
@@ -66,6 +68,7 @@ impl Cursor {
             coll,
             source,
             last_used: Instant::now(),
+            opened: Instant::now(),
         }
     }
 }
@@ -156,6 +159,21 @@ impl CursorTable {
     /// Closes cursor `id`; whether it was open.
     pub fn remove(&mut self, id: i64) -> bool {
         self.cursors.remove(&id).is_some()
+    }
+
+    /// How many cursors read collection `ns` (`db.coll`), and how long ago the oldest opened.
+    pub fn open_on(&self, ns: &str) -> (usize, std::time::Duration) {
+        let now = Instant::now();
+        self.cursors
+            .values()
+            .filter(|cursor| {
+                ns.strip_prefix(cursor.db.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|coll| coll == cursor.coll)
+            })
+            .fold((0, std::time::Duration::ZERO), |(n, oldest), cursor| {
+                (n + 1, oldest.max(now.saturating_duration_since(cursor.opened)))
+            })
     }
 
     /// Number of open cursors.

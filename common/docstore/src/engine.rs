@@ -19,7 +19,15 @@ use std::sync::{
 use bson::Document;
 use shoal_common::{CommandError, ErrorCode, ids::validate_db_name};
 
-use crate::{catalog, cursor::CursorTable, error::StoreError, kv::Kv, txn::Direct};
+use crate::{
+    catalog,
+    cursor::CursorTable,
+    error::StoreError,
+    kv::Kv,
+    sharding::{ReceivedVersion, stale_unknown},
+    tracking::{Trackers, TrackingKv},
+    txn::Direct,
+};
 
 /// Counters for `serverStatus.opcounters`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +64,8 @@ pub struct Engine {
     writer: Mutex<()>,
     pub(crate) cursors: Mutex<CursorTable>,
     counters: Counters,
+    /// Migrations this member is the donor of (see `tracking.rs`).
+    pub(crate) trackers: Arc<Trackers>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -103,7 +113,10 @@ impl Engine {
     pub fn with_kv(kv: Arc<dyn Kv>) -> Result<Engine, StoreError> {
         let collections = catalog::list_all(&Direct(kv.as_ref()))?;
         tracing::info!(collections = collections.len(), "document engine opened");
+        let trackers = Arc::new(Trackers::default());
+        let kv: Arc<dyn Kv> = Arc::new(TrackingKv::new(kv, Arc::clone(&trackers)));
         Ok(Engine {
+            trackers,
             kv,
             writer: Mutex::new(()),
             cursors: Mutex::new(CursorTable::default()),
@@ -170,6 +183,9 @@ impl Engine {
 
     fn dispatch(&self, db: &str, name: &str, command: &Document) -> Result<Document, CommandError> {
         validate_db_name(db)?;
+        if let Some(received) = command.get("shardVersion") {
+            self.check_shard_version(db, name, command, received)?;
+        }
         match name {
             "insert" => self.insert(db, command),
             "update" => {
@@ -226,10 +242,47 @@ impl Engine {
             "_shoalApplyAtomic" => self.apply_atomic_command(command),
             "_shoalSplitPoint" => self.split_point(command),
             "_shoalRangeSizes" => self.range_sizes(command),
+            "_shoalSetFiltering" => self.set_filtering(command),
+            "_shoalMigrateRead" => self.migrate_read(command),
+            "_shoalMigrateApply" => self.migrate_apply(command),
+            "_shoalDeleteRange" => self.delete_range(command),
+            "_shoalMigrateStart" => self.migrate_start(command),
+            "_shoalMigrateMods" => self.migrate_mods(command),
+            "_shoalMigrateEnd" => self.migrate_end(command),
+            "_shoalCursorsOpen" => self.cursors_open(command),
             _ => Err(CommandError::new(
                 ErrorCode::COMMAND_NOT_FOUND,
                 format!("no such command: '{name}'"),
             )),
+        }
+    }
+}
+
+impl Engine {
+    /// Refuses (StaleConfig) a router request routed with another version of this shard's
+    /// ownership of the collection than the one it holds now; see `sharding.rs`.
+    fn check_shard_version(
+        &self,
+        db: &str,
+        name: &str,
+        command: &Document,
+        received: &bson::Bson,
+    ) -> Result<(), CommandError> {
+        let received = ReceivedVersion::parse(received)?;
+        let target = match (name, command.get(name)) {
+            ("explain", Some(bson::Bson::Document(inner))) => inner.values().next(),
+            (_, value) => value,
+        };
+        let Some(bson::Bson::String(coll)) = target else {
+            return Err(CommandError::bad_value(format!(
+                "shardVersion sent with '{name}', which names no collection"
+            )));
+        };
+        let ns = format!("{db}.{coll}");
+        let entry = catalog::lookup(&Direct(self.kv.as_ref()), &ns)?;
+        match entry.as_ref().and_then(|entry| entry.sharding.as_ref()) {
+            Some(state) => state.check_version(&ns, &received),
+            None => Err(stale_unknown(&ns, &received)),
         }
     }
 }

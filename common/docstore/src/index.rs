@@ -529,6 +529,7 @@ pub(crate) fn stage_document(
     bytes: Vec<u8>,
 ) -> Result<(), StmtError> {
     entry.validation.check(old, new)?;
+    check_ownership(txn, entry, new)?;
     let id_code = id_code(entry.id, &doc_key);
     let mut changes = Vec::with_capacity(entry.indexes.len());
     for index in &entry.indexes {
@@ -539,6 +540,21 @@ pub(crate) fn stage_document(
     Ok(())
 }
 
+/// Refuses to write a document this shard does not own, or one under a migration's critical
+/// section (StaleConfig: the router re-targets the statement).
+fn check_ownership(
+    txn: &Txn<'_>,
+    entry: &CollectionEntry,
+    document: &Document,
+) -> Result<(), StmtError> {
+    match &entry.sharding {
+        Some(sharding) if txn.ownership_checks => sharding
+            .check_write(&entry.ns, document)
+            .map_err(StmtError::Write),
+        _ => Ok(()),
+    }
+}
+
 /// Stages the removal of a document and its index entries.
 pub(crate) fn unstage_document(
     txn: &mut Txn<'_>,
@@ -546,6 +562,7 @@ pub(crate) fn unstage_document(
     doc_key: Vec<u8>,
     old: &Document,
 ) -> Result<(), StmtError> {
+    check_ownership(txn, entry, old)?;
     let id_code = id_code(entry.id, &doc_key);
     let mut changes = Vec::with_capacity(entry.indexes.len());
     for index in &entry.indexes {

@@ -107,6 +107,8 @@ pub(crate) struct CollectionEntry {
     pub next_index_id: u64,
     /// Schema validation options.
     pub validation: Validation,
+    /// The shard's ownership of this collection when it is sharded (see `sharding.rs`).
+    pub sharding: Option<std::sync::Arc<crate::sharding::ShardingState>>,
 }
 
 impl CollectionEntry {
@@ -123,6 +125,9 @@ impl CollectionEntry {
         };
         if !self.validation.is_empty() {
             record.insert("options", self.validation.to_record());
+        }
+        if let Some(sharding) = &self.sharding {
+            record.insert("sharding", sharding.to_document());
         }
         encode_document(&record)
     }
@@ -155,6 +160,13 @@ impl CollectionEntry {
             Ok(options) => Validation::from_record(options).map_err(|why| bad(&why))?,
             Err(_) => Validation::default(),
         };
+        let sharding = match record.get_document("sharding") {
+            Ok(state) => Some(std::sync::Arc::new(
+                crate::sharding::ShardingState::from_document(state)
+                    .map_err(|why| bad(&why.errmsg))?,
+            )),
+            Err(_) => None,
+        };
         Ok(CollectionEntry {
             ns,
             uuid,
@@ -163,6 +175,7 @@ impl CollectionEntry {
             indexes,
             next_index_id,
             validation,
+            sharding,
         })
     }
 
@@ -237,6 +250,7 @@ mod tests {
             indexes: Vec::new(),
             next_index_id: 3,
             validation: Validation::default(),
+            sharding: None,
         };
         let back = CollectionEntry::decode(b"k", &entry.encode()).unwrap();
         assert_eq!(back, entry);

@@ -135,7 +135,8 @@ pub(crate) fn count_matching(
     skip: u64,
     limit: u64,
 ) -> Result<(u64, ExecStats), CommandError> {
-    let Some(plan) = plan.filter(|_| !filter_doc.is_empty()) else {
+    // A sharded collection may hold orphans, which the statistics count: scan then.
+    let Some(plan) = plan.filter(|_| !filter_doc.is_empty() || entry.sharding.is_some()) else {
         // The statistics record is maintained in every write batch, so it is exact.
         let stats = crate::catalog::stats(reader, entry.id)?;
         let total = u64::try_from(stats.count).unwrap_or(0);

@@ -13,7 +13,7 @@
 //! considered, sparse ones only when the bounds exclude null, partial ones only when the filter
 //! implies their filter expression. `hint` forces an index (or `$natural`, a collection scan).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use bson::{Bson, Document, doc};
 use shoal_common::CommandError;
@@ -23,6 +23,7 @@ use crate::{
     index::{IndexField, IndexSpec, encode_field, same_key},
     keys::{CollectionEntry, CollectionId, collection_prefix, collection_range, prefix_after},
     scan::{RangeScan, Target},
+    sharding::ShardingState,
 };
 
 /// Most ranges one plan scans (the product of the `$in` lists of a compound key); beyond it
@@ -79,6 +80,8 @@ pub(crate) struct Plan {
     reverse: bool,
     /// Whether the scan yields documents in the requested sort order (always, with no sort).
     pub sorted: bool,
+    /// The shard's ownership: scans skip orphans.
+    owner: Option<Arc<ShardingState>>,
 }
 
 impl Plan {
@@ -92,7 +95,7 @@ impl Plan {
                 multikey: index.multikey,
             },
         };
-        RangeScan::new(self.ranges.clone(), self.reverse, target)
+        RangeScan::new(self.ranges.clone(), self.reverse, target).owned_by(self.owner.clone())
     }
 
     /// The index the plan scans, if any.
@@ -781,6 +784,7 @@ fn score(
         ranges,
         reverse,
         sorted: sort.is_none_or(|sort| sort.is_empty()) || order.is_some(),
+        owner: None,
     };
     Some(Scored {
         rank: (
@@ -843,6 +847,7 @@ fn collection_scan(entry: &CollectionEntry, reverse: bool, sort_empty: bool) -> 
         ranges: vec![(start, end)],
         reverse,
         sorted: sort_empty,
+        owner: None,
     }
 }
 
@@ -895,8 +900,15 @@ fn hinted<'a>(
     }
 }
 
-/// Picks the access path for `shape` over `entry`'s collection.
+/// Picks the access path for `shape` over `entry`'s collection. Its scans skip documents the
+/// shard does not own when the collection is sharded.
 pub(crate) fn choose(entry: &CollectionEntry, shape: QueryShape<'_>) -> Result<Plan, CommandError> {
+    let mut plan = choose_path(entry, shape)?;
+    plan.owner.clone_from(&entry.sharding);
+    Ok(plan)
+}
+
+fn choose_path(entry: &CollectionEntry, shape: QueryShape<'_>) -> Result<Plan, CommandError> {
     let mut query = Vec::new();
     conjuncts(shape.filter, &mut query);
     // A sort that is not a plain key pattern cannot come from an index: an empty path never
@@ -945,6 +957,7 @@ mod tests {
             indexes,
             next_index_id: 10,
             validation: crate::validation::Validation::default(),
+            sharding: None,
         }
     }
 

@@ -6,7 +6,10 @@
 //! `explain`. Filters are the caller's business: the scan yields every document its ranges
 //! reach, at most once.
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
 
 use bson::Document;
 use shoal_common::CommandError;
@@ -16,6 +19,7 @@ use crate::{
     keys::{CollectionId, collection_prefix, decode_document},
     kv::{Space, key_successor},
     matching::{MATERIALIZE_BYTES_MAX, memory_limit_error},
+    sharding::ShardingState,
     txn::{Reader, Step},
 };
 
@@ -50,6 +54,8 @@ pub(crate) struct RangeScan {
     /// `_id`s already returned by a multikey scan.
     seen: HashSet<Vec<u8>>,
     seen_bytes: usize,
+    /// When set, documents this shard does not own are skipped (orphans).
+    owner: Option<Arc<ShardingState>>,
     /// Counters since the scan started.
     pub stats: ExecStats,
 }
@@ -67,8 +73,19 @@ impl RangeScan {
             target,
             seen: HashSet::new(),
             seen_bytes: 0,
+            owner: None,
             stats: ExecStats::default(),
         }
+    }
+
+    /// The same scan, skipping documents `owner` says this shard does not own.
+    pub fn owned_by(mut self, owner: Option<Arc<ShardingState>>) -> RangeScan {
+        self.owner = owner;
+        self
+    }
+
+    fn skips(&self, document: &Document) -> bool {
+        self.owner.as_ref().is_some_and(|owner| !owner.owns(document))
     }
 
     /// Calls `visit` with each document (its key, the document, its stored size) until it asks
@@ -92,6 +109,9 @@ impl RangeScan {
                             self.stats.keys_examined += 1;
                         }
                         let document = decode_document(&key, &value)?;
+                        if self.skips(&document) {
+                            continue;
+                        }
                         visit(&key, document, value.len())?
                     }
                     Target::Index { coll, multikey } => {
@@ -152,6 +172,9 @@ impl RangeScan {
         };
         self.stats.docs_examined += 1;
         let document = decode_document(&doc_key, &bytes)?;
+        if self.skips(&document) {
+            return Ok(None);
+        }
         let step = visit(&doc_key, document, bytes.len())?;
         if multikey && !matches!(step, Step::StopBefore) {
             self.seen_bytes += id_code.len();

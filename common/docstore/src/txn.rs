@@ -156,6 +156,9 @@ pub(crate) struct Txn<'a> {
     stats: HashMap<CollectionId, CollStats>,
     order: Vec<CollectionId>,
     undo: Option<Vec<Undo>>,
+    /// Whether document writes are checked against the shard's ownership (off only for a
+    /// migration's own copies and deletions of ranges the shard does not own).
+    pub ownership_checks: bool,
 }
 
 fn slot(space: Space) -> usize {
@@ -176,6 +179,7 @@ impl<'a> Txn<'a> {
             stats: HashMap::new(),
             order: Vec::new(),
             undo: None,
+            ownership_checks: true,
         }
     }
 

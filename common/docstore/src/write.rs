@@ -417,7 +417,14 @@ impl Engine {
         let _writer = self.lock_writer();
         let mut txn = Txn::new(self.kv.as_ref());
         for (index, (query, just_one)) in statements.into_iter().enumerate() {
-            match stage_delete(&mut txn, &ns, query, just_one) {
+            // A multi-delete stopped half-way (a document under a migration's critical
+            // section) takes back what it staged, so the router can retry it whole.
+            txn.begin_statement();
+            let staged = stage_delete(&mut txn, &ns, query, just_one);
+            if staged.is_err() {
+                txn.rollback_statement();
+            }
+            match staged {
                 Ok(n) => result.n += n,
                 Err(err) => {
                     if result.fail(index, err, ordered)? {

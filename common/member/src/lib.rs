@@ -244,6 +244,9 @@ const WRITE_COMMANDS: &[&str] = &[
     "collMod",
     "renameCollection",
     "_shoalApplyAtomic",
+    "_shoalSetFiltering",
+    "_shoalMigrateApply",
+    "_shoalDeleteRange",
 ];
 
 /// Whether the client accepts an answer from a secondary (`$readPreference` other than

@@ -92,6 +92,7 @@ fn list_commands() -> Document {
         "listShards",
         "mergeChunks",
         "moveChunk",
+        "moveRange",
         "ping",
         "removeShard",
         "serverStatus",

@@ -133,6 +133,7 @@ impl Router {
             | "split"
             | "mergeChunks"
             | "moveChunk"
+            | "moveRange"
             | "balancerStatus"
             | "balancerStart"
             | "balancerStop"
