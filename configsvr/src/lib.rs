@@ -9,8 +9,8 @@
 //! maps) live in [`catalog`] and in `shoal_common::chunks`; [`server`] is the I/O around them.
 
 mod autosplit;
-pub mod migrate;
 pub mod catalog;
+pub mod migrate;
 pub mod server;
 mod store;
 

@@ -306,8 +306,13 @@ impl ConfigServer {
                 if let Err(resolve) = self.resolve_migration(core, &migration).await {
                     tracing::warn!(error = %resolve, "migration not resolved yet; a later pass retries");
                 }
-                self.log_action(core, "moveChunk.error", &migration, &MigrationReport::default())
-                    .await;
+                self.log_action(
+                    core,
+                    "moveChunk.error",
+                    &migration,
+                    &MigrationReport::default(),
+                )
+                .await;
                 return Err(error);
             }
         };
@@ -414,7 +419,8 @@ impl ConfigServer {
             _ => {}
         }
         if !indexes.is_empty() {
-            let create = doc! {"createIndexes": ns.coll.clone(), "indexes": indexes, "$db": ns.db.clone()};
+            let create =
+                doc! {"createIndexes": ns.coll.clone(), "indexes": indexes, "$db": ns.db.clone()};
             call_ok(core, to_host, create).await?;
         }
         self.delete_range_now(core, to_host, migration).await?;
@@ -426,11 +432,12 @@ impl ConfigServer {
         .await?;
         let mut ops = Vec::new();
         for task in pending {
-            let covered = task.get_document("min").is_ok_and(|min| {
-                compare_key_values(min, &migration.min).is_ge()
-            }) && task
-                .get_document("max")
-                .is_ok_and(|max| compare_key_values(max, &migration.max).is_le());
+            let covered = task
+                .get_document("min")
+                .is_ok_and(|min| compare_key_values(min, &migration.min).is_ge())
+                && task
+                    .get_document("max")
+                    .is_ok_and(|max| compare_key_values(max, &migration.max).is_le());
             if covered && let Some(id) = task.get("_id") {
                 ops.push(AtomicOp::Delete {
                     coll: RANGE_DELETIONS.into(),
@@ -474,7 +481,8 @@ impl ConfigServer {
         let mut report = MigrationReport::default();
         let mut after = Bson::Null;
         for _ in 0..CLONE_PAGES_MAX {
-            let mut read = migration.range_args(doc! {"_shoalMigrateRead": migration.ns.to_string()});
+            let mut read =
+                migration.range_args(doc! {"_shoalMigrateRead": migration.ns.to_string()});
             read.insert("after", after);
             let page = call_ok(core, from_host, read).await?;
             let docs = page.get_array("docs").cloned().unwrap_or_default();
@@ -569,7 +577,10 @@ impl ConfigServer {
             coll: MIGRATIONS.into(),
             id: migration.id().into(),
         });
-        ops.push(put(RANGE_DELETIONS, migration.range_deletion(&migration.from)));
+        ops.push(put(
+            RANGE_DELETIONS,
+            migration.range_deletion(&migration.from),
+        ));
         step("moveChunk.beforeCommit").await;
         self.commit(core, ops).await
     }
@@ -622,7 +633,10 @@ impl ConfigServer {
 
     /// Resolves every migration a previous primary left (run by a new primary, and before each
     /// balancer round).
-    pub(crate) async fn recover_migrations(&self, core: &Arc<MemberCore>) -> Result<usize, CommandError> {
+    pub(crate) async fn recover_migrations(
+        &self,
+        core: &Arc<MemberCore>,
+    ) -> Result<usize, CommandError> {
         let _one_at_a_time = self.migration_lock.lock().await;
         let records = store::find_all(core, MIGRATIONS, doc! {}).await?;
         let count = records.len();
@@ -649,12 +663,16 @@ impl ConfigServer {
             Err(error) if error.code == ErrorCode::NAMESPACE_NOT_SHARDED => None,
             Err(error) => return Err(error),
         };
-        let critical = store::find_all(core, MIGRATIONS, doc! {"ns": ns.to_string(), "critical": true})
-            .await?
-            .into_iter()
-            .next()
-            .map(|record| Migration::from_document(&record))
-            .transpose()?;
+        let critical = store::find_all(
+            core,
+            MIGRATIONS,
+            doc! {"ns": ns.to_string(), "critical": true},
+        )
+        .await?
+        .into_iter()
+        .next()
+        .map(|record| Migration::from_document(&record))
+        .transpose()?;
         for shard in shards {
             let state = match &collection {
                 Some(collection) => {
@@ -674,7 +692,10 @@ impl ConfigServer {
     }
 
     /// Every shard's id.
-    pub(crate) async fn all_shards(&self, core: &Arc<MemberCore>) -> Result<Vec<ShardId>, CommandError> {
+    pub(crate) async fn all_shards(
+        &self,
+        core: &Arc<MemberCore>,
+    ) -> Result<Vec<ShardId>, CommandError> {
         let mut shards = Vec::new();
         for shard in store::find_all(core, coll::SHARDS, doc! {}).await? {
             if let Ok(id) = shard.get_str("_id") {
@@ -691,7 +712,10 @@ impl ConfigServer {
         core: &Arc<MemberCore>,
         command: &Document,
     ) -> Result<Document, CommandError> {
-        let ns = Namespace::parse(crate::server::string_field(command, "_shoalSyncShardFiltering")?)?;
+        let ns = Namespace::parse(crate::server::string_field(
+            command,
+            "_shoalSyncShardFiltering",
+        )?)?;
         let shards = self.all_shards(core).await?;
         self.sync_filtering(core, &ns, &shards).await?;
         Ok(doc! {"ok": 1.0})
@@ -699,7 +723,10 @@ impl ConfigServer {
 
     /// Pushes every sharded collection's ownership to every shard (a new primary does this, so
     /// a commit whose pushes a crash cut off reaches the shards).
-    pub(crate) async fn sync_all_filtering(&self, core: &Arc<MemberCore>) -> Result<(), CommandError> {
+    pub(crate) async fn sync_all_filtering(
+        &self,
+        core: &Arc<MemberCore>,
+    ) -> Result<(), CommandError> {
         let shards = self.all_shards(core).await?;
         for collection in store::find_all(core, coll::COLLECTIONS, doc! {}).await? {
             let Ok(ns) = collection.get_str("_id") else {
@@ -771,7 +798,9 @@ impl ConfigServer {
         };
         let cursors = doc! {"_shoalCursorsOpen": ns.to_string(), "$db": "admin"};
         let open = call_ok(core, &host, cursors).await?;
-        let oldest = Duration::from_millis(u64::try_from(open.get_i64("oldestAgeMillis").unwrap_or(0)).unwrap_or(0));
+        let oldest = Duration::from_millis(
+            u64::try_from(open.get_i64("oldestAgeMillis").unwrap_or(0)).unwrap_or(0),
+        );
         if oldest >= age && age < RANGE_DELETION_WAIT_MAX {
             // A cursor opened before the range changed hands may still read it.
             return Ok(());
@@ -785,8 +814,12 @@ impl ConfigServer {
             to: shard,
         };
         let _one_at_a_time = self.migration_lock.lock().await;
-        let still_queued = store::find_all(core, RANGE_DELETIONS, doc! {"_id": task.get("_id").cloned().unwrap_or(Bson::Null)})
-            .await?;
+        let still_queued = store::find_all(
+            core,
+            RANGE_DELETIONS,
+            doc! {"_id": task.get("_id").cloned().unwrap_or(Bson::Null)},
+        )
+        .await?;
         if still_queued.is_empty() {
             return Ok(());
         }

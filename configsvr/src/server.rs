@@ -938,7 +938,10 @@ fn put(coll: &str, doc: Document) -> AtomicOp {
     }
 }
 
-pub(crate) fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, CommandError> {
+pub(crate) fn string_field<'a>(
+    command: &'a Document,
+    field: &str,
+) -> Result<&'a str, CommandError> {
     match command.get(field) {
         Some(Bson::String(value)) => Ok(value),
         Some(other) => Err(CommandError::type_mismatch(field, "string", other)),
@@ -950,7 +953,10 @@ pub(crate) fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a
 
 /// The shard-key value naming a chunk in `moveChunk`: `find` (a query on the shard key) or
 /// `bounds` (`[min, max]`, whose `min` names the chunk).
-pub(crate) fn chunk_key_from_command(map: &ChunkMap, command: &Document) -> Result<Document, CommandError> {
+pub(crate) fn chunk_key_from_command(
+    map: &ChunkMap,
+    command: &Document,
+) -> Result<Document, CommandError> {
     if let Some(find) = command.get("find") {
         let find = find
             .as_document()

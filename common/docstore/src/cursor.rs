@@ -172,7 +172,10 @@ impl CursorTable {
                     .is_some_and(|coll| coll == cursor.coll)
             })
             .fold((0, std::time::Duration::ZERO), |(n, oldest), cursor| {
-                (n + 1, oldest.max(now.saturating_duration_since(cursor.opened)))
+                (
+                    n + 1,
+                    oldest.max(now.saturating_duration_since(cursor.opened)),
+                )
             })
     }
 

@@ -29,6 +29,7 @@ mod index_property;
 mod keys;
 mod kv;
 mod matching;
+mod migration;
 mod plan;
 mod read;
 #[cfg(feature = "rocksdb")]
@@ -36,7 +37,6 @@ mod rocks;
 mod scan;
 mod shard_key;
 pub mod sharding;
-mod migration;
 mod tracking;
 mod txn;
 mod validation;

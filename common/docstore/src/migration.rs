@@ -75,7 +75,9 @@ fn resume_key(fields: &Fields<'_>, start: Vec<u8>) -> Result<Vec<u8>, CommandErr
         Some(Bson::Binary(after)) if after.bytes.as_slice() >= start.as_slice() => {
             Ok(after.bytes.clone())
         }
-        Some(_) => Err(CommandError::bad_value("'after' must be a key this scan returned")),
+        Some(_) => Err(CommandError::bad_value(
+            "'after' must be a key this scan returned",
+        )),
     }
 }
 
@@ -105,7 +107,11 @@ impl Engine {
             (None, None) => return Ok(Document::new()),
         };
         entry.sharding = state;
-        txn.put(Space::Catalog, crate::keys::catalog_key(&ns), entry.encode());
+        txn.put(
+            Space::Catalog,
+            crate::keys::catalog_key(&ns),
+            entry.encode(),
+        );
         txn.commit()?;
         Ok(Document::new())
     }
@@ -171,8 +177,15 @@ impl Engine {
             let prepared = prepare(document)?;
             let key = doc_key(entry.id, &prepared.id);
             let old = stored(&txn, &key)?;
-            index::stage_document(&mut txn, &mut entry, key, old.as_ref(), &prepared.document, prepared.bytes)
-                .map_err(CommandError::from)?;
+            index::stage_document(
+                &mut txn,
+                &mut entry,
+                key,
+                old.as_ref(),
+                &prepared.document,
+                prepared.bytes,
+            )
+            .map_err(CommandError::from)?;
             upserted += 1;
         }
         for id in deletes {
@@ -181,7 +194,8 @@ impl Engine {
                 continue;
             };
             if in_range(&pattern, &range, &old) {
-                index::unstage_document(&mut txn, &mut entry, key, &old).map_err(CommandError::from)?;
+                index::unstage_document(&mut txn, &mut entry, key, &old)
+                    .map_err(CommandError::from)?;
                 deleted += 1;
             }
         }
@@ -206,20 +220,25 @@ impl Engine {
         let from = resume_key(&fields, start)?;
         let mut doomed = Vec::new();
         let mut examined = 0usize;
-        let next = scan_documents(&Direct(self.kv.as_ref()), &from, &end, |key, document, _| {
-            examined += 1;
-            let owned = owner.as_ref().is_some_and(|owner| owner.owns(&document));
-            if !owned && in_range(&pattern, &range, &document) {
-                doomed.push((key.to_vec(), document));
-            }
-            Ok::<_, CommandError>(
-                if examined >= MIGRATE_EXAMINE_MAX || doomed.len() >= DELETE_RANGE_DOCS_MAX {
-                    Step::StopAfter
-                } else {
-                    Step::Next
-                },
-            )
-        })?;
+        let next = scan_documents(
+            &Direct(self.kv.as_ref()),
+            &from,
+            &end,
+            |key, document, _| {
+                examined += 1;
+                let owned = owner.as_ref().is_some_and(|owner| owner.owns(&document));
+                if !owned && in_range(&pattern, &range, &document) {
+                    doomed.push((key.to_vec(), document));
+                }
+                Ok::<_, CommandError>(
+                    if examined >= MIGRATE_EXAMINE_MAX || doomed.len() >= DELETE_RANGE_DOCS_MAX {
+                        Step::StopAfter
+                    } else {
+                        Step::Next
+                    },
+                )
+            },
+        )?;
         let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
         for (key, old) in doomed {
             index::unstage_document(&mut txn, &mut entry, key, &old).map_err(CommandError::from)?;
@@ -358,10 +377,17 @@ mod tests {
         let engine = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
         let docs: Vec<Document> = (0..20).map(|k| doc! {"_id": k, "k": k}).collect();
         ok(&engine.execute("db", &doc! {"insert": "c", "documents": docs}));
-        let set = doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 10)], Some((5, 10)), 2)};
+        let set =
+            doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 10)], Some((5, 10)), 2)};
         ok(&engine.execute("db", &set));
         let count = engine.execute("db", &doc! {"count": "c"});
-        assert_eq!(count.get_i64("n").or(count.get_i32("n").map(i64::from)).unwrap(), 10);
+        assert_eq!(
+            count
+                .get_i64("n")
+                .or(count.get_i32("n").map(i64::from))
+                .unwrap(),
+            10
+        );
         let stale = engine.execute("db", &doc! {"find": "c", "shardVersion": version(1)});
         assert_eq!(stale.get_i32("code").unwrap(), 13388, "{stale}");
         let fine = engine.execute("db", &doc! {"find": "c", "shardVersion": version(2)});
@@ -380,7 +406,13 @@ mod tests {
         // The multi-update reached a document under the critical section: nothing changed.
         assert!(update.get_array("writeErrors").is_ok(), "{update}");
         let changed = engine.execute("db", &doc! {"count": "c", "query": {"x": 1}});
-        assert_eq!(changed.get_i32("n").or(changed.get_i64("n").map(|n| n as i32)).unwrap(), 0);
+        assert_eq!(
+            changed
+                .get_i32("n")
+                .or(changed.get_i64("n").map(|n| n as i32))
+                .unwrap(),
+            0
+        );
     }
 
     #[test]
@@ -389,8 +421,14 @@ mod tests {
         let recipient = Engine::with_kv(Arc::new(MemKv::new())).unwrap();
         let docs: Vec<Document> = (0..30).map(|k| doc! {"_id": k, "k": k}).collect();
         ok(&donor.execute("db", &doc! {"insert": "c", "documents": docs}));
-        ok(&donor.execute("db", &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 30)], None, 1)}));
-        ok(&recipient.execute("db", &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[], None, 0)}));
+        ok(&donor.execute(
+            "db",
+            &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 30)], None, 1)},
+        ));
+        ok(&recipient.execute(
+            "db",
+            &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[], None, 0)},
+        ));
         let range = doc! {"key": {"k": 1}, "min": {"k": 10}, "max": {"k": 20}};
         let mut start = doc! {"_shoalMigrateStart": "db.c"};
         start.extend(range.clone());
@@ -400,9 +438,18 @@ mod tests {
         let page = donor.execute("admin", &read);
         let copied = page.get_array("docs").unwrap().clone();
         assert_eq!(copied.len(), 10);
-        ok(&donor.execute("db", &doc! {"delete": "c", "deletes": [{"q": {"k": 12}, "limit": 1}]}));
-        ok(&donor.execute("db", &doc! {"update": "c", "updates": [{"q": {"k": 13}, "u": {"$set": {"x": 1}}}]}));
-        ok(&donor.execute("db", &doc! {"update": "c", "updates": [{"q": {"k": 25}, "u": {"$set": {"x": 1}}}]}));
+        ok(&donor.execute(
+            "db",
+            &doc! {"delete": "c", "deletes": [{"q": {"k": 12}, "limit": 1}]},
+        ));
+        ok(&donor.execute(
+            "db",
+            &doc! {"update": "c", "updates": [{"q": {"k": 13}, "u": {"$set": {"x": 1}}}]},
+        ));
+        ok(&donor.execute(
+            "db",
+            &doc! {"update": "c", "updates": [{"q": {"k": 25}, "u": {"$set": {"x": 1}}}]},
+        ));
         let mut apply = doc! {"_shoalMigrateApply": "db.c", "docs": copied, "deletes": []};
         apply.extend(range.clone());
         ok(&recipient.execute("admin", &apply));
@@ -415,7 +462,10 @@ mod tests {
         // Not owned yet: invisible on the recipient.
         let count = recipient.execute("db", &doc! {"count": "c"});
         assert_eq!(count.get_i32("n").unwrap(), 0);
-        ok(&recipient.execute("db", &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(10, 20)], None, 2)}));
+        ok(&recipient.execute(
+            "db",
+            &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(10, 20)], None, 2)},
+        ));
         let count = recipient.execute("db", &doc! {"count": "c", "query": {"x": 1}});
         assert_eq!(count.get_i32("n").unwrap(), 1);
         let count = recipient.execute("db", &doc! {"count": "c"});

@@ -85,7 +85,9 @@ impl RangeScan {
     }
 
     fn skips(&self, document: &Document) -> bool {
-        self.owner.as_ref().is_some_and(|owner| !owner.owns(document))
+        self.owner
+            .as_ref()
+            .is_some_and(|owner| !owner.owns(document))
     }
 
     /// Calls `visit` with each document (its key, the document, its stored size) until it asks

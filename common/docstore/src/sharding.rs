@@ -160,7 +160,11 @@ impl ShardingState {
                 format!("this shard does not own shard key {key} of {ns}"),
             ));
         }
-        if self.critical.as_ref().is_some_and(|range| range.contains(&key)) {
+        if self
+            .critical
+            .as_ref()
+            .is_some_and(|range| range.contains(&key))
+        {
             return Err(stale(
                 ns,
                 format!("shard key {key} of {ns} is in a migration's critical section"),
@@ -229,10 +233,7 @@ pub fn stale(ns: &str, errmsg: String) -> CommandError {
 /// The StaleConfig of a router that sent a version for a collection this shard holds no
 /// sharding state for (never told, or dropped since).
 pub fn stale_unknown(ns: &str, received: &ReceivedVersion) -> CommandError {
-    let mut error = stale(
-        ns,
-        format!("this shard has no sharding state for {ns} yet"),
-    );
+    let mut error = stale(ns, format!("this shard has no sharding state for {ns} yet"));
     error.extra.insert("vReceived", received.to_document());
     error
 }
@@ -285,7 +286,16 @@ mod tests {
         assert!(state.check_version("db.c", &received).is_ok());
         received.major = 2;
         let error = state.check_version("db.c", &received).unwrap_err();
-        assert_eq!(error.extra.get_document("vWanted").unwrap().get_timestamp("v").unwrap().time, 3);
+        assert_eq!(
+            error
+                .extra
+                .get_document("vWanted")
+                .unwrap()
+                .get_timestamp("v")
+                .unwrap()
+                .time,
+            3
+        );
         received.major = 3;
         received.epoch = ObjectId::from_bytes([2; 12]);
         assert!(state.check_version("db.c", &received).is_err());

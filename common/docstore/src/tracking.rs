@@ -133,7 +133,9 @@ fn observe_op(tracker: &mut Tracker, inner: &dyn Kv, op: &WriteOp) -> Result<(),
             let document = decode_document(key, value)?;
             tracker.note(key, &document);
         }
-        WriteOp::Delete { space, key } if *space == Space::Docs && key.starts_with(&tracker.prefix) => {
+        WriteOp::Delete { space, key }
+            if *space == Space::Docs && key.starts_with(&tracker.prefix) =>
+        {
             if let Some(old) = inner.get(Space::Docs, key)? {
                 let document = decode_document(key, &old)?;
                 tracker.note(key, &document);
