@@ -471,6 +471,8 @@ impl ConfigServer {
         Ok(false)
     }
 
+    /// Copies the range page by page; the next page is read from the donor while the last
+    /// one is applied on the recipient.
     async fn clone_range(
         &self,
         core: &Arc<MemberCore>,
@@ -478,26 +480,35 @@ impl ConfigServer {
         from_host: &str,
         to_host: &str,
     ) -> Result<MigrationReport, CommandError> {
-        let mut report = MigrationReport::default();
-        let mut after = Bson::Null;
-        for _ in 0..CLONE_PAGES_MAX {
+        let read = |after: Bson| {
             let mut read =
                 migration.range_args(doc! {"_shoalMigrateRead": migration.ns.to_string()});
             read.insert("after", after);
-            let page = call_ok(core, from_host, read).await?;
-            let docs = page.get_array("docs").cloned().unwrap_or_default();
-            if !docs.is_empty() {
-                report.docs += docs.len() as i64;
-                report.bytes += page.get_i64("bytes").unwrap_or(0);
-                let apply = migration.range_args(doc! {
-                    "_shoalMigrateApply": migration.ns.to_string(), "docs": docs, "deletes": [],
-                });
-                call_ok(core, to_host, apply).await?;
+            call_ok(core, from_host, read)
+        };
+        let apply = |docs: Vec<Bson>| async move {
+            if docs.is_empty() {
+                return Ok(Document::new());
             }
-            after = page.get("next").cloned().unwrap_or(Bson::Null);
+            let apply = migration.range_args(doc! {
+                "_shoalMigrateApply": migration.ns.to_string(), "docs": docs, "deletes": [],
+            });
+            call_ok(core, to_host, apply).await
+        };
+        let mut report = MigrationReport::default();
+        let mut page = read(Bson::Null).await?;
+        for _ in 0..CLONE_PAGES_MAX {
+            let docs = page.get_array("docs").cloned().unwrap_or_default();
+            report.docs += docs.len() as i64;
+            report.bytes += page.get_i64("bytes").unwrap_or(0);
+            let after = page.get("next").cloned().unwrap_or(Bson::Null);
             if after == Bson::Null {
+                apply(docs).await?;
                 return Ok(report);
             }
+            let (applied, next) = tokio::join!(apply(docs), read(after));
+            applied?;
+            page = next?;
         }
         Err(CommandError::new(
             ErrorCode::OPERATION_FAILED,
