@@ -25,11 +25,11 @@
 //! The steps are failpoints named `moveChunk.<step>`; armed as `name:pause=MILLIS` they pause
 //! so a test can kill a donor or recipient primary exactly there.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bson::{Bson, Document, doc, oid::ObjectId};
 use shoal_common::{
-    ChunkVersion, CommandError, ErrorCode, Namespace, ShardId, bsonorder::compare_key_values,
+    CommandError, ErrorCode, Namespace, ShardId, bsonorder::compare_key_values,
     chunks::ShardKeyPattern, failpoint,
 };
 use shoal_docstore::AtomicOp;
@@ -558,29 +558,17 @@ impl ConfigServer {
                 "the chunk changed during its migration",
             ));
         }
-        collection.map.move_chunk(&migration.min, &migration.to)?;
-        let moved_version = collection.map.chunks[index].version;
-        let mut ops = vec![put(
-            coll::CHUNKS,
-            catalog::chunk_document(
-                &collection.chunk_ids[index],
-                &migration.ns,
-                collection.uuid,
-                &collection.map.chunks[index],
-            ),
-        )];
-        if let Some(control) = control_chunk(&collection, &migration.from, moved_version) {
-            collection.map.chunks[control].version = ChunkVersion {
-                minor: 1,
-                ..moved_version
-            };
+        let moved = collection.map.move_chunk(&migration.min, &migration.to)?;
+        let mut ops = Vec::new();
+        // The moved chunk, and the donor's control chunk whose bump changes its shard version.
+        for at in std::iter::once(moved.moved).chain(moved.control) {
             ops.push(put(
                 coll::CHUNKS,
                 catalog::chunk_document(
-                    &collection.chunk_ids[control],
+                    &collection.chunk_ids[at],
                     &migration.ns,
                     collection.uuid,
-                    &collection.map.chunks[control],
+                    &collection.map.chunks[at],
                 ),
             ));
         }
@@ -877,22 +865,4 @@ impl ConfigServer {
             tracing::debug!(%error, "could not record the migration in config.actionlog");
         }
     }
-}
-
-/// One of the donor's remaining chunks, whose version is bumped with the commit so that the
-/// donor's shard version changes too: the first one, if it keeps any.
-fn control_chunk(
-    collection: &ShardedCollection,
-    donor: &ShardId,
-    moved: ChunkVersion,
-) -> Option<usize> {
-    let candidates: BTreeSet<usize> = collection
-        .map
-        .chunks
-        .iter()
-        .enumerate()
-        .filter(|(_, chunk)| &chunk.shard == donor && chunk.version.major < moved.major)
-        .map(|(index, _)| index)
-        .collect();
-    candidates.into_iter().next()
 }

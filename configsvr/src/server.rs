@@ -887,6 +887,14 @@ impl ConfigServer {
             _ => -1,
         };
         let version = self.routing_version(core).await?;
+        if let Some(ns) = command.get("ns") {
+            let Bson::String(ns) = ns else {
+                return Err(CommandError::type_mismatch("ns", "string", ns));
+            };
+            return self
+                .routing_table_of(core, &Namespace::parse(ns)?, version)
+                .await;
+        }
         if version <= if_newer_than {
             return Ok(doc! {"version": version, "changed": false, "ok": 1.0});
         }
@@ -897,6 +905,35 @@ impl ConfigServer {
             "databases": store::find_all(core, coll::DATABASES, doc! {}).await?,
             "collections": store::find_all(core, coll::COLLECTIONS, doc! {}).await?,
             "chunks": store::find_all(core, coll::CHUNKS, doc! {}).await?,
+            "ok": 1.0,
+        })
+    }
+
+    /// The routing table restricted to one namespace (every shard, its database, and its
+    /// collection with its chunks when sharded), always answered: a router asks after a shard
+    /// refused its version, whatever the global routing version says. `version` is the global
+    /// version read before the documents, so a router never takes this reply for newer than
+    /// it is.
+    async fn routing_table_of(
+        &self,
+        core: &Arc<MemberCore>,
+        ns: &Namespace,
+        version: i64,
+    ) -> Result<Document, CommandError> {
+        let collections =
+            store::find_all(core, coll::COLLECTIONS, doc! {"_id": ns.to_string()}).await?;
+        let mut chunks = Vec::new();
+        for uuid in collections.iter().filter_map(|c| c.get("uuid")) {
+            chunks.extend(store::find_all(core, coll::CHUNKS, doc! {"uuid": uuid.clone()}).await?);
+        }
+        Ok(doc! {
+            "version": version,
+            "changed": true,
+            "ns": ns.to_string(),
+            "shards": store::find_all(core, coll::SHARDS, doc! {}).await?,
+            "databases": store::find_all(core, coll::DATABASES, doc! {"_id": ns.db.clone()}).await?,
+            "collections": collections,
+            "chunks": chunks,
             "ok": 1.0,
         })
     }

@@ -1,8 +1,9 @@
 //! The router's I/O to the rest of the cluster: calls to the config server and to shards over
 //! QUIC (through the replica-set [`Topology`], which finds each set's primary, picks members by
-//! read preference and retries across failovers), and the routing cache refresh. The cache is refreshed in the background every
-//! [`ROUTING_REFRESH_INTERVAL`], and at once after this router changes metadata, so the config
-//! server stays off the request path.
+//! read preference and retries across failovers), and the routing cache refresh. The cache is
+//! refreshed in the background every [`ROUTING_REFRESH_INTERVAL`] (`--routing-refresh-ms`), at
+//! once after this router changes metadata, and for one namespace after a shard refuses a
+//! request as stale, so the config server stays off the request path.
 
 use std::{
     sync::{Arc, RwLock},
@@ -10,11 +11,11 @@ use std::{
 };
 
 use bson::{Bson, Document, doc};
-use shoal_common::{CommandError, ErrorCode, ShardId};
+use shoal_common::{CommandError, ErrorCode, Namespace, ShardId};
 use shoal_repl::{ReadPreference, Topology};
 use shoal_rpc::RpcClient;
 
-use crate::topology::RoutingCache;
+use crate::{commands::stale::StaleInfo, topology::RoutingCache};
 
 tokio::task_local! {
     /// The client command's `$readPreference`, for the shard reads made on its behalf.
@@ -59,7 +60,8 @@ fn preference_for(command: &Document) -> ReadPreference {
         .unwrap_or(ReadPreference::PRIMARY)
 }
 
-/// How often the background task asks the config server whether routing metadata changed.
+/// How often the background task asks the config server whether routing metadata changed, by
+/// default.
 pub const ROUTING_REFRESH_INTERVAL: Duration = Duration::from_millis(1000);
 /// How long one call to a shard may take before the router gives up on it.
 pub const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -203,12 +205,65 @@ impl Cluster {
             return Ok(current);
         }
         let fresh = Arc::new(RoutingCache::from_table(&reply)?);
-        match self.cache.write() {
-            Ok(mut guard) => *guard = Arc::clone(&fresh),
-            Err(poisoned) => *poisoned.into_inner() = Arc::clone(&fresh),
-        }
+        self.install(Arc::clone(&fresh));
         tracing::debug!(version = fresh.version, "routing cache refreshed");
         Ok(fresh)
+    }
+
+    fn install(&self, fresh: Arc<RoutingCache>) {
+        match self.cache.write() {
+            Ok(mut guard) => *guard = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+    }
+
+    /// After a shard refused a request on `ns` with StaleConfig (`error`): fetches `ns`'s
+    /// routing from the config server whatever the global routing version says, installs it,
+    /// and when the shard turns out to be behind the config server (not this router), asks the
+    /// config server to push the shard its metadata again. Returns the fresh snapshot.
+    pub async fn refresh_after_stale(
+        &self,
+        ns: &Namespace,
+        error: &CommandError,
+    ) -> Result<Arc<RoutingCache>, CommandError> {
+        let fresh = self.refresh_namespace(ns).await?;
+        let fresh_epoch = fresh.collection(ns).map(|collection| collection.epoch);
+        if StaleInfo::of(error).shard_is_behind(fresh_epoch) {
+            self.sync_shard_filtering(ns).await?;
+        }
+        Ok(fresh)
+    }
+
+    /// Fetches the routing of `ns` alone and merges it into the cached snapshot.
+    async fn refresh_namespace(&self, ns: &Namespace) -> Result<Arc<RoutingCache>, CommandError> {
+        let _guard = self.refresh_lock.lock().await;
+        let reply = self
+            .call_config(
+                "admin",
+                doc! {"_shoalGetRoutingTable": 1, "ns": ns.to_string()},
+            )
+            .await?;
+        if let Some(error) = CommandError::from_reply(&reply) {
+            return Err(error);
+        }
+        let fresh = RoutingCache::from_table(&reply)?;
+        let merged = Arc::new(self.snapshot().with_namespace_from(&fresh, ns));
+        self.install(Arc::clone(&merged));
+        tracing::debug!(ns = %ns, "routing of one namespace refreshed after StaleConfig");
+        Ok(merged)
+    }
+
+    /// Asks the config server to push every shard its metadata for `ns` again. A config server
+    /// without the command leaves the shards to their own refresh.
+    async fn sync_shard_filtering(&self, ns: &Namespace) -> Result<(), CommandError> {
+        let reply = self
+            .call_config("admin", doc! {"_shoalSyncShardFiltering": ns.to_string()})
+            .await?;
+        match CommandError::from_reply(&reply) {
+            Some(error) if error.code == ErrorCode::COMMAND_NOT_FOUND => Ok(()),
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Asks the config server for the database's primary shard, creating the database if it is
@@ -268,10 +323,11 @@ async fn ping_config(
     }
 }
 
-/// Refreshes the routing cache forever (until the task is aborted), and records the router in
-/// `config.mongos` every [`ROUTER_PING_INTERVAL`]. Failures are logged once per outage, not
-/// once per attempt.
-pub async fn refresh_loop(cluster: Arc<Cluster>, host: String) {
+/// Refreshes the routing cache every `refresh_interval` (never when `None`: the cache then only
+/// changes after this router's own metadata changes and StaleConfig refusals) until the task is
+/// aborted, finishes interrupted shard-key moves, and records the router in `config.mongos`
+/// every [`ROUTER_PING_INTERVAL`]. Failures are logged once per outage, not once per attempt.
+pub async fn refresh_loop(cluster: Arc<Cluster>, host: String, refresh_interval: Option<Duration>) {
     let started = std::time::Instant::now();
     let mut last_ping: Option<std::time::Instant> = None;
     let mut last_recovery = std::time::Instant::now();
@@ -291,6 +347,10 @@ pub async fn refresh_loop(cluster: Arc<Cluster>, host: String) {
                 last_ping = Some(std::time::Instant::now());
             }
         }
+        let Some(interval) = refresh_interval else {
+            tokio::time::sleep(ROUTING_REFRESH_INTERVAL).await;
+            continue;
+        };
         match cluster.refresh().await {
             Ok(_) if failing => {
                 tracing::info!("config server reachable again");
@@ -303,8 +363,13 @@ pub async fn refresh_loop(cluster: Arc<Cluster>, host: String) {
             }
             Err(_) => {}
         }
-        tokio::time::sleep(ROUTING_REFRESH_INTERVAL).await;
+        tokio::time::sleep(interval).await;
     }
+}
+
+/// The background refresh interval for `--routing-refresh-ms`: `None` (never) for 0.
+pub fn refresh_interval_from_ms(refresh_ms: u64) -> Option<Duration> {
+    (refresh_ms > 0).then(|| Duration::from_millis(refresh_ms))
 }
 
 #[cfg(test)]
@@ -319,5 +384,14 @@ mod tests {
         );
         assert!(parse_configdb("127.0.0.1:1").is_err());
         assert!(parse_configdb("cfg/").is_err());
+    }
+
+    #[test]
+    fn zero_disables_the_background_refresh() {
+        assert_eq!(refresh_interval_from_ms(0), None);
+        assert_eq!(
+            refresh_interval_from_ms(250),
+            Some(Duration::from_millis(250))
+        );
     }
 }

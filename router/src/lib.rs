@@ -17,14 +17,21 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use shoal_rpc::{RpcClient, certs::TlsPaths};
 
-/// Runs the router until SIGINT/SIGTERM.
-pub async fn run(bind: SocketAddr, configdb: &str, tls: &TlsPaths) -> anyhow::Result<()> {
+/// Runs the router until SIGINT/SIGTERM, refreshing its routing cache in the background every
+/// `routing_refresh` (never when `None`).
+pub async fn run(
+    bind: SocketAddr,
+    configdb: &str,
+    tls: &TlsPaths,
+    routing_refresh: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     cluster::parse_configdb(configdb).map_err(|e| anyhow::anyhow!(e.errmsg))?;
     let rpc = RpcClient::new(tls).map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;
     let cluster = Arc::new(cluster::Cluster::new(rpc, configdb));
     let refresher = tokio::spawn(cluster::refresh_loop(
         Arc::clone(&cluster),
         bind.to_string(),
+        routing_refresh,
     ));
     let router = Arc::new(commands::Router::new(
         Arc::clone(&cluster),

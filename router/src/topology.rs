@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bson::{Bson, Document};
 use shoal_common::{
-    CollectionUuid, CommandError, Epoch, Namespace, ShardId,
+    CollectionUuid, CommandError, Epoch, Namespace, ShardId, ShardVersion,
     chunks::ChunkMap,
     metadata::{ShardedCollectionEntry, chunk_from_document},
 };
@@ -143,6 +143,31 @@ impl RoutingCache {
             })
     }
 
+    /// The version of `shard`'s part of `ns` in this snapshot, sent as `shardVersion` with
+    /// every request routed by it; `None` when `ns` is not sharded (no version is sent).
+    pub fn shard_version(&self, ns: &Namespace, shard: &ShardId) -> Option<ShardVersion> {
+        self.collection(ns)
+            .map(|collection| collection.map.shard_version(shard))
+    }
+
+    /// This snapshot with `ns`'s routing replaced by `fresh`'s: its database, its collection
+    /// (removed when `fresh` has it unsharded) and the shard list. Used after a StaleConfig
+    /// refusal. `version` stays this snapshot's, so the background refresh still fetches the
+    /// other namespaces' changes.
+    pub fn with_namespace_from(&self, fresh: &RoutingCache, ns: &Namespace) -> RoutingCache {
+        let mut merged = self.clone();
+        merged.shards = fresh.shards.clone();
+        match fresh.databases.get(&ns.db) {
+            Some(database) => merged.databases.insert(ns.db.clone(), database.clone()),
+            None => merged.databases.remove(&ns.db),
+        };
+        match fresh.collections.get(ns) {
+            Some(collection) => merged.collections.insert(ns.clone(), collection.clone()),
+            None => merged.collections.remove(ns),
+        };
+        merged
+    }
+
     /// Every shard id, sorted.
     pub fn shard_ids(&self) -> Vec<ShardId> {
         let mut ids: Vec<ShardId> = self.shards.keys().cloned().collect();
@@ -193,5 +218,54 @@ mod tests {
             "chunks": [{"uuid": uuid.to_bson(), "min": {"k": Bson::MinKey}, "max": {"k": 5}, "shard": "s0", "lastmod": bson::Timestamp{time: 1, increment: 0}}],
         };
         assert!(RoutingCache::from_table(&table).is_err());
+    }
+
+    fn table(version: i64, uuid: CollectionUuid, epoch: ObjectId, owner: &str) -> Document {
+        doc! {
+            "version": version,
+            "shards": [{"_id": "s0", "host": "s0/127.0.0.1:1"}, {"_id": "s1", "host": "s1/127.0.0.1:2"}],
+            "databases": [{"_id": "db", "primary": "s0"}],
+            "collections": [{"_id": "db.c", "uuid": uuid.to_bson(), "lastmodEpoch": epoch, "key": {"k": 1}}],
+            "chunks": [
+                {"uuid": uuid.to_bson(), "min": {"k": Bson::MinKey}, "max": {"k": 5}, "shard": "s0", "lastmod": bson::Timestamp{time: 2, increment: 1}},
+                {"uuid": uuid.to_bson(), "min": {"k": 5}, "max": {"k": Bson::MaxKey}, "shard": owner, "lastmod": bson::Timestamp{time: 2, increment: 0}},
+            ],
+        }
+    }
+
+    #[test]
+    fn shard_versions_come_from_the_snapshot() {
+        let (uuid, epoch) = (CollectionUuid::random(), ObjectId::new());
+        let cache = RoutingCache::from_table(&table(1, uuid, epoch, "s1")).unwrap();
+        let ns = Namespace::parse("db.c").unwrap();
+        let s1 = ShardId::new("s1").unwrap();
+        let version = cache.shard_version(&ns, &s1).unwrap();
+        assert_eq!(version.major, 2);
+        assert_eq!(version.epoch, Epoch(epoch));
+        let unsharded = Namespace::parse("db.other").unwrap();
+        assert!(cache.shard_version(&unsharded, &s1).is_none());
+    }
+
+    #[test]
+    fn one_namespace_is_merged_and_the_version_kept() {
+        let (uuid, epoch) = (CollectionUuid::random(), ObjectId::new());
+        let cache = RoutingCache::from_table(&table(4, uuid, epoch, "s1")).unwrap();
+        let fresh = RoutingCache::from_table(&table(9, uuid, epoch, "s0")).unwrap();
+        let ns = Namespace::parse("db.c").unwrap();
+        let merged = cache.with_namespace_from(&fresh, &ns);
+        assert_eq!(merged.version, 4);
+        let owner = merged
+            .collection(&ns)
+            .unwrap()
+            .map
+            .chunk_for_key(&doc! {"k": 7});
+        assert_eq!(owner.shard.as_str(), "s0");
+        let dropped = RoutingCache {
+            collections: HashMap::new(),
+            ..fresh
+        };
+        let merged = cache.with_namespace_from(&dropped, &ns);
+        assert!(merged.collection(&ns).is_none());
+        assert_eq!(merged.databases["db"].primary.as_str(), "s0");
     }
 }

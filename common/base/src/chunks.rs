@@ -8,12 +8,12 @@
 
 use std::cmp::Ordering;
 
-use bson::{Bson, Document};
+use bson::{Bson, Document, oid::ObjectId};
 
 use crate::{
     bsonorder::{compare, compare_key_values},
     error::{CommandError, ErrorCode},
-    ids::{ChunkVersion, Epoch, ShardId},
+    ids::{ChunkVersion, Epoch, ShardId, ShardVersion},
 };
 
 /// How one shard-key field is used.
@@ -529,8 +529,12 @@ impl ChunkMap {
         Ok(first..last + 1)
     }
 
-    /// Gives the chunk containing `key` to `to`, bumping the major version.
-    pub fn move_chunk(&mut self, key: &Document, to: &ShardId) -> Result<&Chunk, CommandError> {
+    /// Gives the chunk containing `key` to `to`. The moved chunk gets version `(M+1, 0)`, `M`
+    /// being the collection's major version, and, when the donor keeps chunks, its first
+    /// remaining chunk (the "control chunk") gets `(M+1, 1)`: so the shard versions of both
+    /// the donor and the recipient change, and a router that missed the move is refused by
+    /// either. The caller must persist every chunk [`ChunkMove`] names.
+    pub fn move_chunk(&mut self, key: &Document, to: &ShardId) -> Result<ChunkMove, CommandError> {
         let index = self.chunk_index_for_key(key);
         if &self.chunks[index].shard == to {
             return Err(CommandError::new(
@@ -541,15 +545,58 @@ impl ChunkMap {
         let version = self
             .collection_version()
             .ok_or_else(|| CommandError::internal("a sharded collection has at least one chunk"))?;
-        let chunk = &mut self.chunks[index];
-        chunk.shard = to.clone();
-        chunk.version = ChunkVersion {
-            major: version.major + 1,
+        let major = version.major + 1;
+        let donor = std::mem::replace(&mut self.chunks[index].shard, to.clone());
+        self.chunks[index].version = ChunkVersion {
+            major,
             minor: 0,
             ..version
         };
-        Ok(&self.chunks[index])
+        let control = self.chunks.iter().position(|chunk| chunk.shard == donor);
+        if let Some(control) = control {
+            self.chunks[control].version = ChunkVersion {
+                major,
+                minor: 1,
+                ..version
+            };
+        }
+        Ok(ChunkMove {
+            moved: index,
+            control,
+        })
     }
+
+    /// The version of `shard`'s part of the collection: the epoch and the highest major version
+    /// among its chunks, 0 when it owns none.
+    pub fn shard_version(&self, shard: &ShardId) -> ShardVersion {
+        // The tiling invariant guarantees a first chunk; the zero epoch of a broken, empty map
+        // matches no shard's metadata, so such a request is refused rather than misrouted.
+        let epoch = self
+            .chunks
+            .first()
+            .map_or(Epoch(ObjectId::from_bytes([0; 12])), |chunk| {
+                chunk.version.epoch
+            });
+        let major = self
+            .chunks
+            .iter()
+            .filter(|chunk| &chunk.shard == shard)
+            .map(|chunk| chunk.version.major)
+            .max()
+            .unwrap_or(0);
+        ShardVersion { epoch, major }
+    }
+}
+
+/// The chunks a [`ChunkMap::move_chunk`] changed, by index in [`ChunkMap::chunks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "every changed chunk must be persisted"]
+pub struct ChunkMove {
+    /// The moved chunk, now owned by the recipient.
+    pub moved: usize,
+    /// The donor's control chunk, whose version was bumped; `None` when the donor has no chunk
+    /// left.
+    pub control: Option<usize>,
 }
 
 impl ShardKeyPattern {
@@ -638,7 +685,8 @@ mod tests {
         let mut map = ChunkMap::new(key.clone(), vec![whole]).unwrap();
         map.split_at(&bson::doc! {"k": 10}).unwrap();
         map.split_at(&bson::doc! {"k": 20}).unwrap();
-        map.move_chunk(&bson::doc! {"k": 25}, &ShardId::new("b").unwrap())
+        let _ = map
+            .move_chunk(&bson::doc! {"k": 25}, &ShardId::new("b").unwrap())
             .unwrap();
         // [Min,10) and [10,20) are on a; [20,Max) on b.
         let across = map.merge(&key.global_min(), &key.global_max());
@@ -692,7 +740,7 @@ mod tests {
         let mut map = map();
         map.split_at(&doc! {"k": 5000}).unwrap();
         let b = ShardId::new("b").unwrap();
-        map.move_chunk(&doc! {"k": 5000}, &b).unwrap();
+        let _ = map.move_chunk(&doc! {"k": 5000}, &b).unwrap();
         assert_eq!(map.chunk_for_key(&doc! {"k": 4999}).shard.as_str(), "a");
         assert_eq!(map.chunk_for_key(&doc! {"k": 5000}).shard.as_str(), "b");
         assert_eq!(map.chunk_for_key(&doc! {"k": "str"}).shard.as_str(), "b");
@@ -730,7 +778,8 @@ mod tests {
     fn filters_target_owners() {
         let mut map = map();
         map.split_at(&doc! {"k": 10}).unwrap();
-        map.move_chunk(&doc! {"k": 10}, &ShardId::new("b").unwrap())
+        let _ = map
+            .move_chunk(&doc! {"k": 10}, &ShardId::new("b").unwrap())
             .unwrap();
         let one = |f: Document| match map.target_filter(&f) {
             Targeting::Shards(s) => s.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
@@ -743,5 +792,36 @@ mod tests {
         assert_eq!(one(doc! {"k": {"$gt": 3}}), vec!["a", "b"]);
         assert_eq!(one(doc! {"x": 3}), vec!["a", "b"]);
         assert_eq!(one(doc! {"k": Bson::Null}), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn moves_bump_the_donor_and_recipient_shard_versions() {
+        let mut map = map();
+        let (a, b) = (ShardId::new("a").unwrap(), ShardId::new("b").unwrap());
+        map.split_at(&doc! {"k": 10}).unwrap();
+        map.split_at(&doc! {"k": 20}).unwrap();
+        let epoch = map.chunks[0].version.epoch;
+        assert_eq!(map.shard_version(&a), ShardVersion { epoch, major: 1 });
+        assert_eq!(map.shard_version(&b), ShardVersion { epoch, major: 0 });
+        let moved = map.move_chunk(&doc! {"k": 15}, &b).unwrap();
+        assert_eq!(moved.moved, 1);
+        assert_eq!(moved.control, Some(0));
+        assert_eq!(map.chunks[1].version.major, 2);
+        assert_eq!(map.chunks[1].version.minor, 0);
+        assert_eq!(map.chunks[0].version.major, 2);
+        assert_eq!(map.chunks[0].version.minor, 1);
+        assert_eq!(map.shard_version(&a).major, 2);
+        assert_eq!(map.shard_version(&b).major, 2);
+        // A split bumps only minor versions: no shard version changes.
+        map.split_at(&doc! {"k": 5}).unwrap();
+        assert_eq!(map.shard_version(&a).major, 2);
+        // The donor's last chunk leaves: no control chunk, the donor's version drops to 0.
+        let _ = map.move_chunk(&doc! {"k": 1}, &b).unwrap();
+        let _ = map.move_chunk(&doc! {"k": 7}, &b).unwrap();
+        let last = map.move_chunk(&doc! {"k": 30}, &b).unwrap();
+        assert_eq!(last.control, None);
+        assert_eq!(map.shard_version(&a).major, 0);
+        assert_eq!(map.shard_version(&b).major, 5);
+        assert_eq!(map.shard_version(&a).epoch, epoch);
     }
 }

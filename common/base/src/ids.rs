@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use bson::{Bson, oid::ObjectId, spec::BinarySubtype};
+use bson::{Bson, Document, doc, oid::ObjectId, spec::BinarySubtype};
 
 use crate::error::{CommandError, ErrorCode};
 
@@ -200,6 +200,60 @@ impl fmt::Display for ChunkVersion {
     }
 }
 
+/// The version of one shard's part of a sharded collection: the collection's epoch and the
+/// highest `major` among the chunks that shard owns (0 when it owns none). Minor versions are
+/// left out on purpose: splits and merges change them without changing which key ranges a
+/// shard owns, so they must not make the router's requests stale.
+/// Wire form (the `shardVersion` field of router-to-shard commands, and `vReceived`/`vWanted`
+/// of a StaleConfig error): `{e: ObjectId(epoch), v: Timestamp{t: major, i: 0}}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardVersion {
+    /// The epoch of the collection incarnation.
+    pub epoch: Epoch,
+    /// The highest major version of the shard's chunks; 0 when the shard owns no chunk.
+    pub major: u32,
+}
+
+impl ShardVersion {
+    /// The wire form `{e, v}`.
+    pub fn to_document(self) -> Document {
+        doc! {
+            "e": self.epoch.0,
+            "v": bson::Timestamp { time: self.major, increment: 0 },
+        }
+    }
+
+    /// Reads the wire form back. The timestamp's increment is ignored: only `major` counts.
+    pub fn from_bson(value: &Bson) -> Result<ShardVersion, CommandError> {
+        let Bson::Document(version) = value else {
+            return Err(CommandError::type_mismatch("shardVersion", "object", value));
+        };
+        let epoch = match version.get("e") {
+            Some(Bson::ObjectId(epoch)) => Epoch(*epoch),
+            _ => {
+                return Err(CommandError::failed_to_parse(format!(
+                    "shardVersion {version} needs 'e', an ObjectId"
+                )));
+            }
+        };
+        let major = match version.get("v") {
+            Some(Bson::Timestamp(ts)) => ts.time,
+            _ => {
+                return Err(CommandError::failed_to_parse(format!(
+                    "shardVersion {version} needs 'v', a Timestamp"
+                )));
+            }
+        };
+        Ok(ShardVersion { epoch, major })
+    }
+}
+
+impl fmt::Display for ShardVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}||{}", self.major, self.epoch.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +267,23 @@ mod tests {
         assert!(Namespace::parse("db.").is_err());
         assert!(ShardId::new("rs0").is_ok());
         assert!(ShardId::new("rs/0").is_err());
+    }
+
+    #[test]
+    fn shard_versions_round_trip_through_their_wire_form() {
+        let version = ShardVersion {
+            epoch: Epoch(ObjectId::new()),
+            major: 7,
+        };
+        let wire = Bson::Document(version.to_document());
+        assert_eq!(ShardVersion::from_bson(&wire).unwrap(), version);
+        let minor_ignored = Bson::Document(bson::doc! {
+            "e": version.epoch.0, "v": bson::Timestamp { time: 7, increment: 3 },
+        });
+        assert_eq!(ShardVersion::from_bson(&minor_ignored).unwrap(), version);
+        assert!(ShardVersion::from_bson(&Bson::Int32(1)).is_err());
+        assert!(ShardVersion::from_bson(&Bson::Document(bson::doc! {"e": 1, "v": 1})).is_err());
+        let no_epoch = bson::doc! {"v": bson::Timestamp { time: 1, increment: 0 }};
+        assert!(ShardVersion::from_bson(&Bson::Document(no_epoch)).is_err());
     }
 }

@@ -17,4 +17,4 @@ pub mod ids;
 pub mod metadata;
 
 pub use error::{CommandError, ErrorCode, Result};
-pub use ids::{ChunkVersion, CollectionUuid, Epoch, Namespace, ShardId};
+pub use ids::{ChunkVersion, CollectionUuid, Epoch, Namespace, ShardId, ShardVersion};

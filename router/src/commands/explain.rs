@@ -5,9 +5,12 @@
 
 use bson::{Bson, Document, doc};
 use futures::future::join_all;
-use shoal_common::{CommandError, ErrorCode};
+use shoal_common::{CommandError, ErrorCode, Namespace};
 
-use super::{Placement, Router, command_namespace, document_field, int_field, shard_command};
+use super::{
+    Placement, Router, command_namespace, document_field, int_field, shard_command,
+    stale::{ShardTarget, retry_stale},
+};
 
 /// The commands `explain` accepts, with the field holding their filter.
 const EXPLAINABLE: &[(&str, &str)] = &[
@@ -50,7 +53,26 @@ impl Router {
         };
         let ns = command_namespace(db, &inner, &name)?;
         let filter = explain_filter(&inner, &name, filter_field)?;
-        let (placement, routing) = self.placement(&ns).await?;
+        let explained = Explained {
+            name: &name,
+            inner: &inner,
+            verbosity,
+            filter: &filter,
+        };
+        retry_stale(&self.cluster, &ns, || {
+            self.explain_once(db, &ns, &explained)
+        })
+        .await
+    }
+
+    /// One attempt of an `explain`, routed by one snapshot.
+    async fn explain_once(
+        &self,
+        db: &str,
+        ns: &Namespace,
+        explained: &Explained<'_>,
+    ) -> Result<Document, CommandError> {
+        let (placement, routing) = self.placement(ns).await?;
         if matches!(placement, Placement::Missing) {
             return Ok(doc! {
                 "queryPlanner": {"namespace": ns.to_string(), "winningPlan": {"stage": "EOF"}},
@@ -58,18 +80,13 @@ impl Router {
                 "ok": 1.0,
             });
         }
-        let targets = self.read_target_shards(&placement, &routing, &filter)?;
-        let request = if name == "aggregate" {
-            let mut request = shard_command(&inner);
-            request.insert("explain", true);
-            request.remove("cursor");
-            request
-        } else {
-            doc! {"explain": shard_command(&inner), "verbosity": verbosity}
-        };
-        let calls = targets.iter().map(|(shard, host)| {
-            let request = request.clone();
-            async move { (shard.clone(), self.cluster.call_ok(host, db, request).await) }
+        let targets = self.read_target_shards(&placement, &routing, explained.filter)?;
+        let calls = targets.iter().map(|(shard, target)| {
+            let request = explained.request(target);
+            async move {
+                let reply = self.cluster.call_ok(&target.host, db, request).await;
+                (shard.clone(), reply)
+            }
         });
         let mut per_shard = Vec::new();
         for (shard, reply) in join_all(calls).await {
@@ -84,26 +101,60 @@ impl Router {
         placement: &Placement,
         routing: &crate::topology::RoutingCache,
         filter: &Document,
-    ) -> Result<Vec<(String, String)>, CommandError> {
+    ) -> Result<Vec<(String, ShardTarget)>, CommandError> {
         match placement {
             Placement::Sharded(collection) => {
                 let shoal_common::chunks::Targeting::Shards(shards) =
                     collection.map.target_filter(filter);
                 shards
                     .iter()
-                    .map(|shard| Ok((shard.to_string(), routing.shard_host(shard)?.to_owned())))
+                    .map(|shard| {
+                        let target = ShardTarget {
+                            host: routing.shard_host(shard)?.to_owned(),
+                            version: Some(collection.map.shard_version(shard)),
+                        };
+                        Ok((shard.to_string(), target))
+                    })
                     .collect()
             }
             Placement::Unsharded(shard) => Ok(vec![(
                 shard.to_string(),
-                routing.shard_host(shard)?.to_owned(),
+                ShardTarget::unversioned(routing.shard_host(shard)?.to_owned()),
             )]),
             Placement::Config => Ok(vec![(
                 "config".to_owned(),
-                self.cluster.config_host().to_owned(),
+                ShardTarget::unversioned(self.cluster.config_host().to_owned()),
             )]),
             Placement::Missing => Ok(Vec::new()),
         }
+    }
+}
+
+/// An explained command, as the router received it.
+struct Explained<'a> {
+    /// The explained command's name.
+    name: &'a str,
+    /// The command being explained.
+    inner: &'a Document,
+    /// The explain verbosity.
+    verbosity: &'a str,
+    /// The filter that decides which shards it reaches.
+    filter: &'a Document,
+}
+
+impl Explained<'_> {
+    /// The explain request for one shard. The shard version goes into the explained command,
+    /// where MongoDB puts it, and beside it at the top level for a shard that checks there.
+    fn request(&self, target: &ShardTarget) -> Document {
+        let inner = target.request(&shard_command(self.inner));
+        if self.name == "aggregate" {
+            let mut request = inner;
+            request.insert("explain", true);
+            request.remove("cursor");
+            return request;
+        }
+        let request = doc! {"explain": inner, "verbosity": self.verbosity};
+        target.request(&request)
     }
 }
 

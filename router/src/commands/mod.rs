@@ -9,6 +9,7 @@ mod indexes;
 mod info;
 pub(crate) mod key_move;
 mod read;
+pub(crate) mod stale;
 mod write;
 
 use std::{

@@ -13,6 +13,7 @@ use shoal_query::{Pipeline, Projection, SortSpec};
 use super::{
     Placement, Router, command_namespace, count_field, document_field, int_field, integer_field,
     shard_command,
+    stale::{ShardTarget, fail_if_stale, retry_stale},
 };
 use crate::{
     cursors::{Cursor, MergePlan, SHARD_GETMORE_DOCS, ShardStream, cursor_reply, drain},
@@ -35,34 +36,48 @@ pub const FIRST_BATCH_DOCS_DEFAULT: u64 = 101;
 pub const AGGREGATE_MERGE_DOCS_MAX: usize = 5_000_000;
 
 impl Router {
-    /// The servers a read of `ns` with `filter` must reach.
+    /// The servers a read of `ns` with `filter` must reach, each with the shard version to
+    /// send (from the same snapshot) when the collection is sharded.
     fn read_targets(
         &self,
         placement: &Placement,
         routing: &RoutingCache,
         filter: &Document,
-    ) -> Result<Vec<String>, CommandError> {
+    ) -> Result<Vec<ShardTarget>, CommandError> {
         match placement {
             Placement::Sharded(collection) => {
                 let Targeting::Shards(shards) = collection.map.target_filter(filter);
                 shards
                     .iter()
-                    .map(|shard| routing.shard_host(shard).map(str::to_owned))
+                    .map(|shard| {
+                        Ok(ShardTarget {
+                            host: routing.shard_host(shard)?.to_owned(),
+                            version: Some(collection.map.shard_version(shard)),
+                        })
+                    })
                     .collect()
             }
-            other => Ok(self.unsharded_host(other, routing)?.into_iter().collect()),
+            other => Ok(self
+                .unsharded_host(other, routing)?
+                .into_iter()
+                .map(ShardTarget::unversioned)
+                .collect()),
         }
     }
 
     /// Sends `request` to every target in parallel and opens a stream on each cursor reply.
+    /// When any target fails, the cursors the others opened are killed.
     async fn open_streams(
         &self,
         db: &str,
-        targets: &[String],
+        targets: &[ShardTarget],
         request: &Document,
     ) -> Result<Vec<ShardStream>, CommandError> {
-        let calls = targets.iter().map(|host| async move {
-            let (member, reply) = self.cluster.call_routed(host, db, request.clone()).await?;
+        let calls = targets.iter().map(|target| async move {
+            let (member, reply) = self
+                .cluster
+                .call_routed(&target.host, db, target.request(request))
+                .await?;
             ShardStream::from_reply(&member, db, &reply)
         });
         let mut streams = Vec::with_capacity(targets.len());
@@ -118,6 +133,16 @@ impl Router {
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "find")?;
         self.counters.query.fetch_add(1, Ordering::Relaxed);
+        retry_stale(&self.cluster, &ns, || self.find_once(db, &ns, command)).await
+    }
+
+    /// One attempt of a `find`, routed by one snapshot.
+    async fn find_once(
+        &self,
+        db: &str,
+        ns: &Namespace,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let filter = document_field(command, "filter")?
             .cloned()
             .unwrap_or_default();
@@ -131,7 +156,7 @@ impl Router {
         let limit = count_field(command, "limit")?.filter(|l| *l > 0);
         let batch_docs = count_field(command, "batchSize")?.unwrap_or(FIRST_BATCH_DOCS_DEFAULT);
         let single_batch = matches!(command.get("singleBatch"), Some(Bson::Boolean(true)));
-        let (placement, routing) = self.placement(&ns).await?;
+        let (placement, routing) = self.placement(ns).await?;
         let targets = self.read_targets(&placement, &routing, &filter)?;
         let ns_string = ns.to_string();
         if targets.is_empty() {
@@ -244,6 +269,16 @@ impl Router {
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "count")?;
         self.counters.query.fetch_add(1, Ordering::Relaxed);
+        retry_stale(&self.cluster, &ns, || self.count_once(db, &ns, command)).await
+    }
+
+    /// One attempt of a `count`, routed by one snapshot.
+    async fn count_once(
+        &self,
+        db: &str,
+        ns: &Namespace,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let filter = document_field(command, "query")?
             .cloned()
             .unwrap_or_default();
@@ -252,22 +287,20 @@ impl Router {
         let limit = integer_field(command, "limit")?
             .map(i64::unsigned_abs)
             .filter(|l| *l > 0);
-        let (placement, routing) = self.placement(&ns).await?;
+        let (placement, routing) = self.placement(ns).await?;
         let targets = self.read_targets(&placement, &routing, &filter)?;
-        if targets.len() == 1 {
-            return self
-                .cluster
-                .call(&targets[0], db, shard_command(command))
-                .await;
+        if let [target] = targets.as_slice() {
+            return self.pass_through(db, target, &shard_command(command)).await;
         }
         let mut request = shard_command(command);
         request.remove("skip");
         if let Some(limit) = limit {
             request.insert("limit", i64::try_from(skip + limit).unwrap_or(i64::MAX));
         }
-        let calls = targets
-            .iter()
-            .map(|host| self.cluster.call_ok(host, db, request.clone()));
+        let calls = targets.iter().map(|target| {
+            self.cluster
+                .call_ok(&target.host, db, target.request(&request))
+        });
         let mut total: u64 = 0;
         for reply in join_all(calls).await {
             total += u64::try_from(int_field(&reply?, "n")).unwrap_or(0);
@@ -286,6 +319,16 @@ impl Router {
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, "distinct")?;
         self.counters.query.fetch_add(1, Ordering::Relaxed);
+        retry_stale(&self.cluster, &ns, || self.distinct_once(db, &ns, command)).await
+    }
+
+    /// One attempt of a `distinct`, routed by one snapshot.
+    async fn distinct_once(
+        &self,
+        db: &str,
+        ns: &Namespace,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         match command.get("key") {
             Some(Bson::String(_)) => {}
             Some(other) => return Err(CommandError::type_mismatch("key", "string", other)),
@@ -294,18 +337,16 @@ impl Router {
         let filter = document_field(command, "query")?
             .cloned()
             .unwrap_or_default();
-        let (placement, routing) = self.placement(&ns).await?;
+        let (placement, routing) = self.placement(ns).await?;
         let targets = self.read_targets(&placement, &routing, &filter)?;
-        if targets.len() == 1 {
-            return self
-                .cluster
-                .call(&targets[0], db, shard_command(command))
-                .await;
+        if let [target] = targets.as_slice() {
+            return self.pass_through(db, target, &shard_command(command)).await;
         }
         let request = shard_command(command);
-        let calls = targets
-            .iter()
-            .map(|host| self.cluster.call_ok(host, db, request.clone()));
+        let calls = targets.iter().map(|target| {
+            self.cluster
+                .call_ok(&target.host, db, target.request(&request))
+        });
         let mut values = Vec::new();
         for reply in join_all(calls).await {
             values.extend(reply?.get_array("values").cloned().unwrap_or_default());
@@ -351,15 +392,34 @@ impl Router {
         if matches!(command.get("explain"), Some(Bson::Boolean(true))) {
             return self.explain_command(db, command).await;
         }
-        let (placement, routing) = self.placement(&ns).await?;
-        let foreign = self.lookup_sources(&ns, &pipeline, &routing).await?;
+        retry_stale(&self.cluster, &ns, || {
+            self.aggregate_once(db, &ns, command, &pipeline, batch_docs)
+        })
+        .await
+    }
+
+    /// One attempt of an `aggregate`, routed by one snapshot.
+    async fn aggregate_once(
+        &self,
+        db: &str,
+        ns: &Namespace,
+        command: &Document,
+        pipeline: &[Bson],
+        batch_docs: u64,
+    ) -> Result<Document, CommandError> {
+        let (placement, routing) = self.placement(ns).await?;
+        let foreign = self.lookup_sources(ns, pipeline, &routing).await?;
         let ns_string = ns.to_string();
         let Placement::Sharded(_) = &placement else {
             let Some(host) = self.unsharded_host(&placement, &routing)? else {
                 return Ok(cursor_reply(0, &ns_string, Vec::new(), true));
             };
             let streams = self
-                .open_streams(db, &[host], &shard_command(command))
+                .open_streams(
+                    db,
+                    &[ShardTarget::unversioned(host)],
+                    &shard_command(command),
+                )
                 .await?;
             let cursor = Cursor::Merge {
                 streams,
@@ -370,7 +430,7 @@ impl Router {
                 .await;
         };
         let (shard_stages, merge_stages) =
-            Pipeline::split_for_shards(&pipeline).map_err(CommandError::from)?;
+            Pipeline::split_for_shards(pipeline).map_err(CommandError::from)?;
         let leading_match = shard_stages
             .first()
             .and_then(|stage| stage.get_document("$match").ok())
@@ -411,6 +471,21 @@ impl Router {
         .await
     }
 
+    /// Sends a read to its only target and hands the reply back as it is (errors included),
+    /// unless the shard refused the routing version.
+    async fn pass_through(
+        &self,
+        db: &str,
+        target: &ShardTarget,
+        request: &Document,
+    ) -> Result<Document, CommandError> {
+        let reply = self
+            .cluster
+            .call(&target.host, db, target.request(request))
+            .await?;
+        fail_if_stale(reply)
+    }
+
     /// Checks the collections `$lookup` reads (they must not be sharded: each shard would see
     /// only its part) and, when `ns` is sharded so the join runs at the router, fetches them.
     async fn lookup_sources(
@@ -448,7 +523,8 @@ impl Router {
             return Ok(Vec::new());
         };
         let request = doc! {"find": ns.coll.clone(), "batchSize": SHARD_GETMORE_DOCS};
-        let mut streams = self.open_streams(&ns.db, &[host], &request).await?;
+        let target = ShardTarget::unversioned(host);
+        let mut streams = self.open_streams(&ns.db, &[target], &request).await?;
         drain(&mut streams, &self.cluster, AGGREGATE_MERGE_DOCS_MAX).await
     }
 }

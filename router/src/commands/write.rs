@@ -4,13 +4,19 @@
 //! by shard), and `findAndModify`. Write errors carry the index of the statement in the client's
 //! batch, whichever shard reported them.
 
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, atomic::Ordering};
 
 use bson::{Bson, Document, doc, oid::ObjectId};
 use futures::future::join_all;
 use shoal_common::{CommandError, ErrorCode, Namespace, ShardId};
 
-use super::{Placement, Router, command_namespace, int_field, shard_command};
+use super::{
+    Placement, Router, command_namespace, int_field, shard_command,
+    stale::{
+        StaleRetry, indexes_to_retry, is_stale, is_stale_write_error, retry_stale,
+        with_shard_version,
+    },
+};
 use crate::topology::RoutingCache;
 
 /// The largest document a client may store (BSON bytes), as in MongoDB.
@@ -22,6 +28,60 @@ struct StatementOutcome {
     n: i64,
     n_modified: i64,
     upserted_id: Option<Bson>,
+}
+
+/// What one update or delete statement achieved on the shards that ran it, kept across
+/// StaleConfig retries so that no shard runs a statement twice.
+#[derive(Debug, Default)]
+struct StatementProgress {
+    /// The shards that ran the statement.
+    executed: Vec<ShardId>,
+    /// Their outcomes, summed.
+    outcome: StatementOutcome,
+}
+
+impl StatementProgress {
+    /// Adds a shard's outcome.
+    fn record(&mut self, shard: &ShardId, outcome: StatementOutcome) {
+        self.executed.push(shard.clone());
+        self.outcome.n += outcome.n;
+        self.outcome.n_modified += outcome.n_modified;
+        self.outcome.upserted_id = self.outcome.upserted_id.take().or(outcome.upserted_id);
+    }
+
+    /// The targets that have not run the statement: a shard that accepted the version ran it
+    /// on every range it owned, and sending it again would apply it twice there. (A migration
+    /// that moves already-updated documents between two attempts can still make a retried
+    /// multi-document statement see them again, as in MongoDB without
+    /// `pauseMigrationsDuringMultiUpdates`.)
+    fn not_executed(&self, targets: Vec<ShardId>) -> Vec<ShardId> {
+        targets
+            .into_iter()
+            .filter(|shard| !self.executed.contains(shard))
+            .collect()
+    }
+}
+
+/// The facts of an update or delete command shared by its statements.
+struct StatementBatch<'a> {
+    ns: &'a Namespace,
+    command: &'a Document,
+    kind: StatementKind,
+    /// Whether any statement upserts (only then may the database be created).
+    any_upsert: bool,
+}
+
+/// One statement as it is sent to its shards.
+struct StatementSend<'a> {
+    ns: &'a Namespace,
+    /// The request without its shard version (added per shard).
+    request: Document,
+    /// The snapshot the statement was targeted by.
+    routing: &'a RoutingCache,
+    /// The collection, when a shard-key change moves the document instead of failing.
+    mover: Option<&'a crate::topology::CollectionRouting>,
+    statement: &'a Document,
+    filter: &'a Document,
 }
 
 /// A batch of documents for one shard, each with its index in the client's batch.
@@ -50,14 +110,59 @@ impl Router {
         self.counters
             .insert
             .fetch_add(documents.len() as u64, Ordering::Relaxed);
-        let (placement, routing) = self.placement_for_write(&ns).await?;
+        let (mut pending, mut errors) = prepare_documents(documents, ordered);
+        let mut n = 0;
+        let mut retry = StaleRetry::default();
+        // Each attempt routes the documents not yet inserted by a fresh snapshot; a shard that
+        // refused the version inserted none of what it was sent.
+        while !pending.is_empty() {
+            let (placement, routing) = self.placement_for_write(&ns).await?;
+            let (inserted, attempt_errors) = self
+                .insert_attempt(&ns, command, &pending, ordered, &placement, &routing)
+                .await;
+            n += inserted;
+            let (stale, standing): (IndexedErrors, IndexedErrors) = attempt_errors
+                .into_iter()
+                .partition(|(_, entry)| is_stale_write_error(entry));
+            errors.extend(standing);
+            let Some((_, first_stale)) = stale.first() else {
+                break;
+            };
+            if !retry
+                .after(&self.cluster, &ns, &error_from_write_error(first_stale))
+                .await
+            {
+                errors.extend(stale);
+                break;
+            }
+            pending = pending_after_stale(pending, &stale, ordered);
+        }
+        if ordered {
+            // Only the first error of an ordered batch stands: nothing after it ran.
+            errors.sort_by_key(|(index, _)| *index);
+            errors.truncate(1);
+        }
+        Ok(write_reply(n, None, Vec::new(), errors))
+    }
+
+    /// Routes `pending` by one snapshot and sends each shard its documents; returns how many
+    /// were inserted and the errors, by client batch index.
+    async fn insert_attempt(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+        pending: &[(usize, Document)],
+        ordered: bool,
+        placement: &Placement,
+        routing: &RoutingCache,
+    ) -> (i64, IndexedErrors) {
         let mut runs: Vec<Run> = Vec::new();
         let mut errors: IndexedErrors = Vec::new();
-        for (index, value) in documents.iter().enumerate() {
-            match prepare_document(value).and_then(|doc| Ok((target_of(&placement, &doc)?, doc))) {
-                Ok((shard, doc)) => push_to_run(&mut runs, shard, index, doc, ordered),
+        for (index, doc) in pending {
+            match target_of(placement, doc) {
+                Ok(shard) => push_to_run(&mut runs, shard, *index, doc.clone(), ordered),
                 Err(error) => {
-                    errors.push((index, write_error(index, &error)));
+                    errors.push((*index, write_error(*index, &error)));
                     if ordered {
                         break;
                     }
@@ -65,17 +170,12 @@ impl Router {
             }
         }
         let (n, shard_errors) = if ordered {
-            self.insert_ordered(&ns, command, runs, &routing).await
+            self.insert_ordered(ns, command, runs, routing).await
         } else {
-            self.insert_unordered(&ns, command, runs, &routing).await
+            self.insert_unordered(ns, command, runs, routing).await
         };
         errors.extend(shard_errors);
-        if ordered {
-            // Only the first error of an ordered batch stands: nothing after it ran.
-            errors.sort_by_key(|(index, _)| *index);
-            errors.truncate(1);
-        }
-        Ok(write_reply(n, None, Vec::new(), errors))
+        (n, errors)
     }
 
     async fn insert_ordered(
@@ -146,6 +246,7 @@ impl Router {
                 .map(|index| Bson::Int32(clamp_i32(*index as i64)))
                 .collect::<Vec<_>>(),
         );
+        let request = with_shard_version(request, routing.shard_version(ns, shard));
         let reply = match routing.shard_host(shard) {
             Ok(host) => self.cluster.call_ok(host, &ns.db, request).await,
             Err(error) => Err(error),
@@ -209,22 +310,7 @@ impl Router {
         if is_settings(&ns) {
             return self.settings_write(&ns, command).await;
         }
-        let statements = match command.get(kind.array_field()) {
-            Some(Bson::Array(statements)) => statements,
-            Some(other) => {
-                return Err(CommandError::type_mismatch(
-                    kind.array_field(),
-                    "array",
-                    other,
-                ));
-            }
-            None => {
-                return Err(CommandError::missing_field(
-                    kind.command(),
-                    kind.array_field(),
-                ));
-            }
-        };
+        let statements = kind.statements_of(command)?;
         let ordered = ordered_flag(command)?;
         check_batch_size(statements.len())?;
         let mut any_upsert = false;
@@ -238,23 +324,25 @@ impl Router {
             StatementKind::Delete => &self.counters.delete,
         };
         counter.fetch_add(statements.len() as u64, Ordering::Relaxed);
-        // Only an upsert may create the database; matching nothing must not.
-        let (placement, routing) = if any_upsert {
-            self.placement_for_write(&ns).await?
-        } else {
-            self.placement_for_read_of_write(&ns).await?
+        let batch = StatementBatch {
+            ns: &ns,
+            command,
+            kind,
+            any_upsert,
         };
-        if matches!(placement, Placement::Missing) {
+        let mut snapshot = self.statement_placement(&batch).await?;
+        if matches!(snapshot.0, Placement::Missing) {
             let n_modified = matches!(kind, StatementKind::Update).then_some(0);
             return Ok(write_reply(0, n_modified, Vec::new(), Vec::new()));
         }
         let (mut n, mut n_modified) = (0, 0);
         let mut upserted = Vec::new();
         let mut errors = Vec::new();
+        let mut retry = StaleRetry::default();
         for (index, statement) in statements.iter().enumerate() {
             let outcome = match statement {
                 Bson::Document(statement) => {
-                    self.statement(&ns, command, (kind, index), statement, &placement, &routing)
+                    self.statement_retrying(&batch, index, statement, &mut snapshot, &mut retry)
                         .await
                 }
                 other => Err(CommandError::type_mismatch(
@@ -283,16 +371,60 @@ impl Router {
         Ok(write_reply(n, n_modified, upserted, errors))
     }
 
-    /// Runs one update or delete statement on the shards it targets.
+    /// The placement an update or delete batch is routed by. Only an upsert may create the
+    /// database; matching nothing must not.
+    async fn statement_placement(
+        &self,
+        batch: &StatementBatch<'_>,
+    ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+        if batch.any_upsert {
+            self.placement_for_write(batch.ns).await
+        } else {
+            self.placement_for_read_of_write(batch.ns).await
+        }
+    }
+
+    /// Runs one statement, retrying after StaleConfig refusals on the shards that did not run
+    /// it (by a fresh snapshot, which then routes the rest of the batch too).
+    async fn statement_retrying(
+        &self,
+        batch: &StatementBatch<'_>,
+        index: usize,
+        statement: &Document,
+        snapshot: &mut (Placement, Arc<RoutingCache>),
+        retry: &mut StaleRetry,
+    ) -> Result<StatementOutcome, CommandError> {
+        let mut progress = StatementProgress::default();
+        loop {
+            let (placement, routing) = &*snapshot;
+            if matches!(placement, Placement::Missing) {
+                // The database was dropped meanwhile: nothing is left to match.
+                return Ok(progress.outcome);
+            }
+            let result = self
+                .statement(batch, index, statement, (placement, routing), &mut progress)
+                .await;
+            match result {
+                Ok(()) => return Ok(progress.outcome),
+                Err(error) if retry.after(&self.cluster, batch.ns, &error).await => {
+                    *snapshot = self.statement_placement(batch).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs one update or delete statement on the shards it targets that have not run it yet,
+    /// recording in `progress` what each shard did.
     async fn statement(
         &self,
-        ns: &Namespace,
-        command: &Document,
-        (kind, index): (StatementKind, usize),
+        batch: &StatementBatch<'_>,
+        index: usize,
         statement: &Document,
-        placement: &Placement,
-        routing: &RoutingCache,
-    ) -> Result<StatementOutcome, CommandError> {
+        (placement, routing): (&Placement, &RoutingCache),
+        progress: &mut StatementProgress,
+    ) -> Result<(), CommandError> {
+        let kind = batch.kind;
         let filter = match statement.get("q") {
             Some(Bson::Document(filter)) => filter.clone(),
             Some(other) => return Err(CommandError::type_mismatch("q", "object", other)),
@@ -306,7 +438,8 @@ impl Router {
         let all_documents = kind.touches_all(statement)?;
         let upsert = matches!(statement.get("upsert"), Some(Bson::Boolean(true)));
         let (shards, key_fields) = write_targets(placement, &filter, upsert)?;
-        let mut request = shard_command(command);
+        let shards = progress.not_executed(shards);
+        let mut request = shard_command(batch.command);
         request.insert(kind.array_field(), vec![Bson::Document(statement.clone())]);
         request.insert("ordered", true);
         // Each request of a retryable write names its statements: a shard records executed
@@ -318,71 +451,79 @@ impl Router {
         }
         let mover = match placement {
             Placement::Sharded(collection)
-                if !all_documents && !upsert && command.contains_key("txnNumber") =>
+                if !all_documents && !upsert && batch.command.contains_key("txnNumber") =>
             {
                 Some(collection)
             }
             _ => None,
         };
+        let send = StatementSend {
+            ns: batch.ns,
+            request,
+            routing,
+            mover,
+            statement,
+            filter: &filter,
+        };
         if all_documents || shards.len() == 1 {
-            let sends = shards.iter().map(|shard| {
-                self.send_or_move(
-                    ns,
-                    shard,
-                    request.clone(),
-                    routing,
-                    mover,
-                    statement,
-                    &filter,
-                )
-            });
-            let mut total = StatementOutcome::default();
-            for outcome in join_all(sends).await {
-                let outcome = outcome?;
-                total.n += outcome.n;
-                total.n_modified += outcome.n_modified;
-                total.upserted_id = total.upserted_id.or(outcome.upserted_id);
-            }
-            return Ok(total);
+            return self.send_to_all(&send, &shards, progress).await;
         }
         // One document, filter without the shard key: the first shard that matches takes it.
         for shard in &shards {
-            let outcome = self
-                .send_or_move(
-                    ns,
-                    shard,
-                    request.clone(),
-                    routing,
-                    mover,
-                    statement,
-                    &filter,
-                )
-                .await?;
-            if outcome.n > 0 {
-                return Ok(outcome);
+            let outcome = self.send_or_move(&send, shard).await?;
+            let matched = outcome.n > 0;
+            progress.record(shard, outcome);
+            if matched {
+                return Ok(());
             }
         }
-        Ok(StatementOutcome::default())
+        Ok(())
     }
 
-    /// Sends one statement to one shard; when `mover` is given (a retryable single update of a
-    /// sharded collection) and the shard refuses a shard-key change, moves the document instead.
-    #[allow(clippy::too_many_arguments)] // reason: every argument is one of the statement's facts.
+    /// Sends a statement to every shard in parallel. The shards that ran it are recorded even
+    /// when another refused it as stale (the refusal is returned after them).
+    async fn send_to_all(
+        &self,
+        send: &StatementSend<'_>,
+        shards: &[ShardId],
+        progress: &mut StatementProgress,
+    ) -> Result<(), CommandError> {
+        let sends = shards
+            .iter()
+            .map(|shard| async move { (shard, self.send_or_move(send, shard).await) });
+        let mut stale = None;
+        for (shard, outcome) in join_all(sends).await {
+            match outcome {
+                Ok(outcome) => progress.record(shard, outcome),
+                Err(error) if is_stale(&error) => stale = stale.or(Some(error)),
+                Err(error) => return Err(error),
+            }
+        }
+        stale.map_or(Ok(()), Err)
+    }
+
+    /// Sends one statement to one shard; when `send.mover` is given (a retryable single update
+    /// of a sharded collection) and the shard refuses a shard-key change, moves the document
+    /// instead.
     async fn send_or_move(
         &self,
-        ns: &Namespace,
+        send: &StatementSend<'_>,
         shard: &ShardId,
-        request: Document,
-        routing: &RoutingCache,
-        mover: Option<&crate::topology::CollectionRouting>,
-        statement: &Document,
-        filter: &Document,
     ) -> Result<StatementOutcome, CommandError> {
-        let outcome = self.send_statement(ns, shard, request, routing).await;
-        match (outcome, mover) {
+        let outcome = self
+            .send_statement(send.ns, shard, send.request.clone(), send.routing)
+            .await;
+        match (outcome, send.mover) {
             (Err(error), Some(collection)) if error.is_shard_key_change() => {
-                self.move_statement(ns, shard, statement, filter, collection, routing)
-                    .await
+                self.move_statement(
+                    send.ns,
+                    shard,
+                    send.statement,
+                    send.filter,
+                    collection,
+                    send.routing,
+                )
+                .await
             }
             (outcome, _) => outcome,
         }
@@ -435,6 +576,7 @@ impl Router {
     ) -> Result<StatementOutcome, CommandError> {
         let host = routing.shard_host(shard)?;
         let request_flags = ShardKeyChangeContext::of(&request);
+        let request = with_shard_version(request, routing.shard_version(ns, shard));
         let reply = self.cluster.call_ok(host, &ns.db, request).await?;
         let first_error = reply
             .get_array("writeErrors")
@@ -467,11 +609,25 @@ impl Router {
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, name)?;
         self.counters.update.fetch_add(1, Ordering::Relaxed);
+        // An attempt modifies a document only in its last step, so a refused attempt changed
+        // nothing and is retried whole.
+        retry_stale(&self.cluster, &ns, || {
+            self.find_and_modify_once(&ns, command)
+        })
+        .await
+    }
+
+    /// One attempt of a findAndModify, routed by one snapshot.
+    async fn find_and_modify_once(
+        &self,
+        ns: &Namespace,
+        command: &Document,
+    ) -> Result<Document, CommandError> {
         let upsert = matches!(command.get("upsert"), Some(Bson::Boolean(true)));
         let (placement, routing) = if upsert {
-            self.placement_for_write(&ns).await?
+            self.placement_for_write(ns).await?
         } else {
-            self.placement_for_read_of_write(&ns).await?
+            self.placement_for_read_of_write(ns).await?
         };
         let mut request = shard_command(command);
         match &placement {
@@ -499,7 +655,7 @@ impl Router {
         };
         let Some(sort) = sort else {
             let result = self
-                .find_and_modify_first_match(&ns, &shards, request, &routing)
+                .find_and_modify_first_match(ns, &shards, request, &routing)
                 .await;
             return match (result, &placement) {
                 (Err(error), Placement::Sharded(collection))
@@ -507,7 +663,7 @@ impl Router {
                         && command.contains_key("txnNumber")
                         && !upsert =>
                 {
-                    self.find_and_modify_move(&ns, command, &filter, &shards, collection, &routing)
+                    self.find_and_modify_move(ns, command, &filter, &shards, collection, &routing)
                         .await
                 }
                 (result, _) => result,
@@ -519,7 +675,7 @@ impl Router {
             }
             _ => None,
         };
-        self.find_and_modify_sorted(&ns, &shards, &filter, &sort, request, &routing, mover)
+        self.find_and_modify_sorted(ns, &shards, &filter, &sort, request, &routing, mover)
             .await
     }
 
@@ -580,7 +736,8 @@ impl Router {
         let mut last_reply = None;
         for shard in shards {
             let host = routing.shard_host(shard)?;
-            let reply = self.cluster.call_ok(host, &ns.db, request.clone()).await?;
+            let versioned = with_shard_version(request.clone(), routing.shard_version(ns, shard));
+            let reply = self.cluster.call_ok(host, &ns.db, versioned).await?;
             if find_and_modify_matched(&reply) {
                 return Ok(reply);
             }
@@ -608,7 +765,8 @@ impl Router {
             let probe = doc! {"find": ns.coll.clone(), "filter": filter.clone(), "sort": sort.clone(), "limit": 1, "singleBatch": true};
             let probes = shards.iter().map(|shard| async {
                 let host = routing.shard_host(shard)?;
-                let reply = self.cluster.call_ok(host, &ns.db, probe.clone()).await?;
+                let versioned = with_shard_version(probe.clone(), routing.shard_version(ns, shard));
+                let reply = self.cluster.call_ok(host, &ns.db, versioned).await?;
                 let (_, _, mut batch) = crate::cursors::parse_cursor(&reply, "firstBatch")?;
                 Ok::<_, CommandError>(batch.pop_front().map(|doc| (shard.clone(), doc)))
             });
@@ -632,6 +790,7 @@ impl Router {
             let mut pinned = request.clone();
             pinned.insert("query", doc! {"$and": [filter.clone(), {"_id": id}]});
             let pinned_query = pinned.get_document("query").cloned().unwrap_or_default();
+            let pinned = with_shard_version(pinned, routing.shard_version(ns, &shard));
             let reply = match self
                 .cluster
                 .call_ok(routing.shard_host(&shard)?, &ns.db, pinned)
@@ -810,6 +969,22 @@ impl StatementKind {
         }
     }
 
+    /// The command's statement array (`updates` or `deletes`).
+    fn statements_of(self, command: &Document) -> Result<&Vec<Bson>, CommandError> {
+        match command.get(self.array_field()) {
+            Some(Bson::Array(statements)) => Ok(statements),
+            Some(other) => Err(CommandError::type_mismatch(
+                self.array_field(),
+                "array",
+                other,
+            )),
+            None => Err(CommandError::missing_field(
+                self.command(),
+                self.array_field(),
+            )),
+        }
+    }
+
     fn touches_all(self, statement: &Document) -> Result<bool, CommandError> {
         match self {
             StatementKind::Update => match statement.get("multi") {
@@ -837,6 +1012,44 @@ fn ordered_flag(command: &Document) -> Result<bool, CommandError> {
         Some(Bson::Boolean(ordered)) => Ok(*ordered),
         Some(other) => Err(CommandError::type_mismatch("ordered", "bool", other)),
     }
+}
+
+/// Prepares every document of an insert batch once (so a retried document keeps its `_id`):
+/// the documents to send and the errors of those refused; an ordered batch stops at its first
+/// refused document.
+fn prepare_documents(documents: &[Bson], ordered: bool) -> (Vec<(usize, Document)>, IndexedErrors) {
+    let mut prepared = Vec::with_capacity(documents.len());
+    let mut errors = Vec::new();
+    for (index, value) in documents.iter().enumerate() {
+        match prepare_document(value) {
+            Ok(doc) => prepared.push((index, doc)),
+            Err(error) => {
+                errors.push((index, write_error(index, &error)));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    (prepared, errors)
+}
+
+/// The documents of `pending` to send again after the statements of `stale` were refused.
+fn pending_after_stale(
+    pending: Vec<(usize, Document)>,
+    stale: &IndexedErrors,
+    ordered: bool,
+) -> Vec<(usize, Document)> {
+    let pending_indexes: Vec<usize> = pending.iter().map(|(index, _)| *index).collect();
+    let stale_indexes: Vec<usize> = stale.iter().map(|(index, _)| *index).collect();
+    let retry: std::collections::HashSet<usize> =
+        indexes_to_retry(&pending_indexes, &stale_indexes, ordered)
+            .into_iter()
+            .collect();
+    pending
+        .into_iter()
+        .filter(|(index, _)| retry.contains(index))
+        .collect()
 }
 
 /// Checks a document for insertion and gives it an `_id` (first) if it has none, so that the
@@ -1013,5 +1226,68 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, 9);
         assert_eq!(errors[0].1.get_i32("index").unwrap(), 9);
+    }
+
+    #[test]
+    fn retried_statements_skip_the_shards_that_ran_them() {
+        let (a, b, c) = (
+            ShardId::new("a").unwrap(),
+            ShardId::new("b").unwrap(),
+            ShardId::new("c").unwrap(),
+        );
+        let mut progress = StatementProgress::default();
+        let ran = |n, upserted_id| StatementOutcome {
+            n,
+            n_modified: n,
+            upserted_id,
+        };
+        progress.record(&a, ran(2, None));
+        progress.record(&c, ran(1, Some(Bson::Int32(7))));
+        progress.record(&c, ran(0, None));
+        assert_eq!(progress.outcome.n, 3);
+        assert_eq!(progress.outcome.n_modified, 3);
+        assert_eq!(progress.outcome.upserted_id, Some(Bson::Int32(7)));
+        let fresh_targets = vec![a.clone(), b.clone(), c.clone()];
+        assert_eq!(progress.not_executed(fresh_targets), vec![b]);
+    }
+
+    #[test]
+    fn refused_inserts_are_resent_by_batch_order() {
+        let docs: Vec<Bson> = (0..5).map(|i| Bson::Document(doc! {"_id": i})).collect();
+        let (pending, errors) = prepare_documents(&docs, true);
+        assert_eq!(pending.len(), 5);
+        assert!(errors.is_empty());
+        let refused = |index: usize| (index, doc! {"index": index as i32, "code": 13388});
+        let stale = vec![refused(3), refused(1)];
+        let ordered: Vec<usize> = pending_after_stale(pending.clone(), &stale, true)
+            .iter()
+            .map(|(index, _)| *index)
+            .collect();
+        assert_eq!(ordered, [1, 2, 3, 4]);
+        let unordered: Vec<usize> = pending_after_stale(pending.clone(), &stale, false)
+            .iter()
+            .map(|(index, _)| *index)
+            .collect();
+        assert_eq!(unordered, [1, 3]);
+        // The retried documents keep the `_id` they were given once.
+        let generated = prepare_documents(&[Bson::Document(doc! {"a": 1})], true).0;
+        let again = pending_after_stale(generated.clone(), &vec![refused(0)], true);
+        assert_eq!(again[0].1.get("_id"), generated[0].1.get("_id"));
+    }
+
+    #[test]
+    fn an_ordered_insert_stops_preparing_at_its_first_bad_document() {
+        let docs = [
+            Bson::Document(doc! {"_id": 1}),
+            Bson::Int32(2),
+            Bson::Document(doc! {"_id": 3}),
+        ];
+        let (pending, errors) = prepare_documents(&docs, true);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, 1);
+        let (pending, errors) = prepare_documents(&docs, false);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(errors.len(), 1);
     }
 }
