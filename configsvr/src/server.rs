@@ -1,6 +1,7 @@
 //! The config server's commands: the sharding administration that routers forward
-//! (`addShard`, `listShards`, `removeShard`, `enableSharding`, `shardCollection`, `split`,
-//! `moveChunk`, `balancerStatus`) and the internal ones routers use (`_shoalGetRoutingTable`,
+//! (`addShard`, `listShards`, `removeShard` (in [`crate::drain`]), `enableSharding`,
+//! `shardCollection`, `split`, `moveChunk`, `movePrimary` (in [`crate::move_primary`]), the zone
+//! commands (in [`crate::zones`]), `balancerStatus`) and the internal ones routers use (`_shoalGetRoutingTable`,
 //! `_shoalEnsureDatabase`, `_shoalDropCollection`, `_shoalDropDatabase`).
 //!
 //! Metadata writes are serialized by one lock and each is a single atomic engine batch that also
@@ -34,6 +35,12 @@ pub struct ConfigServer {
     /// Whether this process started its auto-splitter (it runs once per process and acts only
     /// while the member is primary).
     autosplit_started: Arc<std::sync::atomic::AtomicBool>,
+    /// The databases whose primary this process is moving (`movePrimary`).
+    pub(crate) moving_databases: Arc<crate::move_primary::MovingDatabases>,
+    /// The balancer's in-memory state (see [`crate::balancer`]).
+    pub(crate) balancer: Arc<crate::balancer::BalancerState>,
+    /// Held for the whole of a chunk migration, so that at most one runs at a time.
+    pub(crate) migration_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The most initial chunks `shardCollection` creates for a hashed key (MongoDB's limit).
@@ -43,6 +50,10 @@ const COMMANDS: &[&str] = &[
     "addShard",
     "listShards",
     "removeShard",
+    "addShardToZone",
+    "removeShardFromZone",
+    "updateZoneKeyRange",
+    "movePrimary",
     "enableSharding",
     "shardCollection",
     "split",
@@ -52,6 +63,7 @@ const COMMANDS: &[&str] = &[
     "balancerStatus",
     "balancerStart",
     "balancerStop",
+    "balancerCollectionStatus",
     "_shoalEnsureDatabase",
     "_shoalGetRoutingTable",
     "_shoalDropCollection",
@@ -92,6 +104,8 @@ impl Extension for ConfigServer {
             {
                 tokio::spawn(self.clone().autosplit_loop(Arc::clone(member)));
             }
+            self.start_balancer(member);
+            tokio::spawn(self.clone().recover_interrupted_moves(Arc::clone(member)));
             Ok(())
         })
     }
@@ -148,16 +162,14 @@ impl ConfigServer {
         }
         match name {
             "listShards" => self.list_shards(core).await,
-            "balancerStatus" => Ok(doc! {
-                "mode": "off", "inBalancerRound": false, "numBalancerRounds": 0_i64,
-                "note": "Shoal has no balancer yet: chunks move only with moveChunk", "ok": 1.0,
-            }),
-            "balancerStart" | "balancerStop" => Err(CommandError::new(
-                ErrorCode::ILLEGAL_OPERATION,
-                "Shoal has no balancer yet: chunks move only with moveChunk",
-            )),
+            "balancerStatus" => self.balancer_status(core).await,
+            "balancerStart" => self.balancer_switch(core, true).await,
+            "balancerStop" => self.balancer_switch(core, false).await,
+            "balancerCollectionStatus" => self.balancer_collection_status(core, command).await,
             "_shoalGetRoutingTable" => self.routing_table(core, command).await,
+            "movePrimary" => self.move_primary(core, command).await,
             _ => {
+                self.refuse_while_moving(name, command)?;
                 let _guard = self.metadata_lock.lock().await;
                 self.run_locked(core, name, command).await
             }
@@ -173,6 +185,9 @@ impl ConfigServer {
         match name {
             "addShard" => self.add_shard(core, command).await,
             "removeShard" => self.remove_shard(core, command).await,
+            "addShardToZone" => self.add_shard_to_zone(core, command).await,
+            "removeShardFromZone" => self.remove_shard_from_zone(core, command).await,
+            "updateZoneKeyRange" => self.update_zone_key_range(core, command).await,
             "enableSharding" => self.enable_sharding(core, command).await,
             "shardCollection" => self.shard_collection(core, command).await,
             "split" => self.split(core, command).await,
@@ -283,57 +298,6 @@ impl ConfigServer {
         ))
     }
 
-    async fn remove_shard(
-        &self,
-        core: &Arc<MemberCore>,
-        command: &Document,
-    ) -> Result<Document, CommandError> {
-        let id = ShardId::new(string_field(command, "removeShard")?)?;
-        if store::find_one(core, coll::SHARDS, id.as_str())
-            .await?
-            .is_none()
-        {
-            return Err(CommandError::new(
-                ErrorCode::SHARD_NOT_FOUND,
-                format!("Shard {id} does not exist"),
-            ));
-        }
-        let chunks = store::find_all(core, coll::CHUNKS, doc! {"shard": id.as_str()}).await?;
-        let databases =
-            store::find_all(core, coll::DATABASES, doc! {"primary": id.as_str()}).await?;
-        if !chunks.is_empty() || !databases.is_empty() {
-            let names: Vec<Bson> = databases
-                .iter()
-                .filter_map(|d| d.get("_id").cloned())
-                .collect();
-            let mut error = CommandError::new(
-                ErrorCode::ILLEGAL_OPERATION,
-                format!(
-                    "shard {id} still owns {} chunks and is primary for {} databases; move them \
-                     first (draining a shard with data is not available yet)",
-                    chunks.len(),
-                    databases.len()
-                ),
-            );
-            error.extra.insert("dbsToMove", names);
-            return Err(error);
-        }
-        failpoint::hit("removeShard.beforeCommit");
-        self.commit(
-            core,
-            vec![AtomicOp::Delete {
-                coll: coll::SHARDS.into(),
-                id: id.as_str().into(),
-            }],
-        )
-        .await?;
-        tracing::info!(shard = %id, "shard removed");
-        Ok(doc! {
-            "msg": "removeshard completed successfully", "state": "completed",
-            "shard": id.as_str(), "ok": 1.0,
-        })
-    }
-
     async fn enable_sharding(
         &self,
         core: &Arc<MemberCore>,
@@ -408,6 +372,13 @@ impl ConfigServer {
             .filter_map(|s| s.get_str("_id").ok())
             .filter_map(|s| ShardId::new(s).ok())
             .collect();
+        // A draining shard is on its way out: it never becomes a new database's primary.
+        let accepting: Vec<ShardId> = shard_docs
+            .iter()
+            .filter(|s| !crate::drain::is_draining(s))
+            .filter_map(|s| s.get_str("_id").ok())
+            .filter_map(|s| ShardId::new(s).ok())
+            .collect();
         let primary = match requested_primary {
             Some(requested) if shards.contains(requested) => requested.clone(),
             Some(requested) => {
@@ -422,7 +393,7 @@ impl ConfigServer {
                     .filter_map(|d| d.get_str("primary").ok())
                     .filter_map(|s| ShardId::new(s).ok())
                     .collect();
-                catalog::choose_primary_shard(&shards, &primaries).ok_or_else(|| {
+                catalog::choose_primary_shard(&accepting, &primaries).ok_or_else(|| {
                     CommandError::new(
                         ErrorCode::SHARD_NOT_FOUND,
                         format!(
@@ -529,7 +500,9 @@ impl ConfigServer {
         }
         let mut shards: Vec<ShardId> = Vec::new();
         for shard in store::find_all(core, coll::SHARDS, doc! {}).await? {
-            if let Ok(id) = shard.get_str("_id") {
+            if let Ok(id) = shard.get_str("_id")
+                && !crate::drain::is_draining(&shard)
+            {
                 shards.push(ShardId::new(id)?);
             }
         }
@@ -734,6 +707,23 @@ impl ConfigServer {
                 )));
             }
         }
+        // `enableBalancing: false` is `noBalance: true`, the flag `sh.disableBalancing` sets.
+        match command.get("enableBalancing") {
+            None => {}
+            Some(Bson::Boolean(true)) => {
+                collection.remove("noBalance");
+            }
+            Some(Bson::Boolean(false)) => {
+                collection.insert("noBalance", true);
+            }
+            Some(other) => {
+                return Err(CommandError::type_mismatch(
+                    "enableBalancing",
+                    "bool",
+                    other,
+                ));
+            }
+        }
         self.commit(core, vec![put(coll::COLLECTIONS, collection)])
             .await?;
         Ok(doc! {"ok": 1.0})
@@ -819,6 +809,30 @@ impl ConfigServer {
         tracing::info!(ns = %ns, min = %chunk.min, from = %chunk.shard, to = %to, "chunk moved");
         let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         Ok(doc! {"millis": millis, "ok": 1.0})
+    }
+
+    /// Moves the chunk exactly `[min, max)` of `ns` to `to` with its data (the contract of
+    /// `moveChunk`, `moveRange` and the balancer). Callers that start migrations on their own
+    /// hold `migration_lock`.
+    // lead replaces with the data-moving migration
+    pub async fn migrate_range(
+        &self,
+        core: &Arc<MemberCore>,
+        ns: &Namespace,
+        min: &Document,
+        max: &Document,
+        to: &ShardId,
+    ) -> Result<(), CommandError> {
+        let _guard = self.metadata_lock.lock().await;
+        let collection = self.load_collection(core, ns).await?;
+        let chunk = &collection.map.chunks[collection.map.chunk_index_for_key(min)];
+        if chunk.min != *min || chunk.max != *max {
+            return Err(CommandError::bad_value(format!(
+                "[{min}, {max}) is not a chunk of {ns}"
+            )));
+        }
+        let command = doc! {"moveChunk": ns.to_string(), "bounds": [min.clone(), max.clone()], "to": to.as_str()};
+        self.move_chunk(core, &command).await.map(|_| ())
     }
 
     /// Moving a chunk that holds documents needs the online migration protocol; until then only
@@ -967,7 +981,7 @@ impl ConfigServer {
     }
 
     /// Writes `ops` and the bumped routing version in one atomic batch.
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         core: &Arc<MemberCore>,
         mut ops: Vec<AtomicOp>,
@@ -991,14 +1005,17 @@ fn index_name(key: &ShardKeyPattern) -> String {
     parts.join("_")
 }
 
-fn put(coll: &str, doc: Document) -> AtomicOp {
+pub(crate) fn put(coll: &str, doc: Document) -> AtomicOp {
     AtomicOp::Put {
         coll: coll.to_owned(),
         doc,
     }
 }
 
-fn string_field<'a>(command: &'a Document, field: &str) -> Result<&'a str, CommandError> {
+pub(crate) fn string_field<'a>(
+    command: &'a Document,
+    field: &str,
+) -> Result<&'a str, CommandError> {
     match command.get(field) {
         Some(Bson::String(value)) => Ok(value),
         Some(other) => Err(CommandError::type_mismatch(field, "string", other)),
