@@ -8,16 +8,13 @@
 //! false}` turns it off. A chunk whose documents share one key cannot be split; it is left as it
 //! is and looked at again next round, never flagged forever.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use bson::{Bson, Document, doc};
-use shoal_common::{CommandError, Namespace, ShardId};
+use bson::{Document, doc};
+use shoal_common::{CommandError, Namespace};
 use shoal_member::MemberCore;
 
-use crate::{
-    server::{ConfigServer, shard_call},
-    store,
-};
+use crate::{measure::number, server::ConfigServer, store};
 
 /// How often the primary looks for chunks to split.
 pub const AUTOSPLIT_INTERVAL: Duration = Duration::from_secs(2);
@@ -111,44 +108,20 @@ impl ConfigServer {
         max_bytes: i64,
     ) -> Result<Vec<Oversized>, CommandError> {
         let collection = self.load_collection(core, ns).await?;
-        let mut by_shard: BTreeMap<ShardId, Vec<(Document, Document)>> = BTreeMap::new();
-        for chunk in &collection.map.chunks {
-            by_shard
-                .entry(chunk.shard.clone())
-                .or_default()
-                .push((chunk.min.clone(), chunk.max.clone()));
-        }
-        let mut found = Vec::new();
-        for (shard, ranges) in by_shard {
-            let host = self.shard_host(core, &shard).await?;
-            let request = doc! {
-                "_shoalRangeSizes": ns.to_string(), "$db": "admin",
-                "keyPattern": collection.map.key.to_document(),
-                "ranges": ranges.iter().map(|(min, max)| Bson::Array(vec![min.clone().into(), max.clone().into()])).collect::<Vec<_>>(),
-            };
-            let reply = shard_call(core, &host, request).await?;
-            if let Some(error) = CommandError::from_reply(&reply) {
-                return Err(error);
-            }
-            let sizes = reply
-                .get_array("sizes")
-                .map_err(|_| CommandError::internal("_shoalRangeSizes reply without sizes"))?;
-            for ((min, max), size) in ranges.into_iter().zip(sizes) {
-                let bytes = size
-                    .as_document()
-                    .and_then(|s| s.get("bytes"))
-                    .and_then(number)
-                    .unwrap_or(0);
-                if bytes > max_bytes {
-                    found.push(Oversized {
-                        ns: ns.clone(),
-                        min,
-                        max,
-                    });
-                }
-            }
-        }
-        Ok(found)
+        let sizes = self.chunk_sizes(core, &collection).await?;
+        let max_bytes = u64::try_from(max_bytes).unwrap_or(0);
+        Ok(collection
+            .map
+            .chunks
+            .iter()
+            .zip(sizes)
+            .filter(|(_, size)| size.bytes > max_bytes)
+            .map(|(chunk, _)| Oversized {
+                ns: ns.clone(),
+                min: chunk.min.clone(),
+                max: chunk.max.clone(),
+            })
+            .collect())
     }
 
     /// Splits one oversized chunk at its median, if it still exists and can be split.
@@ -173,14 +146,5 @@ impl ConfigServer {
         };
         self.split_at(core, &chunk.ns, collection, &middle).await?;
         Ok(true)
-    }
-}
-
-fn number(value: &Bson) -> Option<i64> {
-    match value {
-        Bson::Int32(v) => Some(i64::from(*v)),
-        Bson::Int64(v) => Some(*v),
-        Bson::Double(v) if v.is_finite() => Some(*v as i64),
-        _ => None,
     }
 }

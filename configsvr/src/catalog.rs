@@ -25,6 +25,8 @@ pub mod coll {
     pub const VERSION: &str = "version";
     /// `config.settings`.
     pub const SETTINGS: &str = "settings";
+    /// `config.tags`: zone ranges.
+    pub const TAGS: &str = "tags";
     /// Shoal's own bookkeeping: the routing-metadata version routers poll.
     pub const SHOAL_METADATA: &str = "shoalMetadata";
 }
@@ -126,8 +128,6 @@ pub fn collection_document(
         "uuid": uuid.to_bson(),
         "key": key.to_document(),
         "unique": unique,
-        // No balancer runs yet, so say so: sh.status() shows "balancing: false".
-        "noBalance": true,
     }
 }
 

@@ -8,10 +8,16 @@
 //! The pure decisions (parsing `addShard` strings, choosing a primary shard, rewriting chunk
 //! maps) live in [`catalog`] and in `shoal_common::chunks`; [`server`] is the I/O around them.
 
+mod actionlog;
 mod autosplit;
+mod balancer;
 pub mod catalog;
 pub mod migrate;
+pub mod drain;
+mod measure;
+pub mod move_primary;
 pub mod server;
 mod store;
+pub mod zones;
 
 pub use server::ConfigServer;

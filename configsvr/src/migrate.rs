@@ -306,7 +306,7 @@ impl ConfigServer {
                 if let Err(resolve) = self.resolve_migration(core, &migration).await {
                     tracing::warn!(error = %resolve, "migration not resolved yet; a later pass retries");
                 }
-                self.log_action(
+                self.log_migration(
                     core,
                     "moveChunk.error",
                     &migration,
@@ -318,7 +318,7 @@ impl ConfigServer {
         };
         report.millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         tracing::info!(ns = %ns, min = %min, from = %migration.from, to = %to, docs = report.docs, bytes = report.bytes, mods = report.mods, millis = report.millis, "chunk migrated");
-        self.log_action(core, "moveChunk.commit", &migration, &report)
+        self.log_migration(core, "moveChunk.commit", &migration, &report)
             .await;
         Ok(report)
     }
@@ -845,23 +845,20 @@ impl ConfigServer {
         .await
     }
 
-    async fn log_action(
+    async fn log_migration(
         &self,
         core: &Arc<MemberCore>,
         what: &str,
         migration: &Migration,
         report: &MigrationReport,
     ) {
-        let entry = doc! {
-            "_id": ObjectId::new(), "server": core.host(), "what": what,
-            "ns": migration.ns.to_string(), "time": bson::DateTime::now(),
-            "details": {
-                "min": migration.min.clone(), "max": migration.max.clone(),
-                "from": migration.from.as_str(), "to": migration.to.as_str(),
-                "docs": report.docs, "bytes": report.bytes, "ms": report.millis,
-            },
+        let details = doc! {
+            "min": migration.min.clone(), "max": migration.max.clone(),
+            "from": migration.from.as_str(), "to": migration.to.as_str(),
+            "docs": report.docs, "bytes": report.bytes, "ms": report.millis,
         };
-        if let Err(error) = store::apply(core, vec![put(crate::server::ACTIONLOG, entry)]).await {
+        let ns = migration.ns.to_string();
+        if let Err(error) = self.log_action(core, what, Some(&ns), details).await {
             tracing::debug!(%error, "could not record the migration in config.actionlog");
         }
     }

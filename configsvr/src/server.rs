@@ -1,6 +1,7 @@
 //! The config server's commands: the sharding administration that routers forward
-//! (`addShard`, `listShards`, `removeShard`, `enableSharding`, `shardCollection`, `split`,
-//! `moveChunk`, `balancerStatus`) and the internal ones routers use (`_shoalGetRoutingTable`,
+//! (`addShard`, `listShards`, `removeShard` (in [`crate::drain`]), `enableSharding`,
+//! `shardCollection`, `split`, `moveChunk`, `movePrimary` (in [`crate::move_primary`]), the zone
+//! commands (in [`crate::zones`]), `balancerStatus`) and the internal ones routers use (`_shoalGetRoutingTable`,
 //! `_shoalEnsureDatabase`, `_shoalDropCollection`, `_shoalDropDatabase`).
 //!
 //! Metadata writes are serialized by one lock and each is a single atomic engine batch that also
@@ -38,10 +39,12 @@ pub struct ConfigServer {
     pub(crate) migration_lock: Arc<tokio::sync::Mutex<()>>,
     /// Serializes ownership pushes to shards, so an older view never lands after a newer one.
     pub(crate) filtering_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The databases whose primary this process is moving (`movePrimary`).
+    pub(crate) moving_databases: Arc<crate::move_primary::MovingDatabases>,
+    /// The balancer's in-memory state (see [`crate::balancer`]).
+    pub(crate) balancer: Arc<crate::balancer::BalancerState>,
 }
 
-/// `config.actionlog`: recent balancer rounds and migrations (read by `sh.status()`).
-pub(crate) const ACTIONLOG: &str = "actionlog";
 
 /// The most initial chunks `shardCollection` creates for a hashed key (MongoDB's limit).
 const INITIAL_CHUNKS_MAX: usize = 8192;
@@ -50,6 +53,10 @@ const COMMANDS: &[&str] = &[
     "addShard",
     "listShards",
     "removeShard",
+    "addShardToZone",
+    "removeShardFromZone",
+    "updateZoneKeyRange",
+    "movePrimary",
     "enableSharding",
     "shardCollection",
     "split",
@@ -61,6 +68,7 @@ const COMMANDS: &[&str] = &[
     "balancerStatus",
     "balancerStart",
     "balancerStop",
+    "balancerCollectionStatus",
     "_shoalEnsureDatabase",
     "_shoalGetRoutingTable",
     "_shoalDropCollection",
@@ -102,6 +110,8 @@ impl Extension for ConfigServer {
                 tokio::spawn(self.clone().autosplit_loop(Arc::clone(member)));
                 tokio::spawn(self.clone().range_deleter_loop(Arc::clone(member)));
             }
+            self.start_balancer(member);
+            tokio::spawn(self.clone().recover_interrupted_moves(Arc::clone(member)));
             Ok(())
         })
     }
@@ -158,19 +168,17 @@ impl ConfigServer {
         }
         match name {
             "listShards" => self.list_shards(core).await,
-            "balancerStatus" => Ok(doc! {
-                "mode": "off", "inBalancerRound": false, "numBalancerRounds": 0_i64,
-                "note": "Shoal has no balancer yet: chunks move only with moveChunk", "ok": 1.0,
-            }),
-            "balancerStart" | "balancerStop" => Err(CommandError::new(
-                ErrorCode::ILLEGAL_OPERATION,
-                "Shoal has no balancer yet: chunks move only with moveChunk",
-            )),
+            "balancerStatus" => self.balancer_status(core).await,
+            "balancerStart" => self.balancer_switch(core, true).await,
+            "balancerStop" => self.balancer_switch(core, false).await,
+            "balancerCollectionStatus" => self.balancer_collection_status(core, command).await,
             "_shoalGetRoutingTable" => self.routing_table(core, command).await,
             // Migrations take the metadata lock only around their metadata reads and commit.
             "moveChunk" | "moveRange" => self.move_chunk_command(core, name, command).await,
             "_shoalSyncShardFiltering" => self.sync_filtering_command(core, command).await,
+            "movePrimary" => self.move_primary(core, command).await,
             _ => {
+                self.refuse_while_moving(name, command)?;
                 let _guard = self.metadata_lock.lock().await;
                 self.run_locked(core, name, command).await
             }
@@ -186,6 +194,9 @@ impl ConfigServer {
         match name {
             "addShard" => self.add_shard(core, command).await,
             "removeShard" => self.remove_shard(core, command).await,
+            "addShardToZone" => self.add_shard_to_zone(core, command).await,
+            "removeShardFromZone" => self.remove_shard_from_zone(core, command).await,
+            "updateZoneKeyRange" => self.update_zone_key_range(core, command).await,
             "enableSharding" => self.enable_sharding(core, command).await,
             "shardCollection" => self.shard_collection(core, command).await,
             "split" => self.split(core, command).await,
@@ -295,57 +306,6 @@ impl ConfigServer {
         ))
     }
 
-    async fn remove_shard(
-        &self,
-        core: &Arc<MemberCore>,
-        command: &Document,
-    ) -> Result<Document, CommandError> {
-        let id = ShardId::new(string_field(command, "removeShard")?)?;
-        if store::find_one(core, coll::SHARDS, id.as_str())
-            .await?
-            .is_none()
-        {
-            return Err(CommandError::new(
-                ErrorCode::SHARD_NOT_FOUND,
-                format!("Shard {id} does not exist"),
-            ));
-        }
-        let chunks = store::find_all(core, coll::CHUNKS, doc! {"shard": id.as_str()}).await?;
-        let databases =
-            store::find_all(core, coll::DATABASES, doc! {"primary": id.as_str()}).await?;
-        if !chunks.is_empty() || !databases.is_empty() {
-            let names: Vec<Bson> = databases
-                .iter()
-                .filter_map(|d| d.get("_id").cloned())
-                .collect();
-            let mut error = CommandError::new(
-                ErrorCode::ILLEGAL_OPERATION,
-                format!(
-                    "shard {id} still owns {} chunks and is primary for {} databases; move them \
-                     first (draining a shard with data is not available yet)",
-                    chunks.len(),
-                    databases.len()
-                ),
-            );
-            error.extra.insert("dbsToMove", names);
-            return Err(error);
-        }
-        failpoint::hit("removeShard.beforeCommit");
-        self.commit(
-            core,
-            vec![AtomicOp::Delete {
-                coll: coll::SHARDS.into(),
-                id: id.as_str().into(),
-            }],
-        )
-        .await?;
-        tracing::info!(shard = %id, "shard removed");
-        Ok(doc! {
-            "msg": "removeshard completed successfully", "state": "completed",
-            "shard": id.as_str(), "ok": 1.0,
-        })
-    }
-
     async fn enable_sharding(
         &self,
         core: &Arc<MemberCore>,
@@ -420,6 +380,13 @@ impl ConfigServer {
             .filter_map(|s| s.get_str("_id").ok())
             .filter_map(|s| ShardId::new(s).ok())
             .collect();
+        // A draining shard is on its way out: it never becomes a new database's primary.
+        let accepting: Vec<ShardId> = shard_docs
+            .iter()
+            .filter(|s| !crate::drain::is_draining(s))
+            .filter_map(|s| s.get_str("_id").ok())
+            .filter_map(|s| ShardId::new(s).ok())
+            .collect();
         let primary = match requested_primary {
             Some(requested) if shards.contains(requested) => requested.clone(),
             Some(requested) => {
@@ -434,7 +401,7 @@ impl ConfigServer {
                     .filter_map(|d| d.get_str("primary").ok())
                     .filter_map(|s| ShardId::new(s).ok())
                     .collect();
-                catalog::choose_primary_shard(&shards, &primaries).ok_or_else(|| {
+                catalog::choose_primary_shard(&accepting, &primaries).ok_or_else(|| {
                     CommandError::new(
                         ErrorCode::SHARD_NOT_FOUND,
                         format!(
@@ -543,7 +510,9 @@ impl ConfigServer {
         }
         let mut shards: Vec<ShardId> = Vec::new();
         for shard in store::find_all(core, coll::SHARDS, doc! {}).await? {
-            if let Ok(id) = shard.get_str("_id") {
+            if let Ok(id) = shard.get_str("_id")
+                && !crate::drain::is_draining(&shard)
+            {
                 shards.push(ShardId::new(id)?);
             }
         }
@@ -746,6 +715,23 @@ impl ConfigServer {
                 return Err(CommandError::bad_value(format!(
                     "chunkSize must be a number of MB from 1 to 1024 (0 for the cluster's), not {other}"
                 )));
+            }
+        }
+        // `enableBalancing: false` is `noBalance: true`, the flag `sh.disableBalancing` sets.
+        match command.get("enableBalancing") {
+            None => {}
+            Some(Bson::Boolean(true)) => {
+                collection.remove("noBalance");
+            }
+            Some(Bson::Boolean(false)) => {
+                collection.insert("noBalance", true);
+            }
+            Some(other) => {
+                return Err(CommandError::type_mismatch(
+                    "enableBalancing",
+                    "bool",
+                    other,
+                ));
             }
         }
         self.commit(core, vec![put(coll::COLLECTIONS, collection)])
@@ -968,7 +954,7 @@ fn index_name(key: &ShardKeyPattern) -> String {
     parts.join("_")
 }
 
-fn put(coll: &str, doc: Document) -> AtomicOp {
+pub(crate) fn put(coll: &str, doc: Document) -> AtomicOp {
     AtomicOp::Put {
         coll: coll.to_owned(),
         doc,

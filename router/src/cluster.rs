@@ -159,6 +159,18 @@ impl Cluster {
 
     /// Sends a command to the config server's primary, following its elections.
     pub async fn call_config(&self, db: &str, command: Document) -> Result<Document, CommandError> {
+        self.call_config_timeout(db, command, CONFIG_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Like [`Cluster::call_config`], for commands that may take longer than
+    /// [`CONFIG_CALL_TIMEOUT`] (`movePrimary` copies data).
+    pub async fn call_config_timeout(
+        &self,
+        db: &str,
+        command: Document,
+        timeout: Duration,
+    ) -> Result<Document, CommandError> {
         let (_, reply) = self
             .topology
             .call(
@@ -166,7 +178,7 @@ impl Cluster {
                 db,
                 command,
                 ReadPreference::PRIMARY,
-                CONFIG_CALL_TIMEOUT,
+                timeout,
             )
             .await?;
         Ok(reply)

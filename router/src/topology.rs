@@ -27,6 +27,9 @@ pub struct ShardInfo {
 pub struct DatabaseInfo {
     /// The shard holding its unsharded collections.
     pub primary: ShardId,
+    /// Whether `movePrimary` is copying its unsharded collections to another shard (the
+    /// config server's `shoalMovingPrimary` mark): writes to them wait until it is done.
+    pub moving_primary: bool,
 }
 
 /// A sharded collection's routing information.
@@ -93,9 +96,14 @@ impl RoutingCache {
                 .map_err(|_| broken("database _id"))?;
             let primary =
                 ShardId::new(database.get_str("primary").map_err(|_| broken("primary"))?)?;
-            cache
-                .databases
-                .insert(name.to_owned(), DatabaseInfo { primary });
+            let moving_primary = database.contains_key("shoalMovingPrimary");
+            cache.databases.insert(
+                name.to_owned(),
+                DatabaseInfo {
+                    primary,
+                    moving_primary,
+                },
+            );
         }
         let mut chunks_by_uuid: HashMap<CollectionUuid, Vec<&Document>> = HashMap::new();
         for chunk in documents(table, "chunks") {
@@ -188,7 +196,10 @@ mod tests {
         let table = doc! {
             "version": 3_i64,
             "shards": [{"_id": "s0", "host": "s0/127.0.0.1:1"}, {"_id": "s1", "host": "s1/127.0.0.1:2"}],
-            "databases": [{"_id": "db", "primary": "s0"}],
+            "databases": [
+                {"_id": "db", "primary": "s0"},
+                {"_id": "moving", "primary": "s0", "shoalMovingPrimary": {"to": "s1"}},
+            ],
             "collections": [{"_id": "db.c", "uuid": uuid.to_bson(), "lastmodEpoch": ObjectId::new(), "key": {"k": 1}}],
             "chunks": [
                 {"uuid": uuid.to_bson(), "min": {"k": Bson::MinKey}, "max": {"k": 5}, "shard": "s0", "lastmod": bson::Timestamp{time: 1, increment: 1}},
@@ -207,6 +218,8 @@ mod tests {
             "s1/127.0.0.1:2"
         );
         assert_eq!(cache.databases["db"].primary.as_str(), "s0");
+        assert!(!cache.databases["db"].moving_primary);
+        assert!(cache.databases["moving"].moving_primary);
     }
 
     #[test]

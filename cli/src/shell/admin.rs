@@ -3,7 +3,13 @@
 //! `sh.status()`.
 //!
 //! `sh.status()` reads the `config` database with plain `find`s and sorts client-side, so it
-//! needs nothing from the router beyond ordinary queries on `config.*`.
+//! needs nothing from the router beyond ordinary queries on `config.*` and `balancerStatus`
+//! (whether a balancer round runs now). The zone helpers map to `addShardToZone`,
+//! `removeShardFromZone` and `updateZoneKeyRange` (`zone: null` for `removeRangeFromZone`), the
+//! balancer helpers to `balancerStart`/`balancerStop`/`balancerStatus`/
+//! `balancerCollectionStatus`, and `enableBalancing`/`disableBalancing` to
+//! `configureCollectionBalancing` with `enableBalancing` (the router refuses direct writes to
+//! `config.collections`, which is what mongosh would do).
 
 use std::cmp::Ordering;
 
@@ -20,6 +26,10 @@ use super::{
 const STEP_DOWN_SECS_DEFAULT: i64 = 60;
 /// Error code for an unknown command, which mongosh explains for `sh.*` helpers.
 const COMMAND_NOT_FOUND: i32 = 59;
+/// Balancer rounds `sh.status()` looks at for failures, as mongosh does.
+const STATUS_BALANCER_ROUNDS: i64 = 5;
+/// The window of migrations `sh.status()` summarises.
+const STATUS_MIGRATIONS_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Shell {
     pub(super) async fn show(&mut self, what: &str) -> ShellResult<()> {
@@ -64,12 +74,12 @@ impl Shell {
             }
             "getBalancerState" => {
                 args.finish()?;
-                let reply = self.admin_command(doc! { "balancerStatus": 1 }).await?;
-                let enabled = reply
-                    .get_str("mode")
-                    .map(|mode| mode != "off")
-                    .unwrap_or(true);
-                return Ok(Value::Bson(Bson::Boolean(enabled)));
+                // As mongosh: the `config.settings` document decides; absent means running.
+                let settings = self.balancer_settings().await?;
+                let stopped = settings.is_some_and(|doc| {
+                    doc.get_bool("stopped").unwrap_or(false) || doc.get_str("mode") == Ok("off")
+                });
+                return Ok(Value::Bson(Bson::Boolean(!stopped)));
             }
             _ => sh_command(method, &mut args)?,
         };
@@ -128,10 +138,34 @@ impl Shell {
         Ok(self.database("admin").run_command(command).await?)
     }
 
+    async fn balancer_settings(&self) -> ShellResult<Option<Document>> {
+        let settings = self
+            .read_config("settings", doc! { "_id": "balancer" })
+            .await?;
+        Ok(settings.into_iter().next())
+    }
+
     async fn read_sharding_status(&self) -> ShellResult<ShardingStatus> {
         let mut shards = self.read_config("shards", Document::new()).await?;
         sort_by_field(&mut shards, "_id");
         let balancer = self.admin_command(doc! { "balancerStatus": 1 }).await.ok();
+        let balancer_settings = self.balancer_settings().await?;
+        let balancer_rounds = self
+            .read_config_sorted(
+                "actionlog",
+                doc! { "what": "balancer.round" },
+                doc! { "time": -1 },
+                STATUS_BALANCER_ROUNDS,
+            )
+            .await?;
+        let since = bson::DateTime::from_millis(
+            bson::DateTime::now().timestamp_millis() - STATUS_MIGRATIONS_WINDOW_MS,
+        );
+        let migrations_filter = doc! {
+            "what": { "$in": ["moveChunk.commit", "moveChunk.error"] },
+            "time": { "$gt": since },
+        };
+        let migrations = self.read_config("actionlog", migrations_filter).await?;
         let mut databases = self.read_config("databases", Document::new()).await?;
         sort_by_field(&mut databases, "_id");
         let mut collection_docs = self.read_config("collections", Document::new()).await?;
@@ -146,14 +180,40 @@ impl Shell {
                 .read_config("chunks", chunks_filter(&collection))
                 .await?;
             sort_by_field(&mut chunks, "min");
-            collections.push(CollectionStatus { collection, chunks });
+            let ns = collection.get("_id").cloned().unwrap_or(Bson::Null);
+            let mut zones = self.read_config("tags", doc! { "ns": ns }).await?;
+            sort_by_field(&mut zones, "min");
+            collections.push(CollectionStatus {
+                collection,
+                chunks,
+                zones,
+            });
         }
         Ok(ShardingStatus {
             shards,
             balancer,
+            balancer_settings,
+            balancer_rounds,
+            migrations,
             databases,
             collections,
         })
+    }
+
+    async fn read_config_sorted(
+        &self,
+        collection: &str,
+        filter: Document,
+        sort: Document,
+        limit: i64,
+    ) -> ShellResult<Vec<Document>> {
+        let handle = self.database("config").collection::<Document>(collection);
+        let mut cursor = handle.find(filter).sort(sort).limit(limit).await?;
+        let mut documents = Vec::new();
+        while cursor.advance().await? {
+            documents.push(cursor.deserialize_current()?);
+        }
+        Ok(documents)
     }
 
     async fn read_config(&self, collection: &str, filter: Document) -> ShellResult<Vec<Document>> {
@@ -379,8 +439,62 @@ fn sh_command(method: &str, args: &mut Args) -> ShellResult<Document> {
         }
         "listShards" => doc! { "listShards": 1 },
         "isBalancerRunning" => doc! { "balancerStatus": 1 },
-        "startBalancer" => doc! { "balancerStart": 1 },
-        "stopBalancer" => doc! { "balancerStop": 1 },
+        "startBalancer" | "stopBalancer" | "setBalancerState" => balancer_switch(method, args)?,
+        "balancerCollectionStatus" => {
+            doc! { "balancerCollectionStatus": args.string("namespace")? }
+        }
+        "enableBalancing" | "disableBalancing" => doc! {
+            "configureCollectionBalancing": args.string("namespace")?,
+            "enableBalancing": method == "enableBalancing",
+        },
+        _ => return zone_command(method, args),
+    };
+    Ok(command)
+}
+
+/// `startBalancer(timeoutMs?)`, `stopBalancer(timeoutMs?)`, `setBalancerState(bool)`.
+fn balancer_switch(method: &str, args: &mut Args) -> ShellResult<Document> {
+    let start = match method {
+        "setBalancerState" => args.optional_bool("state")?.ok_or_else(|| {
+            ShellError::Type("setBalancerState(): argument 1 (state) must be a boolean".into())
+        })?,
+        _ => {
+            // mongosh's optional timeout is how long to wait for the switch; the switch is
+            // immediate here.
+            args.optional_integer("timeout")?;
+            method == "startBalancer"
+        }
+    };
+    Ok(if start {
+        doc! { "balancerStart": 1 }
+    } else {
+        doc! { "balancerStop": 1 }
+    })
+}
+
+/// The zone helpers.
+fn zone_command(method: &str, args: &mut Args) -> ShellResult<Document> {
+    let command = match method {
+        "addShardToZone" => doc! {
+            "addShardToZone": args.string("shard")?,
+            "zone": args.string("zone")?,
+        },
+        "removeShardFromZone" => doc! {
+            "removeShardFromZone": args.string("shard")?,
+            "zone": args.string("zone")?,
+        },
+        "updateZoneKeyRange" => doc! {
+            "updateZoneKeyRange": args.string("namespace")?,
+            "min": args.document("min")?,
+            "max": args.document("max")?,
+            "zone": args.string("zone")?,
+        },
+        "removeRangeFromZone" => doc! {
+            "updateZoneKeyRange": args.string("namespace")?,
+            "min": args.document("min")?,
+            "max": args.document("max")?,
+            "zone": Bson::Null,
+        },
         _ => return Err(ShellError::Type(format!("sh.{method} is not a function"))),
     };
     Ok(command)
@@ -471,6 +585,70 @@ mod tests {
             sh_command("addShard", &mut args).unwrap(),
             doc! { "addShard": "rs/h:1" }
         );
+    }
+
+    #[test]
+    fn zone_and_balancer_helpers_send_their_commands() {
+        let command = |method: &str, values: Vec<Bson>| {
+            let mut args = Args::new(method, values);
+            let command = sh_command(method, &mut args).unwrap();
+            args.finish().unwrap();
+            command
+        };
+        let text = |value: &str| Bson::String(value.into());
+        assert_eq!(
+            command("addShardToZone", vec![text("s0"), text("NYC")]),
+            doc! { "addShardToZone": "s0", "zone": "NYC" }
+        );
+        assert_eq!(
+            command("removeShardFromZone", vec![text("s0"), text("NYC")]),
+            doc! { "removeShardFromZone": "s0", "zone": "NYC" }
+        );
+        let min = Bson::Document(doc! { "k": 1 });
+        let max = Bson::Document(doc! { "k": 9 });
+        assert_eq!(
+            command(
+                "updateZoneKeyRange",
+                vec![text("d.c"), min.clone(), max.clone(), text("NYC")]
+            ),
+            doc! { "updateZoneKeyRange": "d.c", "min": { "k": 1 }, "max": { "k": 9 }, "zone": "NYC" }
+        );
+        assert_eq!(
+            command("removeRangeFromZone", vec![text("d.c"), min, max]),
+            doc! { "updateZoneKeyRange": "d.c", "min": { "k": 1 }, "max": { "k": 9 }, "zone": Bson::Null }
+        );
+        assert_eq!(
+            command("startBalancer", vec![]),
+            doc! { "balancerStart": 1 }
+        );
+        assert_eq!(
+            command("stopBalancer", vec![Bson::Int32(1000)]),
+            doc! { "balancerStop": 1 }
+        );
+        assert_eq!(
+            command("setBalancerState", vec![Bson::Boolean(true)]),
+            doc! { "balancerStart": 1 }
+        );
+        assert_eq!(
+            command("setBalancerState", vec![Bson::Boolean(false)]),
+            doc! { "balancerStop": 1 }
+        );
+        assert_eq!(
+            command("balancerCollectionStatus", vec![text("d.c")]),
+            doc! { "balancerCollectionStatus": "d.c" }
+        );
+        assert_eq!(
+            command("disableBalancing", vec![text("d.c")]),
+            doc! { "configureCollectionBalancing": "d.c", "enableBalancing": false }
+        );
+        assert_eq!(
+            command("enableBalancing", vec![text("d.c")]),
+            doc! { "configureCollectionBalancing": "d.c", "enableBalancing": true }
+        );
+        let mut args = Args::new("setBalancerState", vec![]);
+        assert!(sh_command("setBalancerState", &mut args).is_err());
+        let mut args = Args::new("updateZoneKeyRange", vec![text("d.c"), text("x")]);
+        assert!(sh_command("updateZoneKeyRange", &mut args).is_err());
     }
 
     #[test]

@@ -382,6 +382,14 @@ pub struct ShardingStatus {
     pub shards: Vec<Document>,
     /// The `balancerStatus` reply, if the command succeeded.
     pub balancer: Option<Document>,
+    /// The `config.settings` document `{_id: "balancer"}`; `None` when absent (the balancer
+    /// then runs, as MongoDB reads it).
+    pub balancer_settings: Option<Document>,
+    /// The last (up to 5) `balancer.round` documents of `config.actionlog`, newest first.
+    pub balancer_rounds: Vec<Document>,
+    /// The `moveChunk.commit` and `moveChunk.error` documents of `config.actionlog` from the
+    /// last 24 hours.
+    pub migrations: Vec<Document>,
     /// `config.databases` documents, sorted by `_id`.
     pub databases: Vec<Document>,
     /// Sharded collections from `config.collections` with their chunks.
@@ -395,6 +403,8 @@ pub struct CollectionStatus {
     pub collection: Document,
     /// Its `config.chunks` documents, sorted by `min`.
     pub chunks: Vec<Document>,
+    /// Its zone ranges (`config.tags` documents), sorted by `min`.
+    pub zones: Vec<Document>,
 }
 
 /// Formats `sh.status()` output in the style of the legacy mongo shell.
@@ -402,7 +412,7 @@ pub fn format_sharding_status(status: &ShardingStatus) -> String {
     let mut out = String::from("--- Sharding Status ---\nshards:\n");
     for shard in &status.shards {
         let mut summary = Document::new();
-        for field in ["_id", "host", "state", "draining"] {
+        for field in ["_id", "host", "state", "draining", "tags"] {
             if let Some(value) = shard.get(field) {
                 summary.insert(field, value.clone());
             }
@@ -410,7 +420,7 @@ pub fn format_sharding_status(status: &ShardingStatus) -> String {
         let _ = writeln!(out, "  {}", inspect_document(&summary));
     }
     out.push_str("balancer:\n");
-    out.push_str(&format_balancer(status.balancer.as_ref()));
+    out.push_str(&format_balancer(status));
     out.push_str("databases:\n");
     for database in &status.databases {
         format_database(&mut out, database, &status.collections);
@@ -418,22 +428,100 @@ pub fn format_sharding_status(status: &ShardingStatus) -> String {
     out.trim_end().to_string()
 }
 
-fn format_balancer(balancer: Option<&Document>) -> String {
-    let Some(reply) = balancer else {
-        return "  Currently enabled: unknown\n  Currently running: unknown\n".to_string();
+fn format_balancer(status: &ShardingStatus) -> String {
+    let mut out = String::new();
+    let settings = status.balancer_settings.as_ref();
+    let stopped = settings.is_some_and(|doc| {
+        doc.get_bool("stopped").unwrap_or(false) || doc.get_str("mode") == Ok("off")
+    });
+    let enabled = if stopped { "no" } else { "yes" };
+    let running = match status
+        .balancer
+        .as_ref()
+        .map(|reply| reply.get_bool("inBalancerRound"))
+    {
+        Some(Ok(true)) => "yes",
+        Some(Ok(false)) => "no",
+        _ => "unknown",
     };
-    let enabled = reply.get_str("mode").map(|mode| mode != "off");
-    let running = reply.get_bool("inBalancerRound");
-    let yes_no = |flag: Result<bool, _>| match flag {
-        Ok(true) => "yes",
-        Ok(false) => "no",
-        Err(_) => "unknown",
-    };
-    format!(
-        "  Currently enabled: {}\n  Currently running: {}\n",
-        yes_no(enabled),
-        yes_no(running)
-    )
+    let _ = writeln!(out, "  Currently enabled: {enabled}");
+    let _ = writeln!(out, "  Currently running: {running}");
+    if let Some(Ok(window)) = settings.map(|doc| doc.get_document("activeWindow")) {
+        let _ = writeln!(
+            out,
+            "  Balancer active window is set between {} and {} server local time",
+            window.get_str("start").unwrap_or("?"),
+            window.get_str("stop").unwrap_or("?")
+        );
+    }
+    format_balancer_rounds(&mut out, &status.balancer_rounds);
+    format_migrations(&mut out, &status.migrations);
+    out
+}
+
+/// "Failed balancer rounds in last 5 attempts" and the newest failure, as mongosh prints them.
+fn format_balancer_rounds(out: &mut String, rounds: &[Document]) {
+    let failed: Vec<&Document> = rounds
+        .iter()
+        .filter(|round| {
+            round.get_document("details").is_ok_and(|details| {
+                // mongosh reads the server's historical misspelling too.
+                details.get_bool("errorOccurred").unwrap_or(false)
+                    || details.get_bool("errorOccured").unwrap_or(false)
+            })
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "  Failed balancer rounds in last 5 attempts: {}",
+        failed.len()
+    );
+    if let Some(last) = failed.first() {
+        let details = last.get_document("details").ok();
+        let errmsg = details.and_then(|d| d.get_str("errmsg").ok()).unwrap_or("");
+        let _ = writeln!(out, "  Last reported error: {errmsg}");
+        let time = last.get("time").map(inspect).unwrap_or_default();
+        let _ = writeln!(out, "  Time of Reported error: {time}");
+    }
+}
+
+/// "Migration Results for the last 24 hours": successes, then failures grouped by error and
+/// shards, as the legacy shell and mongosh count them.
+fn format_migrations(out: &mut String, migrations: &[Document]) {
+    out.push_str("  Migration Results for the last 24 hours:\n");
+    let mut successes = 0_usize;
+    let mut failures: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for migration in migrations {
+        let details = migration.get_document("details").ok();
+        let field = |name: &str| {
+            details
+                .and_then(|d| d.get_str(name).ok())
+                .unwrap_or("?")
+                .to_string()
+        };
+        match migration.get_str("what") {
+            Ok("moveChunk.commit") => successes += 1,
+            Ok("moveChunk.error") => {
+                *failures
+                    .entry((field("errmsg"), field("from"), field("to")))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    if successes == 0 && failures.is_empty() {
+        out.push_str("    No recent migrations\n");
+        return;
+    }
+    if successes > 0 {
+        let _ = writeln!(out, "    {successes} : Success");
+    }
+    for ((errmsg, from, to), count) in &failures {
+        let _ = writeln!(
+            out,
+            "    {count} : Failed with error '{errmsg}', from {from} to {to}"
+        );
+    }
 }
 
 fn format_database(out: &mut String, database: &Document, collections: &[CollectionStatus]) {
@@ -483,6 +571,16 @@ fn format_collection(out: &mut String, namespace: &str, status: &CollectionStatu
     if status.chunks.len() > STATUS_CHUNKS_SHOWN_MAX {
         let hidden = status.chunks.len() - STATUS_CHUNKS_SHOWN_MAX;
         let _ = writeln!(out, "        ... {hidden} more chunks");
+    }
+    for zone in &status.zones {
+        let bound = |field: &str| zone.get(field).map(inspect).unwrap_or_else(|| "?".into());
+        let _ = writeln!(
+            out,
+            "        tag: {}  {} -->> {}",
+            zone.get_str("tag").unwrap_or("?"),
+            bound("min"),
+            bound("max")
+        );
     }
 }
 

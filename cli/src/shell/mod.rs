@@ -56,7 +56,11 @@ Sharding (sh.*):
   addShard('rs/host:port'), enableSharding('db', primaryShard?),
   shardCollection('db.coll', {k: 1}, unique?), splitAt('db.coll', {k: 5}),
   moveChunk('db.coll', {k: 5}, 'shard1'), status(), listShards(),
-  getBalancerState(), isBalancerRunning(), startBalancer(), stopBalancer()
+  getBalancerState(), isBalancerRunning(), startBalancer(), stopBalancer(),
+  setBalancerState(bool), enableBalancing('db.coll'), disableBalancing('db.coll'),
+  balancerCollectionStatus('db.coll'), addShardToZone('shard', 'zone'),
+  removeShardFromZone('shard', 'zone'), updateZoneKeyRange('db.coll', {k: 0}, {k: 9}, 'zone'),
+  removeRangeFromZone('db.coll', {k: 0}, {k: 9})
 Replica set (rs.*, on the connected node; open a shell on a member with --port or --host):
   status(), conf(), initiate(cfg?), stepDown(secs?, catchUpSecs?), hello(), isMaster(),
   add('host:port' | {host: .., priority: .., votes: .., hidden: ..}), remove('host:port'),

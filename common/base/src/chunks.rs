@@ -430,10 +430,14 @@ impl ChunkMap {
     }
 
     /// Splits the chunk containing `at` into `[min, at)` and `[at, max)`. Both halves keep the
-    /// owner and get minor versions above the current collection version.
+    /// owner and get minor versions above the current collection version. `at` may hold MinKey
+    /// or MaxKey in some fields (zone boundaries of compound keys look like `{a: 5, b: MinKey}`)
+    /// but may not be the key space's own bounds.
     pub fn split_at(&mut self, at: &Document) -> Result<(), CommandError> {
         self.key.validate_key_shape(at)?;
-        if at.values().any(is_bound_sentinel) {
+        let global_bound = compare_key_values(at, &self.key.global_min()) == Ordering::Equal
+            || compare_key_values(at, &self.key.global_max()) == Ordering::Equal;
+        if global_bound {
             return Err(CommandError::bad_value(format!(
                 "cannot split on {at}: MinKey and MaxKey are the bounds of the key space"
             )));
@@ -756,6 +760,28 @@ mod tests {
             map.move_chunk(&doc! {"k": 1}, &ShardId::new("a").unwrap())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn compound_keys_split_at_bounds_holding_min_key() {
+        let key = ShardKeyPattern::parse(&doc! {"a": 1, "b": 1}).unwrap();
+        let chunk = Chunk {
+            min: key.global_min(),
+            max: key.global_max(),
+            shard: ShardId::new("a").unwrap(),
+            version: ChunkVersion::initial(Epoch(ObjectId::new())),
+        };
+        let mut map = ChunkMap::new(key.clone(), vec![chunk]).unwrap();
+        map.split_at(&doc! {"a": 5, "b": Bson::MinKey}).unwrap();
+        map.split_at(&doc! {"a": Bson::MaxKey, "b": 1}).unwrap();
+        assert_eq!(map.chunks.len(), 3);
+        assert_eq!(
+            map.chunk_for_key(&doc! {"a": 5, "b": 0}).min,
+            doc! {"a": 5, "b": Bson::MinKey}
+        );
+        assert!(map.split_at(&key.global_min()).is_err());
+        assert!(map.split_at(&key.global_max()).is_err());
+        assert_eq!(map.chunks.len(), 3);
     }
 
     #[test]

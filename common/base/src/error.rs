@@ -106,6 +106,10 @@ codes! {
     SOCKET_EXCEPTION = 9001, "SocketException";
     FAILED_TO_SATISFY_READ_PREFERENCE = 133, "FailedToSatisfyReadPreference";
     EXCLUSION_IN_INCLUSION = 31254, "Location31254";
+    ZONE_STILL_IN_USE = 163, "ZoneStillInUse";
+    ZONE_NOT_FOUND = 177, "ZoneNotFound";
+    RANGE_OVERLAP_CONFLICT = 178, "RangeOverlapConflict";
+    MOVE_PRIMARY_IN_PROGRESS = 319, "MovePrimaryInProgress";
 }
 
 impl ErrorCode {

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod balancer;
 pub mod bsonorder;
 pub mod chunks;
 pub mod determinism;

@@ -186,7 +186,7 @@ impl Router {
                 format!("cannot drop {ns} through the router"),
             ));
         }
-        let (placement, routing) = self.placement(&ns).await?;
+        let (placement, routing) = self.placement_for_ddl(&ns).await?;
         let request = shard_command(command);
         match &placement {
             Placement::Sharded(_) => {

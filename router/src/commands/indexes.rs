@@ -109,7 +109,7 @@ impl Router {
         name: &str,
     ) -> Result<Document, CommandError> {
         let ns = command_namespace(db, command, name)?;
-        let (placement, routing) = self.placement(&ns).await?;
+        let (placement, routing) = self.placement_for_ddl(&ns).await?;
         if matches!(placement, Placement::Missing | Placement::Config) {
             return Err(CommandError::new(
                 ErrorCode::NAMESPACE_NOT_FOUND,

@@ -69,6 +69,8 @@ fn list_commands() -> Document {
     let names = [
         "aggregate",
         "addShard",
+        "addShardToZone",
+        "balancerCollectionStatus",
         "balancerStatus",
         "buildInfo",
         "count",
@@ -93,12 +95,15 @@ fn list_commands() -> Document {
         "mergeChunks",
         "moveChunk",
         "moveRange",
+        "movePrimary",
         "ping",
         "removeShard",
+        "removeShardFromZone",
         "serverStatus",
         "shardCollection",
         "split",
         "update",
+        "updateZoneKeyRange",
     ];
     let mut commands = Document::new();
     for name in names {

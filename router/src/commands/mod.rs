@@ -64,6 +64,11 @@ pub enum Placement {
     Missing,
 }
 
+/// How often a change to a database whose primary moves asks whether the move is done.
+const MOVE_PRIMARY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How many times it asks before giving up (two minutes).
+const MOVE_PRIMARY_POLLS_MAX: u32 = 1_200;
+
 /// Fields a router does not pass to shards: cluster-time gossip, read preference (the router
 /// chose the member), and `$db`, which each call sets itself. `lsid` and `txnNumber` do go
 /// through: they say whether a write is retryable.
@@ -129,6 +134,10 @@ impl Router {
             "addShard"
             | "listShards"
             | "removeShard"
+            | "addShardToZone"
+            | "removeShardFromZone"
+            | "updateZoneKeyRange"
+            | "movePrimary"
             | "enableSharding"
             | "shardCollection"
             | "split"
@@ -138,6 +147,7 @@ impl Router {
             | "balancerStatus"
             | "balancerStart"
             | "balancerStop"
+            | "balancerCollectionStatus"
             | "configureCollectionBalancing" => self.admin_forward(db, &command).await,
             "flushRouterConfig" => self.flush_router_config().await,
             "explain" => self.explain_command(db, &command).await,
@@ -168,7 +178,47 @@ impl Router {
         ns: &Namespace,
     ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
         refuse_internal_write(ns)?;
-        self.placement(ns).await
+        self.placement_for_ddl(ns).await
+    }
+
+    /// The placement of a change to `ns` (a write or DDL), once no `movePrimary` of its
+    /// database is copying it: a change during the copy could be missed by it, and afterwards
+    /// it must go to the new primary.
+    async fn placement_for_ddl(
+        &self,
+        ns: &Namespace,
+    ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+        let (placement, routing) = self.placement(ns).await?;
+        self.after_primary_move(ns, placement, routing).await
+    }
+
+    async fn after_primary_move(
+        &self,
+        ns: &Namespace,
+        mut placement: Placement,
+        mut routing: Arc<RoutingCache>,
+    ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
+        for _ in 0..MOVE_PRIMARY_POLLS_MAX {
+            let moving = matches!(placement, Placement::Unsharded(_))
+                && routing
+                    .databases
+                    .get(&ns.db)
+                    .is_some_and(|database| database.moving_primary);
+            if !moving {
+                return Ok((placement, routing));
+            }
+            tokio::time::sleep(MOVE_PRIMARY_POLL_INTERVAL).await;
+            routing = self.cluster.refresh().await?;
+            placement = placement_in(&routing, ns);
+        }
+        Err(CommandError::new(
+            ErrorCode::MOVE_PRIMARY_IN_PROGRESS,
+            format!(
+                "movePrimary of database {} did not finish within {:?}; retry",
+                ns.db,
+                MOVE_PRIMARY_POLL_INTERVAL * MOVE_PRIMARY_POLLS_MAX
+            ),
+        ))
     }
 
     /// Like [`Router::placement`], creating the database first when a write needs it.
@@ -177,7 +227,7 @@ impl Router {
         ns: &Namespace,
     ) -> Result<(Placement, Arc<RoutingCache>), CommandError> {
         refuse_internal_write(ns)?;
-        let (placement, routing) = self.placement(ns).await?;
+        let (placement, routing) = self.placement_for_ddl(ns).await?;
         if !matches!(placement, Placement::Missing) {
             return Ok((placement, routing));
         }

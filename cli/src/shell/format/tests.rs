@@ -201,7 +201,9 @@ fn sharding_status_summary() {
                 doc! { "min": { "k": Bson::MinKey }, "max": { "k": 5 }, "shard": "shard0", "lastmod": Timestamp { time: 2, increment: 0 } },
                 doc! { "min": { "k": 5 }, "max": { "k": Bson::MaxKey }, "shard": "shard1", "lastmod": Timestamp { time: 2, increment: 1 } },
             ],
+            zones: vec![],
         }],
+        ..ShardingStatus::default()
     };
     let expected = "\
 --- Sharding Status ---
@@ -211,6 +213,9 @@ shards:
 balancer:
   Currently enabled: yes
   Currently running: no
+  Failed balancer rounds in last 5 attempts: 0
+  Migration Results for the last 24 hours:
+    No recent migrations
 databases:
   { _id: 'test', primary: 'shard0' }
     test.users
@@ -236,12 +241,92 @@ fn sharding_status_truncates_long_chunk_lists_and_unknown_balancer() {
         collections: vec![CollectionStatus {
             collection: doc! { "_id": "d.c", "key": { "k": 1 } },
             chunks,
+            zones: vec![],
         }],
         ..ShardingStatus::default()
     };
     let text = format_sharding_status(&status);
-    assert!(text.contains("Currently enabled: unknown"), "{text}");
+    assert!(text.contains("Currently running: unknown"), "{text}");
     assert!(text.contains("        s  25\n"), "{text}");
     assert!(text.ends_with("        ... 5 more chunks"), "{text}");
     assert_eq!(text.matches("-->>").count(), STATUS_CHUNKS_SHOWN_MAX);
+}
+
+#[test]
+fn sharding_status_shows_zones_draining_and_balancer_history() {
+    let time = DateTime::parse_rfc3339_str("2024-01-02T03:04:05Z").unwrap();
+    let status = ShardingStatus {
+        shards: vec![
+            doc! { "_id": "shard0", "host": "shard0/h:1", "state": 1, "tags": ["NYC"] },
+            doc! { "_id": "shard1", "host": "shard1/h:2", "state": 1, "draining": true },
+        ],
+        balancer: Some(doc! { "mode": "full", "inBalancerRound": true, "ok": 1 }),
+        balancer_settings: Some(doc! {
+            "_id": "balancer", "stopped": false, "mode": "full",
+            "activeWindow": { "start": "01:00", "stop": "05:00" },
+        }),
+        balancer_rounds: vec![
+            doc! { "what": "balancer.round", "time": time, "details": { "errorOccurred": true, "errmsg": "boom" } },
+            doc! { "what": "balancer.round", "details": { "errorOccurred": false } },
+            doc! { "what": "balancer.round", "details": { "errorOccured": true } },
+        ],
+        migrations: vec![
+            doc! { "what": "moveChunk.commit", "details": { "from": "shard0", "to": "shard1" } },
+            doc! { "what": "moveChunk.commit", "details": { "from": "shard1", "to": "shard0" } },
+            doc! { "what": "moveChunk.error", "details": { "from": "shard0", "to": "shard1", "errmsg": "busy" } },
+        ],
+        databases: vec![doc! { "_id": "test", "primary": "shard0" }],
+        collections: vec![CollectionStatus {
+            collection: doc! { "_id": "test.users", "key": { "k": 1 }, "noBalance": true },
+            chunks: vec![
+                doc! { "min": { "k": Bson::MinKey }, "max": { "k": Bson::MaxKey }, "shard": "shard0" },
+            ],
+            zones: vec![
+                doc! { "ns": "test.users", "min": { "k": 1 }, "max": { "k": 10 }, "tag": "NYC" },
+            ],
+        }],
+    };
+    let expected = "\
+--- Sharding Status ---
+shards:
+  { _id: 'shard0', host: 'shard0/h:1', state: 1, tags: [ 'NYC' ] }
+  { _id: 'shard1', host: 'shard1/h:2', state: 1, draining: true }
+balancer:
+  Currently enabled: yes
+  Currently running: yes
+  Balancer active window is set between 01:00 and 05:00 server local time
+  Failed balancer rounds in last 5 attempts: 2
+  Last reported error: boom
+  Time of Reported error: ISODate('2024-01-02T03:04:05.000Z')
+  Migration Results for the last 24 hours:
+    2 : Success
+    1 : Failed with error 'busy', from shard0 to shard1
+databases:
+  { _id: 'test', primary: 'shard0' }
+    test.users
+      shard key: { k: 1 }
+      unique: false
+      balancing: false
+      chunks:
+        shard0  1
+        { k: MinKey() } -->> { k: MaxKey() } on: shard0
+        tag: NYC  { k: 1 } -->> { k: 10 }";
+    assert_eq!(format_sharding_status(&status), expected);
+}
+
+#[test]
+fn a_stopped_balancer_is_not_enabled() {
+    for settings in [
+        doc! { "_id": "balancer", "stopped": true },
+        doc! { "_id": "balancer", "mode": "off" },
+    ] {
+        let status = ShardingStatus {
+            balancer_settings: Some(settings),
+            ..ShardingStatus::default()
+        };
+        let text = format_sharding_status(&status);
+        assert!(text.contains("Currently enabled: no"), "{text}");
+    }
+    let absent = format_sharding_status(&ShardingStatus::default());
+    assert!(absent.contains("Currently enabled: yes"), "{absent}");
 }
