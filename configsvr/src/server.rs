@@ -138,7 +138,9 @@ impl ConfigServer {
         {
             ops.push(put(
                 coll::SETTINGS,
-                doc! {"_id": "balancer", "mode": "off", "stopped": true},
+                // Running from the start, as MongoDB's balancer is: adding a shard is enough
+                // to spread data onto it.
+                doc! {"_id": "balancer", "mode": "full", "stopped": false},
             ));
         }
         if store::find_one(core, coll::SHOAL_METADATA, "routing")
