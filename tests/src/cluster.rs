@@ -155,6 +155,35 @@ impl TestCluster {
         crate::mongo::client_for(&uri).await
     }
 
+    /// Starts another router named `name` with `extra_args` (e.g. `--routing-refresh-ms 0`)
+    /// against the same config server; returns its process (killed when dropped) and port.
+    pub async fn extra_router(
+        &self,
+        name: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Process, u16)> {
+        let ca_dir = self.dir.path().join("tls").join("ca");
+        let port = free_port()?;
+        let tls_dir = self.dir.path().join("tls").join(name);
+        make_certs(&ca_dir, &tls_dir, name)?;
+        let mut args = vec![
+            "--bind".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--configdb".to_owned(),
+            format!("{CONFIG_REPLSET}/127.0.0.1:{}", self.config_port),
+            "--tls-dir".to_owned(),
+            tls_dir.display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut process = Process::new(name, bin_path("shoal-router")?, args, log);
+        process.start(&[])?;
+        wait_ping(port, READY_TIMEOUT)
+            .await
+            .map_err(|err| anyhow::anyhow!("{name} not ready: {err}"))?;
+        Ok((process, port))
+    }
+
     /// A driver client connected directly to one node's own wire port.
     pub async fn member_client(&self, node: Node) -> anyhow::Result<Client> {
         direct_client(self.port(node)).await

@@ -104,15 +104,26 @@ async fn a_chunk_with_data_moves_while_clients_write() -> anyhow::Result<()> {
     let total = DOCS as u64 + acked.len() as u64;
     assert_eq!(coll.count_documents(doc! {}).await?, total);
     let ids: Vec<Document> = coll.find(doc! {}).await?.try_collect().await?;
-    assert_eq!(ids.len() as u64, total, "a full scan misses or repeats documents");
+    assert_eq!(
+        ids.len() as u64,
+        total,
+        "a full scan misses or repeats documents"
+    );
     let updated = coll.count_documents(doc! {"n": 1}).await?;
-    assert_eq!(updated, 400, "every acknowledged update is there exactly once");
+    assert_eq!(
+        updated, 400,
+        "every acknowledged update is there exactly once"
+    );
 
     let (d, r) = (shard_index(&donor)?, shard_index(&recipient)?);
     let on_recipient = count_on(&cluster, r, doc! {}).await?;
     let on_donor = count_on(&cluster, d, doc! {}).await?;
     assert_eq!(on_recipient + on_donor, total);
-    assert_eq!(on_donor, DOCS as u64 / 2, "the donor keeps exactly the lower half");
+    assert_eq!(
+        on_donor,
+        DOCS as u64 / 2,
+        "the donor keeps exactly the lower half"
+    );
 
     // The donor's copy goes once the range deleter ran.
     let deadline = tokio::time::Instant::now() + DELETION_WAIT;
@@ -121,7 +132,10 @@ async fn a_chunk_with_data_moves_while_clients_write() -> anyhow::Result<()> {
         if stored == DOCS / 2 {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "donor still stores {stored}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "donor still stores {stored}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.finish();
@@ -142,7 +156,10 @@ async fn move_range_splits_and_moves_part_of_a_chunk() -> anyhow::Result<()> {
         doc! {"moveRange": NS, "min": {"k": 1_000}, "max": {"k": 3_000}, "toShard": &recipient},
     )
     .await?;
-    assert_eq!(count_on(&cluster, shard_index(&recipient)?, doc! {}).await?, 2_000);
+    assert_eq!(
+        count_on(&cluster, shard_index(&recipient)?, doc! {}).await?,
+        2_000
+    );
     let coll = router.database(DB).collection::<Document>(COLL);
     assert_eq!(coll.count_documents(doc! {}).await?, DOCS as u64);
     assert_eq!(chunks_of(&router, NS).await?.len(), 3);
