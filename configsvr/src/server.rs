@@ -451,6 +451,7 @@ impl ConfigServer {
         }
         let (primary, _) = self.ensure_database(core, &ns.db, None).await?;
         failpoint::hit("shardCollection.afterEnsureDatabase");
+        self.require_key_index(core, &primary, &ns, &key).await?;
         self.create_on_shard(core, &primary, &ns, &key, unique)
             .await?;
         let uuid = CollectionUuid::random();
@@ -541,6 +542,55 @@ impl ConfigServer {
         Ok(key
             .hashed_initial_chunks(&shards, wanted, epoch)
             .unwrap_or(single))
+    }
+
+    /// MongoDB's rule for sharding a collection that already holds documents: an index must
+    /// start with the shard key (an empty collection gets one made by `shardCollection`). Hashed
+    /// keys are exempt: Shoal has no hashed indexes, and routing by hash needs none.
+    async fn require_key_index(
+        &self,
+        core: &Arc<MemberCore>,
+        primary: &ShardId,
+        ns: &Namespace,
+        key: &ShardKeyPattern,
+    ) -> Result<(), CommandError> {
+        if key.is_hashed() {
+            return Ok(());
+        }
+        let host = self.shard_host(core, primary).await?;
+        let count = doc! {"count": ns.coll.clone(), "$db": ns.db.clone()};
+        let reply = shard_call(core, &host, count).await?;
+        if matches!(reply.get("n"), Some(Bson::Int32(0) | Bson::Int64(0)) | None) {
+            return Ok(());
+        }
+        let list = doc! {"listIndexes": ns.coll.clone(), "$db": ns.db.clone()};
+        let reply = shard_call(core, &host, list).await?;
+        let indexes = reply
+            .get_document("cursor")
+            .and_then(|cursor| cursor.get_array("firstBatch"))
+            .map(|batch| batch.to_vec())
+            .unwrap_or_default();
+        let wanted: Vec<&str> = key.fields.iter().map(|(field, _)| field.as_str()).collect();
+        let supported = indexes.iter().filter_map(Bson::as_document).any(|index| {
+            index.get_document("key").is_ok_and(|fields| {
+                let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+                names.starts_with(&wanted)
+                    && fields.values().take(wanted.len()).all(|dir| {
+                        matches!(dir, Bson::Int32(1) | Bson::Int64(1)) || *dir == Bson::Double(1.0)
+                    })
+            })
+        });
+        if supported || wanted == ["_id"] {
+            return Ok(());
+        }
+        Err(CommandError::new(
+            ErrorCode::INVALID_OPTIONS,
+            format!(
+                "Please create an index that starts with the proposed shard key before sharding \
+                 the collection {ns} (key {})",
+                key.to_document()
+            ),
+        ))
     }
 
     /// Creates the collection and its shard-key index on its primary shard, as MongoDB does at

@@ -162,3 +162,28 @@ async fn remove_shard_drains_chunks_and_a_database_primary() -> anyhow::Result<(
     cluster.finish();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sharding_a_non_empty_collection_needs_an_index_on_the_key() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(2).await?;
+    let router = cluster.router_client().await?;
+    let coll: Collection<Document> = router.database("filled").collection("c");
+    load(&coll, 5_000).await?;
+    admin(&router, doc! {"enableSharding": "filled"}).await?;
+    let refused = admin(&router, doc! {"shardCollection": "filled.c", "key": {"k": 1}}).await;
+    let message = format!("{:?}", refused.err());
+    assert!(message.contains("InvalidOptions"), "{message}");
+    router
+        .database("filled")
+        .run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"k": 1}, "name": "k_1"}]})
+        .await?;
+    admin(&router, doc! {"shardCollection": "filled.c", "key": {"k": 1}}).await?;
+    let primary = primary_shard(&router, "filled").await?;
+    let other = other_shard(&router, &primary).await?;
+    admin(&router, doc! {"moveRange": "filled.c", "min": {"k": 2_500}, "toShard": &other}).await?;
+    assert_eq!(coll.count_documents(doc! {}).await?, 5_000);
+    assert_eq!(scan_ids(&coll).await?.len(), 5_000);
+    assert_eq!(owned(&cluster, "filled", "c").await?, 5_000);
+    cluster.finish();
+    Ok(())
+}
