@@ -45,7 +45,6 @@ pub struct ConfigServer {
     pub(crate) balancer: Arc<crate::balancer::BalancerState>,
 }
 
-
 /// The most initial chunks `shardCollection` creates for a hashed key (MongoDB's limit).
 const INITIAL_CHUNKS_MAX: usize = 8192;
 

@@ -64,12 +64,19 @@ async fn check_reads(coll: &Collection<Document>, tally: &Tally, scan: bool) -> 
     let mut cursor = coll.find(doc! {}).projection(doc! {"_id": 1}).await?;
     let mut seen = HashSet::new();
     while let Some(document) = cursor.try_next().await? {
-        let id = document.get("_id").cloned().unwrap_or(Bson::Null).to_string();
+        let id = document
+            .get("_id")
+            .cloned()
+            .unwrap_or(Bson::Null)
+            .to_string();
         anyhow::ensure!(seen.insert(id.clone()), "full scan returned _id {id} twice");
     }
     let high = DOCS as u64 + tally.attempted.load(Ordering::SeqCst);
     let n = seen.len() as u64;
-    anyhow::ensure!(low <= n && n <= high, "full scan saw {n} outside [{low}, {high}]");
+    anyhow::ensure!(
+        low <= n && n <= high,
+        "full scan saw {n} outside [{low}, {high}]"
+    );
     Ok(())
 }
 
@@ -87,7 +94,10 @@ async fn client_loop(
         let tally = &tallies[which];
         let id = 1_000_000_000 * (client + 1) + ops as i64;
         tally.attempted.fetch_add(1, Ordering::SeqCst);
-        match coll.insert_one(doc! {"_id": id, "k": id % DOCS, "c": client}).await {
+        match coll
+            .insert_one(doc! {"_id": id, "k": id % DOCS, "c": client})
+            .await
+        {
             Ok(_) => {
                 tally.ids.lock().await.push(id);
                 tally.acked.fetch_add(1, Ordering::SeqCst);
@@ -99,9 +109,13 @@ async fn client_loop(
         }
         let probe = (id * 7_919) % DOCS;
         let found = coll.find_one(doc! {"k": probe, "_id": probe}).await?;
-        anyhow::ensure!(found.is_some(), "document {probe} not found in {}", COLLS[which]);
+        anyhow::ensure!(
+            found.is_some(),
+            "document {probe} not found in {}",
+            COLLS[which]
+        );
         ops += 1;
-        if ops % CHECK_EVERY_OPS == 0 {
+        if ops.is_multiple_of(CHECK_EVERY_OPS) {
             // One client scans in full; the others count.
             check_reads(&coll, tally, client == 0).await?;
         }
@@ -122,17 +136,31 @@ async fn shard_counts(cluster: &TestCluster, coll: &str) -> anyhow::Result<Vec<u
 
 fn within_tenth(counts: &[u64]) -> bool {
     let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
-    counts.iter().all(|n| (*n as f64 - mean).abs() <= 0.1 * mean)
+    counts
+        .iter()
+        .all(|n| (*n as f64 - mean).abs() <= 0.1 * mean)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_balancer_spreads_two_collections_over_added_shards_under_load() -> anyhow::Result<()> {
     let cluster = TestCluster::start_without_shards(3).await?;
     let router = cluster.router_client().await?;
-    admin(&router, doc! {"addShard": cluster.shard_connection_string(0)}).await?;
+    admin(
+        &router,
+        doc! {"addShard": cluster.shard_connection_string(0)},
+    )
+    .await?;
     admin(&router, doc! {"enableSharding": DB}).await?;
-    admin(&router, doc! {"shardCollection": "bal.hashed", "key": {"k": "hashed"}}).await?;
-    admin(&router, doc! {"shardCollection": "bal.ranged", "key": {"k": 1}}).await?;
+    admin(
+        &router,
+        doc! {"shardCollection": "bal.hashed", "key": {"k": "hashed"}},
+    )
+    .await?;
+    admin(
+        &router,
+        doc! {"shardCollection": "bal.ranged", "key": {"k": 1}},
+    )
+    .await?;
     for coll in COLLS {
         load(&router.database(DB).collection(coll)).await?;
     }
@@ -151,15 +179,22 @@ async fn the_balancer_spreads_two_collections_over_added_shards_under_load() -> 
     }
     let started = Instant::now();
     for i in 1..3 {
-        admin(&router, doc! {"addShard": cluster.shard_connection_string(i)}).await?;
+        admin(
+            &router,
+            doc! {"addShard": cluster.shard_connection_string(i)},
+        )
+        .await?;
     }
     loop {
         let mut balanced = true;
         for coll in COLLS {
             let counts = shard_counts(&cluster, coll).await?;
             balanced &= within_tenth(&counts);
-            if started.elapsed().as_secs() % 10 == 0 {
-                println!("{:>5.1} s {coll}: {counts:?}", started.elapsed().as_secs_f64());
+            if started.elapsed().as_secs().is_multiple_of(10) {
+                println!(
+                    "{:>5.1} s {coll}: {counts:?}",
+                    started.elapsed().as_secs_f64()
+                );
             }
         }
         if balanced {
@@ -190,7 +225,9 @@ async fn the_balancer_spreads_two_collections_over_added_shards_under_load() -> 
         let mut cursor = coll.find(doc! {}).projection(doc! {"_id": 1}).await?;
         let mut seen = HashSet::new();
         while let Some(document) = cursor.try_next().await? {
-            let id = document.get_i64("_id").or(document.get_i32("_id").map(i64::from))?;
+            let id = document
+                .get_i64("_id")
+                .or(document.get_i32("_id").map(i64::from))?;
             anyhow::ensure!(seen.insert(id), "_id {id} twice");
         }
         for id in 0..DOCS {
@@ -206,7 +243,11 @@ async fn the_balancer_spreads_two_collections_over_added_shards_under_load() -> 
             "shards own {on_shards} documents, the router sees {}",
             seen.len()
         );
-        println!("{}: {} documents, per shard {counts:?}", coll.name(), seen.len());
+        println!(
+            "{}: {} documents, per shard {counts:?}",
+            coll.name(),
+            seen.len()
+        );
     }
     cluster.finish();
     Ok(())
