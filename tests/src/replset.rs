@@ -1,7 +1,8 @@
-//! [`ReplCluster`]: a config-server replica set, one shard replica set and a router, every
-//! member a real process on 127.0.0.1, for failover tests: kill (SIGKILL), pause (SIGSTOP),
-//! partition (the members' fault-injecting Raft transport) and restart members, find the
-//! primary, and compare members' `dbHash`.
+//! [`ReplCluster`]: a config-server replica set, one or more shard replica sets (`shard0`,
+//! `shard1`, ...) and a router, every member a real process on 127.0.0.1, for failover tests:
+//! kill (SIGKILL), pause (SIGSTOP), partition (the members' fault-injecting Raft transport) and
+//! restart members (optionally with extra environment, e.g. `SHOAL_FAILPOINTS`), find the
+//! primary, read members' logs, and compare members' `dbHash`.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crate::{
     process::Process,
 };
 
-/// The shard's replica-set (and shard) name.
+/// The first shard's replica-set (and shard) name; shard `i` is `shard{i}`.
 pub const SHARD_SET: &str = "shard0";
 /// The config server's replica-set name.
 pub const CONFIG_SET: &str = "configRS";
@@ -33,19 +34,42 @@ pub const CONVERGE_WAIT: Duration = Duration::from_secs(30);
 pub enum Set {
     /// The config server.
     Config,
-    /// The shard.
+    /// The first shard, `shard0` (the same set as `ShardN(0)`).
     Shard,
+    /// Shard `i`, `shard{i}`.
+    ShardN(usize),
 }
+
+impl Set {
+    /// The shard index of a shard set, `None` for the config server.
+    pub fn shard_index(self) -> Option<usize> {
+        match self {
+            Set::Config => None,
+            Set::Shard => Some(0),
+            Set::ShardN(i) => Some(i),
+        }
+    }
+}
+
+/// The replica-set (and shard) name of shard `i`.
+pub fn shard_name(i: usize) -> String {
+    format!("shard{i}")
+}
+
+/// Environment variables given to a member when it starts.
+type Env = Vec<(String, String)>;
 
 /// A running cluster; see the module documentation.
 #[derive(Debug)]
 pub struct ReplCluster {
     config: Vec<Process>,
-    shard: Vec<Process>,
+    shards: Vec<Vec<Process>>,
     router: Process,
     config_ports: Vec<u16>,
-    shard_ports: Vec<u16>,
+    shard_ports: Vec<Vec<u16>>,
     router_port: u16,
+    /// Per set (config first, then each shard): the environment of later starts.
+    envs: Vec<Env>,
     finished: bool,
     dir: TempDir,
 }
@@ -63,24 +87,31 @@ impl ReplCluster {
         shard_members: usize,
         member_flags: &[&str],
     ) -> anyhow::Result<ReplCluster> {
+        Self::start_shards(config_members, shard_members, 1, member_flags).await
+    }
+
+    /// Starts `config_members` config servers, `n_shards` shard sets (`shard0`, `shard1`, ...) of
+    /// `shard_members` members each and a router, all members with `member_flags`; waits for
+    /// every set to elect and adds the shards in order.
+    pub async fn start_shards(
+        config_members: usize,
+        shard_members: usize,
+        n_shards: usize,
+        member_flags: &[&str],
+    ) -> anyhow::Result<ReplCluster> {
         let dir = tempfile::Builder::new().prefix("shoal-repl-").tempdir()?;
         let ca_dir = dir.path().join("tls").join("ca");
-        let config_ports = (0..config_members)
-            .map(|_| free_port())
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let shard_ports = (0..shard_members)
-            .map(|_| free_port())
+        let ports = |n: usize| {
+            (0..n)
+                .map(|_| free_port())
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let config_ports = ports(config_members)?;
+        let shard_ports = (0..n_shards)
+            .map(|_| ports(shard_members))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let router_port = free_port()?;
-        let hosts = |ports: &[u16]| {
-            ports
-                .iter()
-                .map(|p| format!("127.0.0.1:{p}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         let config_hosts = hosts(&config_ports);
-        let shard_hosts = hosts(&shard_ports);
         let mut config = Vec::new();
         for (j, port) in config_ports.iter().enumerate() {
             config.push(member_process(
@@ -94,18 +125,23 @@ impl ReplCluster {
                 member_flags,
             )?);
         }
-        let mut shard = Vec::new();
-        for (j, port) in shard_ports.iter().enumerate() {
-            shard.push(member_process(
-                &dir,
-                &ca_dir,
-                &format!("shard0-{j}"),
-                "shoal-shard",
-                SHARD_SET,
-                *port,
-                &shard_hosts,
-                member_flags,
-            )?);
+        let mut shards = Vec::new();
+        for (i, set_ports) in shard_ports.iter().enumerate() {
+            let set_hosts = hosts(set_ports);
+            let mut members = Vec::new();
+            for (j, port) in set_ports.iter().enumerate() {
+                members.push(member_process(
+                    &dir,
+                    &ca_dir,
+                    &format!("shard{i}-{j}"),
+                    "shoal-shard",
+                    &shard_name(i),
+                    *port,
+                    &set_hosts,
+                    member_flags,
+                )?);
+            }
+            shards.push(members);
         }
         let tls_dir = dir.path().join("tls").join("router");
         make_certs(&ca_dir, &tls_dir, "router")?;
@@ -124,32 +160,45 @@ impl ReplCluster {
         );
         let mut cluster = ReplCluster {
             config,
-            shard,
+            shards,
             router,
             config_ports,
             shard_ports,
             router_port,
+            envs: vec![Vec::new(); n_shards + 1],
             finished: false,
             dir,
         };
-        for set in [Set::Config, Set::Shard] {
+        for set in cluster.sets() {
             for j in 0..cluster.members(set) {
                 cluster.start_member(set, j).await?;
             }
         }
         cluster.router.start(&[])?;
         wait_ping(router_port, READY_TIMEOUT).await?;
-        cluster.wait_primary(Set::Config).await?;
-        cluster.wait_primary(Set::Shard).await?;
-        let add = doc! {"addShard": format!("{SHARD_SET}/{shard_hosts}")};
-        let reply = cluster
-            .router_client()
-            .await?
-            .database("admin")
-            .run_command(add)
-            .await?;
-        anyhow::ensure!(crate::mongo::is_ok(&reply), "addShard answered {reply}");
+        for set in cluster.sets() {
+            cluster.wait_primary(set).await?;
+        }
+        let router = cluster.router_client().await?;
+        for i in 0..n_shards {
+            let add =
+                doc! {"addShard": format!("{}/{}", shard_name(i), hosts(&cluster.shard_ports[i]))};
+            let reply = router.database("admin").run_command(add).await?;
+            anyhow::ensure!(crate::mongo::is_ok(&reply), "addShard answered {reply}");
+        }
         Ok(cluster)
+    }
+
+    /// Every set: the config server, then the shards in order.
+    pub fn sets(&self) -> Vec<Set> {
+        std::iter::once(Set::Config)
+            .chain((0..self.shards.len()).map(Set::ShardN))
+            .collect()
+    }
+
+    /// How many shard sets the cluster has.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// Members of `set`.
@@ -158,10 +207,14 @@ impl ReplCluster {
     }
 
     fn ports(&self, set: Set) -> &[u16] {
-        match set {
-            Set::Config => &self.config_ports,
-            Set::Shard => &self.shard_ports,
+        match set.shard_index() {
+            None => &self.config_ports,
+            Some(i) => &self.shard_ports[i],
         }
+    }
+
+    fn env_slot(set: Set) -> usize {
+        set.shard_index().map_or(0, |i| i + 1)
     }
 
     /// The port of member `j` of `set`.
@@ -175,18 +228,65 @@ impl ReplCluster {
     }
 
     fn process(&mut self, set: Set, j: usize) -> &mut Process {
-        match set {
-            Set::Config => &mut self.config[j],
-            Set::Shard => &mut self.shard[j],
+        match set.shard_index() {
+            None => &mut self.config[j],
+            Some(i) => &mut self.shards[i][j],
         }
     }
 
-    /// Starts member `j` and waits until it answers `ping`.
+    fn process_ref(&self, set: Set, j: usize) -> &Process {
+        match set.shard_index() {
+            None => &self.config[j],
+            Some(i) => &self.shards[i][j],
+        }
+    }
+
+    /// Starts member `j` (with the environment [`ReplCluster::set_env`] gave its set) and waits
+    /// until it answers `ping`.
     pub async fn start_member(&mut self, set: Set, j: usize) -> anyhow::Result<()> {
+        let env = self.envs[Self::env_slot(set)].clone();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.start_member_with_env(set, j, &env).await
+    }
+
+    /// Starts member `j` with extra environment variables (this start only) and waits until
+    /// it answers `ping`.
+    pub async fn start_member_with_env(
+        &mut self,
+        set: Set,
+        j: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let port = self.port(set, j);
-        self.process(set, j).start(&[])?;
+        self.process(set, j).start(env)?;
         wait_ping(port, READY_TIMEOUT).await?;
         Ok(())
+    }
+
+    /// The environment every later start of a member of `set` gets (e.g.
+    /// `[("SHOAL_FAILPOINTS", "moveChunk.afterClone:pause=4000")]`); empty clears it.
+    pub fn set_env(&mut self, set: Set, env: &[(&str, &str)]) {
+        self.envs[Self::env_slot(set)] = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
+    /// SIGKILLs every member of `set`, restarts them all (with its [`ReplCluster::set_env`]
+    /// environment) and waits for a primary, whose index it returns.
+    pub async fn restart_set(&mut self, set: Set) -> anyhow::Result<usize> {
+        for j in 0..self.members(set) {
+            self.kill(set, j);
+        }
+        for j in 0..self.members(set) {
+            self.start_member(set, j).await?;
+        }
+        self.wait_primary(set).await
+    }
+
+    /// Whether member `j`'s process is running (it was started and has not exited).
+    pub fn is_running(&mut self, set: Set, j: usize) -> bool {
+        self.process(set, j).is_running()
     }
 
     /// SIGKILLs member `j`.
@@ -372,7 +472,55 @@ impl ReplCluster {
 
     /// Whether member `j`'s log contains `text`.
     pub fn log_contains(&mut self, set: Set, j: usize, text: &str) -> bool {
-        std::fs::read_to_string(self.process(set, j).log_path()).is_ok_and(|log| log.contains(text))
+        self.log_count(set, j, text) > 0
+    }
+
+    /// Member `j`'s whole log (stdout and stderr over all its starts); empty when unreadable.
+    pub fn log_text(&self, set: Set, j: usize) -> String {
+        std::fs::read_to_string(self.process_ref(set, j).log_path()).unwrap_or_default()
+    }
+
+    /// How many times `text` occurs in member `j`'s log.
+    pub fn log_count(&self, set: Set, j: usize, text: &str) -> usize {
+        self.log_text(set, j).matches(text).count()
+    }
+
+    /// The lines of member `j`'s log containing `text`.
+    pub fn log_lines(&self, set: Set, j: usize, text: &str) -> Vec<String> {
+        self.log_text(set, j)
+            .lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits (bounded by `timeout`) until some member of `set` has more than `seen[j]`
+    /// occurrences of `text` in its log; returns that member. `seen` comes from
+    /// [`ReplCluster::log_counts`] taken before the awaited event.
+    pub async fn wait_log(
+        &self,
+        set: Set,
+        text: &str,
+        seen: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            for j in 0..self.members(set) {
+                if self.log_count(set, j, text) > seen.get(j).copied().unwrap_or(0) {
+                    return Ok(j);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("no member of {set:?} logged {text:?} within {timeout:?}")
+    }
+
+    /// Occurrences of `text` in each member's log of `set`, for [`ReplCluster::wait_log`].
+    pub fn log_counts(&self, set: Set, text: &str) -> Vec<usize> {
+        (0..self.members(set))
+            .map(|j| self.log_count(set, j, text))
+            .collect()
     }
 
     /// Marks the test as passed (no log dump on drop).
@@ -386,7 +534,7 @@ impl ReplCluster {
             "===== shoal repl cluster logs ({}) =====",
             self.dir.path().display()
         );
-        for p in self.config.iter().chain(&self.shard) {
+        for p in self.config.iter().chain(self.shards.iter().flatten()) {
             p.dump_log(LOG_TAIL_LINES);
         }
         self.router.dump_log(LOG_TAIL_LINES);
@@ -396,7 +544,11 @@ impl ReplCluster {
 impl Drop for ReplCluster {
     fn drop(&mut self) {
         self.router.kill();
-        for p in self.config.iter_mut().chain(self.shard.iter_mut()) {
+        for p in self
+            .config
+            .iter_mut()
+            .chain(self.shards.iter_mut().flatten())
+        {
             // SIGCONT first: a paused process must not outlive the test.
             let _ = p.signal(libc::SIGCONT);
             p.kill();
@@ -405,6 +557,15 @@ impl Drop for ReplCluster {
             self.dump_logs();
         }
     }
+}
+
+/// `127.0.0.1:P1,127.0.0.1:P2,...`
+fn hosts(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[allow(clippy::too_many_arguments)]
