@@ -284,6 +284,11 @@ impl ConfigServer {
                 )));
             }
             if &chunk.shard == to {
+                // Perhaps a retry after a crash right after the commit: make sure the shards
+                // know, rather than wait for a new primary's pass.
+                drop(_guard);
+                let shards = self.all_shards(core).await?;
+                self.sync_filtering(core, ns, &shards).await?;
                 return Ok(MigrationReport::default());
             }
             self.shard_host(core, to).await?;

@@ -106,6 +106,20 @@ impl Engine {
             (None, Some(_)) => catalog::create(&mut txn, &ns)?,
             (None, None) => return Ok(Document::new()),
         };
+        // A push older than what the shard holds (a deposed config primary's) changes nothing:
+        // versions of one epoch only grow.
+        if let (Some(current), Some(new)) = (&entry.sharding, &state)
+            && current.epoch == new.epoch
+            && new.major < current.major
+        {
+            return Err(CommandError::new(
+                ErrorCode::STALE_CONFIG,
+                format!(
+                    "refusing ownership of {ns} at version {} older than the held {}",
+                    new.major, current.major
+                ),
+            ));
+        }
         entry.sharding = state;
         txn.put(
             Space::Catalog,
@@ -477,6 +491,14 @@ mod tests {
         assert_eq!(deleted.get_i64("deleted").unwrap(), 9, "{deleted}");
         let left = donor.execute("db", &doc! {"dataSize": "db.c"});
         ok(&left);
+        let all = donor.execute("db", &doc! {"count": "c"});
+        assert_eq!(all.get_i32("n").unwrap(), 20);
+        // An older push (a deposed config primary's) is refused and changes nothing.
+        let older = donor.execute(
+            "db",
+            &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 30)], None, 1)},
+        );
+        assert_eq!(older.get_i32("code").unwrap(), 13388, "{older}");
         let all = donor.execute("db", &doc! {"count": "c"});
         assert_eq!(all.get_i32("n").unwrap(), 20);
     }
