@@ -186,6 +186,7 @@ pub fn filtering_state(
     }
     let mut state = doc! {
         "epoch": collection.epoch.0, "major": i64::from(major),
+        "collectionMajor": i64::from(collection.map.collection_version().map_or(0, |v| v.major)),
         "key": collection.map.key.to_document(), "ranges": ranges,
     };
     if let Some((min, max)) = critical {

@@ -59,6 +59,8 @@ async fn insert_all(router: &Client) -> anyhow::Result<()> {
 async fn a_chunk_with_data_moves_while_clients_write() -> anyhow::Result<()> {
     let cluster = TestCluster::start(2).await?;
     let router = cluster.router_client().await?;
+    // Placement is this test's to decide.
+    admin(&router, doc! {"balancerStop": 1}).await?;
     admin(&router, doc! {"enableSharding": DB}).await?;
     admin(&router, doc! {"shardCollection": NS, "key": {"k": 1}}).await?;
     insert_all(&router).await?;
@@ -146,6 +148,8 @@ async fn a_chunk_with_data_moves_while_clients_write() -> anyhow::Result<()> {
 async fn move_range_splits_and_moves_part_of_a_chunk() -> anyhow::Result<()> {
     let cluster = TestCluster::start(2).await?;
     let router = cluster.router_client().await?;
+    // Placement is this test's to decide.
+    admin(&router, doc! {"balancerStop": 1}).await?;
     admin(&router, doc! {"enableSharding": DB}).await?;
     admin(&router, doc! {"shardCollection": NS, "key": {"k": 1}}).await?;
     insert_all(&router).await?;

@@ -110,13 +110,13 @@ impl Engine {
         // versions of one epoch only grow.
         if let (Some(current), Some(new)) = (&entry.sharding, &state)
             && current.epoch == new.epoch
-            && new.major < current.major
+            && new.collection_major < current.collection_major
         {
             return Err(CommandError::new(
                 ErrorCode::STALE_CONFIG,
                 format!(
-                    "refusing ownership of {ns} at version {} older than the held {}",
-                    new.major, current.major
+                    "refusing ownership of {ns} at collection version {} older than the held {}",
+                    new.collection_major, current.collection_major
                 ),
             ));
         }

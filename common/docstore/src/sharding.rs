@@ -71,6 +71,10 @@ pub struct ShardingState {
     pub epoch: ObjectId,
     /// The highest major chunk version among the chunks this shard owns (0: owns none).
     pub major: u32,
+    /// The highest major chunk version of the whole collection when this state was computed:
+    /// it only grows within an epoch, so it orders pushes (a shard losing its last chunk goes
+    /// to `major` 0, but never to a lower `collection_major`).
+    pub collection_major: u32,
     /// The shard key.
     pub pattern: ShardKeyPattern,
     /// Owned ranges, sorted, disjoint.
@@ -89,6 +93,7 @@ impl ShardingState {
         let mut state = doc! {
             "epoch": self.epoch,
             "major": i64::from(self.major),
+            "collectionMajor": i64::from(self.collection_major),
             "key": self.pattern.to_document(),
             "ranges": self.ranges.iter().map(KeyRange::to_document).collect::<Vec<_>>(),
         };
@@ -103,6 +108,10 @@ impl ShardingState {
         let epoch = state.get_object_id("epoch").map_err(|_| bad("epoch"))?;
         let major = state.get_i64("major").map_err(|_| bad("major"))?;
         let major = u32::try_from(major).map_err(|_| bad("major out of range"))?;
+        let collection_major = match state.get_i64("collectionMajor") {
+            Ok(value) => u32::try_from(value).map_err(|_| bad("collectionMajor out of range"))?,
+            Err(_) => major,
+        };
         let pattern = ShardKeyPattern::parse(state.get_document("key").map_err(|_| bad("key"))?)?;
         let mut ranges = Vec::new();
         for range in state.get_array("ranges").map_err(|_| bad("ranges"))? {
@@ -122,6 +131,7 @@ impl ShardingState {
         Ok(ShardingState {
             epoch,
             major,
+            collection_major,
             pattern,
             ranges,
             critical,
@@ -250,6 +260,7 @@ mod tests {
         ShardingState {
             epoch: ObjectId::from_bytes([1; 12]),
             major: 3,
+            collection_major: 3,
             pattern: ShardKeyPattern::parse(&doc! {"k": 1}).unwrap(),
             ranges: ranges.iter().copied().map(range).collect(),
             critical: critical.map(range),
