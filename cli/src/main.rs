@@ -1,6 +1,7 @@
 //! The `shoal` command: `shoal up` runs a local cluster in the foreground, `shoal shell` is a
 //! mongosh-style admin shell, `shoal certs` makes TLS material for hand-started nodes, and
-//! `shoal dump` / `shoal restore` make and load logical backups in mongodump's layout.
+//! `shoal dump` / `shoal restore` make and load logical backups in mongodump's layout, and
+//! `shoal backup` makes, lists, verifies and restores physical ones (RocksDB checkpoints).
 //!
 //! main only parses arguments and owns the tokio runtime; the shell drives the runtime itself
 //! because its line editor blocks on the terminal between statements.
@@ -108,6 +109,11 @@ enum CliCommand {
         #[arg(long)]
         drop: bool,
     },
+    /// Physical backups: a RocksDB checkpoint of every replica set, in a content-addressed store.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCommand,
+    },
     /// Create a cluster CA and, optionally, a node certificate signed by it.
     Certs {
         /// Directory of the CA (ca.pem, ca-key.pem); created if missing.
@@ -124,6 +130,70 @@ enum CliCommand {
         hosts: Vec<String>,
     },
 }
+
+/// `shoal backup` subcommands.
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Back up every replica set (config server and shards) into the store; prints the id.
+    #[command(after_help = BACKUP_CREATE_HELP)]
+    Create {
+        /// Connection string of the router, e.g. mongodb://127.0.0.1:27017/.
+        #[arg(long)]
+        uri: String,
+        /// The store directory (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+        /// The config server as NAME/HOST:PORT,... (default: the router's --configdb).
+        #[arg(long)]
+        config: Option<String>,
+        /// A directory the members and this machine share, for the checkpoints (default: each
+        /// member's own data directory, readable only on its machine).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+    },
+    /// List the store's backups.
+    List {
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Re-hash every stored file a backup references; exits non-zero naming each bad one.
+    Verify {
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Verify only this backup (default: all).
+        #[arg(long)]
+        backup: Option<String>,
+    },
+    /// Verify a backup, then write one data directory per replica set into --out.
+    #[command(after_help = BACKUP_RESTORE_HELP)]
+    Restore {
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// The backup id (see `shoal backup list`).
+        #[arg(long)]
+        backup: String,
+        /// Where to write <out>/<set name>/ (each laid out as a member's --dir).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// What `shoal backup create --help` adds below the options.
+const BACKUP_CREATE_HELP: &str = "\
+One member of each replica set (a secondary when there is one) writes a RocksDB checkpoint; its
+files are stored as objects named by their SHA-256, so a file already in the store (an unchanged
+SST) is not copied again. Each set is consistent as of its last applied log entry; sets are not
+cut at one common instant. Progress goes to stderr, the backup id to stdout.";
+
+/// What `shoal backup restore --help` adds below the options.
+const BACKUP_RESTORE_HELP: &str = "\
+The backup is verified first: on any missing or damaged file nothing is written. Each set is
+written to <out>/<set> (refused if it exists) with restored-from.json naming its log position.
+The directories keep the sets' Raft state: a member started on one at its original address
+resumes there; a new cluster elsewhere needs its Raft state reset and config.shards rewritten.";
 
 /// What `shoal dump --help` adds below the options.
 const DUMP_HELP: &str = "\
@@ -252,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        CliCommand::Backup { action } => run_backup(action),
         CliCommand::Certs {
             ca_dir,
             out,
@@ -260,6 +331,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let node = out.as_deref().zip(name.as_deref());
             certs::run(&ca_dir, node, &hosts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_backup(action: BackupCommand) -> anyhow::Result<ExitCode> {
+    use backup::physical;
+    let reporter = physical::progress::Reporter::for_stderr();
+    match action {
+        BackupCommand::Create {
+            uri,
+            store,
+            config,
+            checkpoint_dir,
+        } => {
+            let options = physical::create::CreateOptions {
+                uri,
+                store,
+                config,
+                checkpoint_dir,
+            };
+            let summary = runtime()?.block_on(physical::create::run(&options, reporter))?;
+            eprintln!(
+                "backup {}: {} sets, {} files, {} referenced, {} copied, in {:.1}s ({})",
+                summary.id,
+                summary.sets,
+                summary.files,
+                physical::progress::megabytes(summary.bytes_referenced),
+                physical::progress::megabytes(summary.bytes_copied),
+                summary.elapsed.as_secs_f64(),
+                physical::progress::rate(summary.bytes_referenced, summary.elapsed)
+            );
+            println!("{}", summary.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::List { store } => {
+            let (lines, all_readable) = physical::list(&store)?;
+            lines.iter().for_each(|line| println!("{line}"));
+            anyhow::ensure!(all_readable, "some manifests are unreadable");
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { store, backup } => {
+            let report = physical::verify(&store, backup.as_deref(), reporter)?;
+            let lines = physical::verify::report_lines(&report);
+            lines.iter().for_each(|line| println!("{line}"));
+            anyhow::ensure!(
+                report.is_ok(),
+                "verification failed: {} bad files, {} unreadable manifests",
+                report.problems.len(),
+                report.bad_manifests.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Restore { store, backup, out } => {
+            let summary = physical::restore::run(&store, &backup, &out, reporter)?;
+            eprintln!(
+                "restored backup {backup}: {} sets, {} files, {} into {}",
+                summary.sets.len(),
+                summary.files,
+                physical::progress::megabytes(summary.bytes),
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -428,6 +561,42 @@ mod tests {
             (PathBuf::from("d"), Some("x"), Some("c"), true)
         );
         assert!(Cli::try_parse_from(["shoal", "restore", "u"]).is_err());
+    }
+
+    #[test]
+    fn backup_arguments() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "backup",
+            "create",
+            "--uri",
+            "mongodb://h:1/",
+            "--store",
+            "s",
+        ])
+        .unwrap();
+        let CliCommand::Backup {
+            action: BackupCommand::Create {
+                uri, store, config, ..
+            },
+        } = cli.command
+        else {
+            panic!("expected backup create");
+        };
+        assert_eq!(
+            (uri.as_str(), store, config),
+            ("mongodb://h:1/", PathBuf::from("s"), None)
+        );
+        assert!(Cli::try_parse_from(["shoal", "backup", "create", "--store", "s"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "backup", "restore", "--store", "s"]).is_err());
+        let cli = Cli::try_parse_from(["shoal", "backup", "verify", "--store", "s"]).unwrap();
+        let CliCommand::Backup {
+            action: BackupCommand::Verify { backup, .. },
+        } = cli.command
+        else {
+            panic!("expected backup verify");
+        };
+        assert_eq!(backup, None);
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! The file formats (the BSON stream, the metadata JSON, the directory layout and the
 //! db/collection filters) live in I/O-free modules with unit tests; `dump` and `restore` only
 //! move bytes between the driver and the files.
+//!
+//! `physical` is the other kind: `shoal backup`, RocksDB checkpoints of every replica set in a
+//! content-addressed store.
 
 pub mod dump;
 pub mod layout;
 pub mod metadata;
+pub mod physical;
 pub mod progress;
 pub mod restore;
 pub mod stream;

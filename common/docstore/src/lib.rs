@@ -53,5 +53,5 @@ pub use matching::MATERIALIZE_BYTES_MAX;
 pub use plan::PLAN_RANGES_MAX;
 pub use read::{BATCH_BYTES_MAX, DISTINCT_BYTES_MAX, FIRST_BATCH_DOCS_DEFAULT};
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksKv;
+pub use rocks::{CheckpointFile, RocksKv};
 pub use write::{DOCUMENT_BYTES_MAX, WRITE_BATCH_STATEMENTS_MAX};

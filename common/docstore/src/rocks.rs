@@ -1,12 +1,16 @@
 //! The production [`Kv`]: RocksDB with one column family per [`Space`] ("catalog", "docs"), as
 //! the design notes prescribe (a few column families, collection-prefixed keys), so a
 //! collection or a chunk is one contiguous key range and a drop is one range delete.
+//!
+//! Physical backups start here: [`RocksKv::checkpoint`] makes a RocksDB checkpoint (a
+//! consistent copy of every column family, SST files hard-linked when on the same file system),
+//! and [`RocksKv::open_read_only`] reads one back without changing its files.
 
 use std::path::Path;
 
 use rocksdb::{
     AsColumnFamilyRef, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
-    ReadOptions,
+    ReadOptions, checkpoint::Checkpoint,
 };
 
 use crate::{
@@ -47,6 +51,32 @@ impl RocksKv {
         Ok(RocksKv { db })
     }
 
+    /// Opens the database at `dir` (a checkpoint, typically) for reading only: nothing in `dir`
+    /// is written, and its write-ahead log is replayed in memory. Writes fail.
+    pub fn open_read_only(dir: &Path) -> Result<RocksKv, StoreError> {
+        let options = Options::default();
+        let names = Space::ALL.iter().map(|space| space.name());
+        let db = DB::open_cf_for_read_only(&options, dir, names, false).map_err(backend)?;
+        Ok(RocksKv { db })
+    }
+
+    /// Writes a checkpoint of the whole database (every column family, as of one instant) into
+    /// `dir`, which must not exist; its parent must. Memtables are flushed first, so the
+    /// checkpoint is mostly immutable SST files, hard-linked when `dir` is on the same file
+    /// system as the database. Returns the checkpoint's files, sorted by name.
+    pub fn checkpoint(&self, dir: &Path) -> Result<Vec<CheckpointFile>, StoreError> {
+        if dir.exists() {
+            return Err(StoreError::Backend(format!(
+                "checkpoint directory {} already exists",
+                dir.display()
+            )));
+        }
+        Checkpoint::new(&self.db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(dir))
+            .map_err(backend)?;
+        list_files(dir)
+    }
+
     /// The handle of `space`'s column family. The concrete type differs between rocksdb's
     /// single- and multi-threaded column family modes (feature unification may pick either), so
     /// only the trait is named.
@@ -55,6 +85,43 @@ impl RocksKv {
             .cf_handle(space.name())
             .ok_or_else(|| StoreError::Backend(format!("column family {} missing", space.name())))
     }
+}
+
+/// One file of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointFile {
+    /// The file name inside the checkpoint directory (checkpoints have no subdirectories).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The regular files of `dir`, sorted by name. A checkpoint holds no subdirectories; finding
+/// one means `dir` is not a checkpoint, which is an error rather than something to skip.
+fn list_files(dir: &Path) -> Result<Vec<CheckpointFile>, StoreError> {
+    let io = |error: std::io::Error| {
+        StoreError::Backend(format!("listing checkpoint {}: {error}", dir.display()))
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let metadata = entry.metadata().map_err(io)?;
+        let name = entry.file_name().into_string().map_err(|name| {
+            StoreError::Backend(format!("checkpoint file name {name:?} is not UTF-8"))
+        })?;
+        if !metadata.is_file() {
+            return Err(StoreError::Backend(format!(
+                "checkpoint {} holds {name}, which is not a regular file",
+                dir.display()
+            )));
+        }
+        files.push(CheckpointFile {
+            name,
+            size: metadata.len(),
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
 }
 
 impl Kv for RocksKv {
@@ -173,6 +240,42 @@ mod tests {
         let keys: Vec<u8> = all.iter().map(|(k, _)| k[1]).collect();
         assert_eq!(keys, vec![1, 2, 7, 8, 9]);
         assert_eq!(kv.get(Space::Catalog, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn checkpoints_are_consistent_copies_readable_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = RocksKv::open(&dir.path().join("db")).unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Docs, b"a".to_vec(), b"1".to_vec());
+        batch.put(Space::RaftMeta, b"applied".to_vec(), b"7".to_vec());
+        kv.write(batch, false).unwrap();
+        let target = dir.path().join("checkpoint");
+        let files = kv.checkpoint(&target).unwrap();
+        assert!(files.iter().any(|f| f.name == "CURRENT"), "{files:?}");
+        assert!(files.iter().any(|f| f.name.ends_with(".sst")), "{files:?}");
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        // A write after the checkpoint is not in it.
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Docs, b"b".to_vec(), b"2".to_vec());
+        kv.write(batch, false).unwrap();
+        let copy = RocksKv::open_read_only(&target).unwrap();
+        assert_eq!(copy.get(Space::Docs, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(copy.get(Space::Docs, b"b").unwrap(), None);
+        assert_eq!(
+            copy.get(Space::RaftMeta, b"applied").unwrap(),
+            Some(b"7".to_vec())
+        );
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Docs, b"c".to_vec(), b"3".to_vec());
+        assert!(copy.write(batch, false).is_err());
+        drop(copy);
+        // Reading it changed nothing: the same files, the same sizes.
+        assert_eq!(list_files(&target).unwrap(), files);
+        assert!(kv.checkpoint(&target).is_err(), "an existing directory");
     }
 
     #[test]

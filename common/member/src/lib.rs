@@ -8,6 +8,10 @@
 //! local engine, on a secondary only when the client accepts one (`$readPreference` other than
 //! `primary`). A role adds its own commands through [`Extension`] (the config server's metadata
 //! commands); everything else is the engine's.
+//!
+//! `_shoalCheckpoint` ([`checkpoint`]) copies the member's storage for a physical backup.
+
+pub mod checkpoint;
 
 use std::{
     future::Future,
@@ -25,7 +29,7 @@ use std::{
 use anyhow::Context;
 use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode};
-use shoal_docstore::{Engine, Kv};
+use shoal_docstore::{Engine, Kv, RocksKv};
 use shoal_node::info;
 use shoal_repl::{DeferringKv, ReplOptions, ReplicaSet};
 use shoal_rpc::{RpcClient, RpcHandler, RpcServer, certs::TlsPaths};
@@ -133,6 +137,9 @@ pub struct MemberCore {
     pub repl: Arc<ReplicaSet>,
     /// Calls to other replica sets (shards, from the config server), following their primaries.
     pub topology: shoal_repl::Topology,
+    /// The member's RocksDB itself, under the wrappers the engine and replication write through;
+    /// only for what works on the whole database (checkpoints).
+    pub storage: Arc<RocksKv>,
     started: Instant,
     commands_total: AtomicU64,
 }
@@ -311,6 +318,7 @@ async fn dispatch_named(
             )),
         },
         "replSetStepDown" => repl.step_down().await,
+        "_shoalCheckpoint" => make_checkpoint(core, db, &command).await,
         "_shoalPartition" => {
             // Fault injection for failure tests: drop Raft traffic with these members.
             let hosts: Vec<String> = command
@@ -342,6 +350,33 @@ async fn dispatch_named(
         }
     };
     reply.unwrap_or_else(|error| error.to_document())
+}
+
+/// `_shoalCheckpoint: 1, dir?`: a RocksDB checkpoint of this member (see [`checkpoint`]), on the
+/// admin database of any member, primary or not.
+async fn make_checkpoint(
+    core: &Arc<MemberCore>,
+    db: &str,
+    command: &Document,
+) -> Result<Document, CommandError> {
+    if db != "admin" {
+        return Err(CommandError::admin_only("_shoalCheckpoint"));
+    }
+    let dir = checkpoint::requested_dir(command, &core.config.dir)?;
+    let storage = Arc::clone(&core.storage);
+    let made = tokio::task::spawn_blocking(move || checkpoint::create(&storage, &dir))
+        .await
+        .map_err(|join_error| {
+            tracing::error!(error = %join_error, "checkpoint task panicked");
+            CommandError::internal("the checkpoint failed inside the storage engine")
+        })??;
+    tracing::info!(
+        dir = %made.dir.display(),
+        applied_index = made.applied.index,
+        files = made.files.len(),
+        "checkpoint made"
+    );
+    Ok(made.to_reply(&core.config.replset, &core.host()))
 }
 
 /// Whether this member may answer the read `command` now.
@@ -416,10 +451,11 @@ const PRIMARY_WORK_INTERVAL: Duration = Duration::from_millis(200);
 pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.dir)
         .with_context(|| format!("creating data directory {}", config.dir.display()))?;
-    let storage: Arc<dyn Kv> = Arc::new(
-        shoal_docstore::RocksKv::open(&config.dir.join("db"))
+    let rocks = Arc::new(
+        RocksKv::open(&config.dir.join(checkpoint::DB_SUBDIR))
             .map_err(|e| anyhow::anyhow!("opening the document store: {e}"))?,
     );
+    let storage: Arc<dyn Kv> = Arc::clone(&rocks) as Arc<dyn Kv>;
     let engine = Arc::new(
         Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&storage))))
             .map_err(|e| anyhow::anyhow!("opening the document store: {e}"))?,
@@ -439,6 +475,7 @@ pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> 
         engine,
         config: config.clone(),
         topology: shoal_repl::Topology::new(rpc.clone()),
+        storage: rocks,
         rpc,
         repl,
         started: Instant::now(),
