@@ -55,7 +55,7 @@ impl ConfigServer {
 
 /// The `_id`s of the oldest entries to delete so that `keep` remain: oldest by `time`, then by
 /// `_id` (ObjectIds grow with time, so entries written within one millisecond keep their order).
-fn ids_to_trim(entries: &[Document], keep: usize) -> Vec<Bson> {
+pub(crate) fn ids_to_trim(entries: &[Document], keep: usize) -> Vec<Bson> {
     if entries.len() <= keep {
         return Vec::new();
     }

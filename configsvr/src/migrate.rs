@@ -60,6 +60,10 @@ pub const DELETE_PAGES_PER_PASS: usize = 200;
 
 /// `config.migrations`: the migration in progress, if any.
 pub const MIGRATIONS: &str = "migrations";
+/// `config.changelog`: MongoDB's record of metadata changes (migrations here).
+pub const CHANGELOG: &str = "changelog";
+/// Changelog entries kept.
+pub const CHANGELOG_MAX: usize = 200;
 /// `config.rangeDeletions`: copies of ranges a shard no longer (or never) owns, to delete.
 pub const RANGE_DELETIONS: &str = "rangeDeletions";
 
@@ -864,8 +868,46 @@ impl ConfigServer {
             "docs": report.docs, "bytes": report.bytes, "ms": report.millis,
         };
         let ns = migration.ns.to_string();
-        if let Err(error) = self.log_action(core, what, Some(&ns), details).await {
+        if let Err(error) = self
+            .log_action(core, what, Some(&ns), details.clone())
+            .await
+        {
             tracing::debug!(%error, "could not record the migration in config.actionlog");
         }
+        if let Err(error) = self.log_change(core, what, &ns, details).await {
+            tracing::debug!(%error, "could not record the migration in config.changelog");
+        }
+    }
+
+    /// MongoDB's `config.changelog` entry of a donor's migration (`moveChunk.from`, with
+    /// `note: "success"` or an `errmsg`), which mongosh's `sh.status()` reads for its
+    /// migration results; the newest [`CHANGELOG_MAX`] are kept.
+    async fn log_change(
+        &self,
+        core: &Arc<MemberCore>,
+        what: &str,
+        ns: &str,
+        mut details: Document,
+    ) -> Result<(), CommandError> {
+        if what == "moveChunk.commit" {
+            details.insert("note", "success");
+        } else {
+            details.insert("errmsg", "aborted");
+        }
+        let time = bson::DateTime::now();
+        let entry = doc! {
+            "_id": format!("{}-{}-{}", core.host(), time.timestamp_millis(), ObjectId::new()),
+            "server": core.host(), "time": time, "what": "moveChunk.from", "ns": ns,
+            "details": details,
+        };
+        let existing = store::find_all(core, CHANGELOG, doc! {}).await?;
+        let mut ops = vec![put(CHANGELOG, entry)];
+        for id in crate::actionlog::ids_to_trim(&existing, CHANGELOG_MAX - 1) {
+            ops.push(AtomicOp::Delete {
+                coll: CHANGELOG.into(),
+                id,
+            });
+        }
+        store::apply(core, ops).await
     }
 }
