@@ -265,6 +265,18 @@ fn secondary_ok(command: &Document) -> bool {
     }
 }
 
+/// `force` of `replSetReconfig`: a boolean, or a number as some drivers send flags.
+fn force_option(command: &Document) -> Result<bool, CommandError> {
+    match command.get("force") {
+        None | Some(Bson::Null) => Ok(false),
+        Some(Bson::Boolean(force)) => Ok(*force),
+        Some(Bson::Int32(n)) => Ok(*n != 0),
+        Some(Bson::Int64(n)) => Ok(*n != 0),
+        Some(Bson::Double(n)) => Ok(*n != 0.0),
+        Some(other) => Err(CommandError::type_mismatch("force", "bool", other)),
+    }
+}
+
 fn read_concern_level(command: &Document) -> Option<&str> {
     command
         .get_document("readConcern")
@@ -306,7 +318,11 @@ async fn dispatch_named(
             _ => repl.initiate(None).await,
         },
         "replSetReconfig" => match command.get("replSetReconfig") {
-            Some(Bson::Document(config)) => repl.reconfig(config).await,
+            Some(Bson::Document(config)) => match force_option(&command) {
+                Ok(true) => repl.reconfig_forced(config).await,
+                Ok(false) => repl.reconfig(config).await,
+                Err(error) => Err(error),
+            },
             Some(other) => Err(CommandError::type_mismatch(
                 "replSetReconfig",
                 "object",

@@ -9,13 +9,15 @@
 //! [`ReplicaSet`] is what a member holds: it owns the Raft instance and answers the
 //! replica-set commands (`replSetInitiate`, `replSetGetStatus`, `replSetGetConfig`,
 //! `replSetReconfig`, `replSetStepDown`), the `hello` fields, and the write path with its write
-//! concern. The protocol decisions that need no I/O live in [`config`] and [`concern`].
+//! concern. The protocol decisions that need no I/O live in [`config`] and [`concern`];
+//! [`force`] rebuilds a survivor as a new incarnation of its set when the majority is lost.
 
 #![deny(missing_docs)]
 
 pub mod client;
 pub mod concern;
 pub mod config;
+pub mod force;
 pub mod log_store;
 pub mod network;
 pub mod set;
@@ -25,7 +27,7 @@ pub mod types;
 pub use client::{ReadMode, ReadPreference, Topology};
 pub use concern::WriteConcern;
 pub use config::ReplConfig;
-pub use network::Partition;
+pub use network::{Incarnation, Partition};
 pub use set::{ReplOptions, ReplicaSet};
 pub use state_machine::DeferringKv;
 pub use types::{MemberNode, NodeId, node_id_for};

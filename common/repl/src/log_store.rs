@@ -1,6 +1,6 @@
 //! The Raft log (MongoDB's oplog) and the vote, stored in the member's own RocksDB next to the
 //! documents: column family `raft_log` holds entries under their big-endian index, `raft_meta`
-//! the vote and the last purged entry.
+//! the vote, the last purged entry and the set's incarnation.
 //!
 //! Sharing the RocksDB instance means one write-ahead log: every append is synced, and a sync
 //! also makes durable the (unsynced) state-machine batches written before it. Written against
@@ -16,7 +16,7 @@ use openraft::{
 };
 use shoal_docstore::{Kv, Space, WriteBatch};
 
-use crate::types::TypeConfig;
+use crate::{network::Incarnation, types::TypeConfig};
 
 /// Entries one read returns at most; openraft asks for bounded ranges, this guards the rest.
 pub const LOG_READ_ENTRIES_MAX: usize = 64 * 1024;
@@ -24,6 +24,41 @@ pub const LOG_READ_ENTRIES_MAX: usize = 64 * 1024;
 pub(crate) const VOTE_KEY: &[u8] = b"vote";
 pub(crate) const LAST_PURGED_KEY: &[u8] = b"last_purged";
 pub(crate) const COMMITTED_KEY: &[u8] = b"committed";
+pub(crate) const INCARNATION_KEY: &[u8] = b"incarnation";
+
+/// The incarnation of the set stored in `kv` (BSON), if any.
+pub(crate) fn read_incarnation(kv: &dyn Kv) -> io::Result<Option<Incarnation>> {
+    let Some(bytes) = kv.get(Space::RaftMeta, INCARNATION_KEY).map_err(io_error)? else {
+        return Ok(None);
+    };
+    let document = bson::Document::from_reader(&mut bytes.as_slice())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Incarnation::from_document(&document)
+        .map(Some)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed incarnation"))
+}
+
+/// Stores `incarnation` (or removes it), synced: messages carry it once this returns.
+pub(crate) fn write_incarnation(kv: &dyn Kv, incarnation: Option<Incarnation>) -> io::Result<()> {
+    let mut batch = WriteBatch::new();
+    put_incarnation(&mut batch, incarnation)?;
+    kv.write(batch, true).map_err(io_error)
+}
+
+/// Adds the storage of `incarnation` (or its removal) to `batch`.
+pub(crate) fn put_incarnation(
+    batch: &mut WriteBatch,
+    incarnation: Option<Incarnation>,
+) -> io::Result<()> {
+    match incarnation {
+        Some(incarnation) => {
+            let bytes = bson::to_vec(&incarnation.to_document()).map_err(io_error)?;
+            batch.put(Space::RaftMeta, INCARNATION_KEY.to_vec(), bytes);
+        }
+        None => batch.delete(Space::RaftMeta, INCARNATION_KEY.to_vec()),
+    }
+    Ok(())
+}
 
 /// The log store; cheap to clone (it is a handle on the shared storage).
 #[derive(Clone)]
@@ -41,7 +76,7 @@ fn io_error(error: impl std::fmt::Display) -> io::Error {
     io::Error::other(error.to_string())
 }
 
-fn index_key(index: u64) -> [u8; 8] {
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
@@ -68,7 +103,8 @@ impl LogStore {
         self.kv.write(batch, sync).map_err(io_error)
     }
 
-    fn decode(key: &[u8], value: &[u8]) -> io::Result<EntryOf<TypeConfig>> {
+    /// Decodes one stored entry, checking it sits under its own index.
+    pub(crate) fn decode(key: &[u8], value: &[u8]) -> io::Result<EntryOf<TypeConfig>> {
         let entry: EntryOf<TypeConfig> = serde_json::from_slice(value)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let index = <[u8; 8]>::try_from(key)

@@ -5,6 +5,11 @@
 //! share the members' one RPC port and dispatcher; openraft's messages travel JSON-encoded in
 //! `body` (their membership maps have integer keys, which BSON documents cannot hold).
 //!
+//! Every message carries the sender's [`Incarnation`] of the set. A forced reconfiguration
+//! starts a new incarnation on the survivor; members of another incarnation refuse each other's
+//! messages, so a member that was left out (and kept its old data) cannot disturb the new set.
+//! A member that learns from a refusal that a newer incarnation exists marks itself superseded.
+//!
 //! Fault injection: [`Partition`] makes a member drop every Raft message to and from chosen
 //! peers, which is how tests cut a primary off from its secondaries while clients still reach
 //! it.
@@ -12,11 +17,14 @@
 use std::{
     collections::BTreeSet,
     future::Future,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
+use bson::{Binary, Bson, Document, doc, oid::ObjectId, spec::BinarySubtype};
 use openraft::{
     alias::{SnapshotOf, VoteOf},
     errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable},
@@ -26,6 +34,7 @@ use openraft::{
         TransferLeaderResponse, VoteRequest, VoteResponse,
     },
 };
+use shoal_common::ErrorCode;
 use shoal_rpc::RpcClient;
 
 use crate::types::{MemberNode, NodeId, TypeConfig};
@@ -63,6 +72,160 @@ impl Partition {
     }
 }
 
+/// One incarnation of a replica set: the set `replSetInitiate` made, or the set a forced
+/// reconfiguration rebuilt from a survivor. Persisted in `raft_meta` and carried by every Raft
+/// message; members of different incarnations refuse each other's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    /// 1 for an initiated set, one more per forced reconfiguration: the higher generation is
+    /// the newer set, which tells a left-out member that it is the one superseded.
+    pub generation: u64,
+    /// Random, so that two forced reconfigurations of the same generation still differ.
+    pub id: ObjectId,
+}
+
+impl Incarnation {
+    /// The incarnation `replSetInitiate` starts.
+    pub fn first() -> Incarnation {
+        Incarnation {
+            generation: 1,
+            id: ObjectId::new(),
+        }
+    }
+
+    /// The incarnation a forced reconfiguration starts after `previous` (`None` for a set made
+    /// before incarnations existed, generation 0).
+    pub fn after(previous: Option<Incarnation>) -> Incarnation {
+        Incarnation {
+            generation: generation(previous).saturating_add(1),
+            id: ObjectId::new(),
+        }
+    }
+
+    /// The form messages and storage carry.
+    pub fn to_document(self) -> Document {
+        doc! {
+            "generation": i64::try_from(self.generation).unwrap_or(i64::MAX),
+            "id": self.id,
+        }
+    }
+
+    /// Reads [`Incarnation::to_document`]'s form; `None` when malformed.
+    pub fn from_document(document: &Document) -> Option<Incarnation> {
+        let generation = u64::try_from(document.get_i64("generation").ok()?).ok()?;
+        let id = document.get_object_id("id").ok()?;
+        Some(Incarnation { generation, id })
+    }
+}
+
+impl std::fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.generation, self.id)
+    }
+}
+
+/// The generation of `incarnation`, 0 for none (a set made before incarnations existed).
+pub fn generation(incarnation: Option<Incarnation>) -> u64 {
+    incarnation.map_or(0, |i| i.generation)
+}
+
+/// What a member does with a Raft message stamped with another member's incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncarnationVerdict {
+    /// Same incarnation: handle it.
+    Accept,
+    /// This member is pristine (never initiated, no incarnation): join the sender's incarnation
+    /// and handle it. This is how members of a new set, and members added later, learn it.
+    Adopt(Incarnation),
+    /// Another incarnation: refuse it. `superseded` when the sender's is the newer one.
+    Refuse {
+        /// Whether this member's incarnation is the older one.
+        superseded: bool,
+    },
+}
+
+/// Decides what a member of incarnation `mine` does with a message of `theirs`.
+pub fn incarnation_verdict(
+    mine: Option<Incarnation>,
+    theirs: Option<Incarnation>,
+    pristine: bool,
+) -> IncarnationVerdict {
+    if mine == theirs {
+        return IncarnationVerdict::Accept;
+    }
+    match (mine, theirs) {
+        (None, Some(theirs)) if pristine => IncarnationVerdict::Adopt(theirs),
+        _ => IncarnationVerdict::Refuse {
+            superseded: generation(theirs) > generation(mine),
+        },
+    }
+}
+
+/// This member's incarnation, shared by the transport (which stamps messages with it and
+/// learns from refusals) and the replica set (which checks incoming messages against it).
+#[derive(Debug, Default)]
+pub struct IncarnationCell {
+    current: Mutex<Option<Incarnation>>,
+    /// Set once a member of a newer incarnation refused this member or wrote to it: this
+    /// member was left out by a forced reconfiguration. In memory only: after a restart the
+    /// first refusal sets it again.
+    superseded: AtomicBool,
+}
+
+impl IncarnationCell {
+    /// A cell holding `current` (as read from storage).
+    pub fn new(current: Option<Incarnation>) -> IncarnationCell {
+        IncarnationCell {
+            current: Mutex::new(current),
+            superseded: AtomicBool::new(false),
+        }
+    }
+
+    /// The incarnation now.
+    pub fn get(&self) -> Option<Incarnation> {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the incarnation (initiate, forced reconfiguration); clears `superseded`.
+    pub fn set(&self, incarnation: Option<Incarnation>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = incarnation;
+        self.superseded.store(false, Ordering::Relaxed);
+    }
+
+    /// Sets the incarnation to `adopted` if this member has none yet, after `persist` succeeds
+    /// (under the lock, so two senders cannot both be adopted). Returns whether `adopted` is
+    /// the incarnation now.
+    pub fn adopt<E>(
+        &self,
+        adopted: Incarnation,
+        persist: impl FnOnce(Incarnation) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = *current {
+            return Ok(current == adopted);
+        }
+        persist(adopted)?;
+        *current = Some(adopted);
+        Ok(true)
+    }
+
+    /// Whether a newer incarnation of the set exists (this member was left out).
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Relaxed)
+    }
+
+    /// Records that a newer incarnation exists; returns whether this is news.
+    pub fn mark_superseded(&self) -> bool {
+        !self.superseded.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Field of a refusal that carries the refusing member's incarnation.
+pub const REFUSAL_INCARNATION_FIELD: &str = "incarnation";
+/// The code of a refusal for another incarnation (MongoDB's for a heartbeat from a member of
+/// another set).
+pub const REFUSAL_CODE: ErrorCode = ErrorCode::INVALID_REPLICA_SET_CONFIG;
+
 /// Creates one [`PeerClient`] per peer.
 #[derive(Clone)]
 pub struct Network {
@@ -70,16 +233,50 @@ pub struct Network {
     me: NodeId,
     set_name: String,
     partition: Arc<Partition>,
+    incarnation: Arc<IncarnationCell>,
 }
 
 impl Network {
-    /// A network sending as `me`, member of replica set `set_name`.
-    pub fn new(rpc: RpcClient, me: NodeId, set_name: String, partition: Arc<Partition>) -> Network {
+    /// A network sending as `me`, member of replica set `set_name` in the incarnation
+    /// `incarnation` holds.
+    pub fn new(
+        rpc: RpcClient,
+        me: NodeId,
+        set_name: String,
+        partition: Arc<Partition>,
+        incarnation: Arc<IncarnationCell>,
+    ) -> Network {
         Network {
             rpc,
             me,
             set_name,
             partition,
+            incarnation,
+        }
+    }
+
+    /// Learns from a peer's refusal: a refusal by a newer incarnation means this member was
+    /// left out by a forced reconfiguration.
+    fn note_refusal(&self, host: &str, reply: &Document) {
+        if reply.get_i32("code") != Ok(REFUSAL_CODE.0) {
+            return;
+        }
+        let Some(theirs) = reply
+            .get_document(REFUSAL_INCARNATION_FIELD)
+            .ok()
+            .and_then(Incarnation::from_document)
+        else {
+            return;
+        };
+        let mine = self.incarnation.get();
+        if theirs.generation > generation(mine) && self.incarnation.mark_superseded() {
+            tracing::warn!(
+                set = %self.set_name,
+                peer = host,
+                theirs = %theirs,
+                mine = ?mine.map(|i| i.to_string()),
+                "a forced reconfiguration left this member out of its replica set: it stops electing and serving; wipe its data directory and add it again with rs.add"
+            );
         }
     }
 }
@@ -125,6 +322,9 @@ impl PeerClient {
             "body": body,
             "$db": "admin",
         };
+        if let Some(incarnation) = self.network.incarnation.get() {
+            request.insert("incarnation", incarnation.to_document());
+        }
         if let Some((key, value)) = extra {
             request.insert(key, value);
         }
@@ -137,11 +337,14 @@ impl PeerClient {
             .map_err(|e| TransportError(e.to_string()))?;
         match reply.get_str("body") {
             Ok(_) => Ok(reply),
-            Err(_) => Err(TransportError(format!(
-                "{} refused a raft {kind}: {}",
-                self.host,
-                reply.get_str("errmsg").unwrap_or("no body")
-            ))),
+            Err(_) => {
+                self.network.note_refusal(&self.host, &reply);
+                Err(TransportError(format!(
+                    "{} refused a raft {kind}: {}",
+                    self.host,
+                    reply.get_str("errmsg").unwrap_or("no body")
+                )))
+            }
         }
     }
 
@@ -221,5 +424,77 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         decode_body(&reply).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_of_other_incarnations_refuse_each_other() {
+        let first = Incarnation::first();
+        let forced = Incarnation::after(Some(first));
+        assert_eq!(forced.generation, 2);
+        let verdict = |mine, theirs, pristine| incarnation_verdict(mine, theirs, pristine);
+        assert_eq!(
+            verdict(Some(first), Some(first), false),
+            IncarnationVerdict::Accept
+        );
+        assert_eq!(verdict(None, None, false), IncarnationVerdict::Accept);
+        // A pristine member joins whichever incarnation writes to it first.
+        assert_eq!(
+            verdict(None, Some(forced), true),
+            IncarnationVerdict::Adopt(forced)
+        );
+        // The survivor refuses a left-out member, which learns it was superseded from the
+        // refusal (sender side) or from a newer member's message (receiver side).
+        assert_eq!(
+            verdict(Some(forced), Some(first), false),
+            IncarnationVerdict::Refuse { superseded: false }
+        );
+        assert_eq!(
+            verdict(Some(first), Some(forced), false),
+            IncarnationVerdict::Refuse { superseded: true }
+        );
+        // A set from before incarnations (none) and a forced one refuse each other too.
+        assert_eq!(
+            verdict(None, Some(Incarnation::after(None)), false),
+            IncarnationVerdict::Refuse { superseded: true }
+        );
+        assert_eq!(
+            verdict(Some(Incarnation::after(None)), None, false),
+            IncarnationVerdict::Refuse { superseded: false }
+        );
+        // Two forced reconfigurations of the same generation are different sets.
+        let twin = Incarnation::after(Some(first));
+        assert_eq!(
+            verdict(Some(forced), Some(twin), false),
+            IncarnationVerdict::Refuse { superseded: false }
+        );
+    }
+
+    #[test]
+    fn incarnations_round_trip_and_adopt_once() {
+        let incarnation = Incarnation::after(Some(Incarnation::first()));
+        let document = incarnation.to_document();
+        assert_eq!(Incarnation::from_document(&document), Some(incarnation));
+        assert_eq!(Incarnation::from_document(&doc! {"generation": "x"}), None);
+        let cell = IncarnationCell::new(None);
+        let stored = std::cell::Cell::new(0);
+        let persist = |_| -> Result<(), ()> {
+            stored.set(stored.get() + 1);
+            Ok(())
+        };
+        assert_eq!(cell.adopt(incarnation, persist), Ok(true));
+        assert_eq!(cell.adopt(Incarnation::first(), persist), Ok(false));
+        assert_eq!(cell.adopt(incarnation, persist), Ok(true));
+        assert_eq!(stored.get(), 1);
+        assert_eq!(cell.get(), Some(incarnation));
+        assert!(cell.mark_superseded());
+        assert!(!cell.mark_superseded());
+        assert!(cell.is_superseded());
+        cell.set(Some(Incarnation::first()));
+        assert!(!cell.is_superseded());
     }
 }

@@ -22,8 +22,11 @@ use shoal_rpc::RpcClient;
 use crate::{
     concern::{W, WriteConcern, session_statement},
     config::ReplConfig,
-    log_store::LogStore,
-    network::{Network, Partition},
+    log_store::{LogStore, read_incarnation, write_incarnation},
+    network::{
+        Incarnation, IncarnationCell, IncarnationVerdict, Network, Partition, REFUSAL_CODE,
+        REFUSAL_INCARNATION_FIELD, incarnation_verdict,
+    },
     state_machine::StateMachine,
     types::{Applied, MemberNode, NodeId, Proposal, TypeConfig, node_id_for},
 };
@@ -63,6 +66,12 @@ pub const STEP_DOWN_CATCH_UP: Duration = Duration::from_secs(10);
 pub const INITIATE_ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// How long a member added with `replSetReconfig` may take to catch up before it votes.
 pub const ADD_MEMBER_CATCH_UP: Duration = Duration::from_secs(120);
+/// How long `replSetGetStatus` on a member without a primary waits for each other member's
+/// `hello` before reporting it down.
+pub const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Refused messages from another incarnation are logged at most this often (a left-out member
+/// sends several per election timeout).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// MongoDB member states as `replSetGetStatus` reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,20 +116,32 @@ impl MemberState {
 
 /// One member's replication.
 pub struct ReplicaSet {
-    raft: Raft<TypeConfig, StateMachine>,
-    me: NodeId,
-    host: String,
-    set_name: String,
+    /// The Raft instance; a forced reconfiguration replaces it (see `force.rs`), so callers
+    /// take a handle with [`ReplicaSet::raft`] and never hold the lock.
+    raft: std::sync::RwLock<Raft<TypeConfig, StateMachine>>,
+    /// openraft's settings, kept to start a replacement instance.
+    pub(crate) raft_config: Arc<Config>,
+    pub(crate) me: NodeId,
+    pub(crate) host: String,
+    pub(crate) set_name: String,
     options: ReplOptions,
     partition: Arc<Partition>,
-    kv: Arc<dyn Kv>,
-    rpc: RpcClient,
-    state_machine: StateMachine,
+    pub(crate) kv: Arc<dyn Kv>,
+    pub(crate) rpc: RpcClient,
+    /// The state machine of the current Raft instance (replaced with it).
+    pub(crate) state_machine: std::sync::RwLock<StateMachine>,
+    /// This member's incarnation of the set, shared with the transport.
+    pub(crate) incarnation: Arc<IncarnationCell>,
+    /// Held while a forced reconfiguration runs: one at a time.
+    pub(crate) force_lock: tokio::sync::Mutex<()>,
+    /// When a message from another incarnation was last logged (refusals are rate-limited:
+    /// a left-out member keeps sending).
+    refusal_logged: std::sync::Mutex<Option<Instant>>,
     /// Set while this leader cannot get a majority to confirm it (see `check_majority`).
-    majority_lost: std::sync::atomic::AtomicBool,
+    pub(crate) majority_lost: std::sync::atomic::AtomicBool,
     /// The configuration version (membership log index + 1) that removed this member, 0 when it
     /// is in the set; a newer configuration that includes it again (re-added) clears it.
-    removed_at: std::sync::atomic::AtomicU64,
+    pub(crate) removed_at: std::sync::atomic::AtomicU64,
     started: Instant,
 }
 
@@ -177,6 +198,25 @@ fn op_time(term: u64, index: u64) -> Document {
     }
 }
 
+/// Starts a Raft instance for member `me` over its storage `kv`.
+pub(crate) async fn start_raft(
+    me: NodeId,
+    config: &Arc<Config>,
+    network: Network,
+    kv: Arc<dyn Kv>,
+    state_machine: StateMachine,
+) -> Result<Raft<TypeConfig, StateMachine>, String> {
+    Raft::new(
+        me,
+        Arc::clone(config),
+        network,
+        LogStore::new(kv),
+        state_machine,
+    )
+    .await
+    .map_err(|e| format!("starting raft: {e}"))
+}
+
 impl ReplicaSet {
     /// Opens replication for the member at `host` over its storage `kv` (the same storage the
     /// engine writes through a [`crate::DeferringKv`]).
@@ -203,20 +243,30 @@ impl ReplicaSet {
         }
         .validate()
         .map_err(|e| format!("raft configuration: {e}"))?;
+        let raft_config = Arc::new(config);
         let partition = Arc::new(Partition::default());
-        let network = Network::new(rpc.clone(), me, set_name.to_owned(), Arc::clone(&partition));
-        let state_machine = StateMachine::new(engine, Arc::clone(&kv), me);
-        let raft = Raft::new(
+        let stored =
+            read_incarnation(kv.as_ref()).map_err(|e| format!("reading raft_meta: {e}"))?;
+        let incarnation = Arc::new(IncarnationCell::new(stored));
+        let network = Network::new(
+            rpc.clone(),
             me,
-            Arc::new(config),
+            set_name.to_owned(),
+            Arc::clone(&partition),
+            Arc::clone(&incarnation),
+        );
+        let state_machine = StateMachine::new(engine, Arc::clone(&kv), me);
+        let raft = start_raft(
+            me,
+            &raft_config,
             network,
-            LogStore::new(Arc::clone(&kv)),
+            Arc::clone(&kv),
             state_machine.clone(),
         )
-        .await
-        .map_err(|e| format!("starting raft: {e}"))?;
+        .await?;
         let set = Arc::new(ReplicaSet {
-            raft,
+            raft: std::sync::RwLock::new(raft),
+            raft_config,
             me,
             host: host.to_owned(),
             set_name: set_name.to_owned(),
@@ -224,7 +274,10 @@ impl ReplicaSet {
             partition,
             kv,
             rpc,
-            state_machine,
+            state_machine: std::sync::RwLock::new(state_machine),
+            incarnation,
+            force_lock: tokio::sync::Mutex::new(()),
+            refusal_logged: std::sync::Mutex::new(None),
             removed_at: std::sync::atomic::AtomicU64::new(0),
             majority_lost: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
@@ -239,8 +292,47 @@ impl ReplicaSet {
         &self.set_name
     }
 
+    /// A handle on the current Raft instance (cheap: it is reference-counted).
+    pub(crate) fn raft(&self) -> Raft<TypeConfig, StateMachine> {
+        self.raft
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Installs a new Raft instance and its state machine (a forced reconfiguration).
+    pub(crate) fn replace_raft(&self, raft: Raft<TypeConfig, StateMachine>, sm: StateMachine) {
+        *self
+            .raft
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = raft;
+        *self
+            .state_machine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = sm;
+    }
+
+    /// The current Raft instance's state machine.
+    pub(crate) fn state_machine(&self) -> StateMachine {
+        self.state_machine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A Raft network sending as this member.
+    pub(crate) fn network(&self) -> Network {
+        Network::new(
+            self.rpc.clone(),
+            self.me,
+            self.set_name.clone(),
+            Arc::clone(&self.partition),
+            Arc::clone(&self.incarnation),
+        )
+    }
+
     fn metrics(&self) -> RaftMetrics<TypeConfig> {
-        self.raft.metrics().borrow_watched().clone()
+        self.raft().metrics().borrow_watched().clone()
     }
 
     /// Whether this member is the primary now.
@@ -249,12 +341,13 @@ impl ReplicaSet {
             && !self
                 .majority_lost
                 .load(std::sync::atomic::Ordering::Relaxed)
+            && !self.incarnation.is_superseded()
     }
 
     /// Whether Raft considers this member the leader (it may have lost its majority since).
     fn is_raft_leader(&self) -> bool {
         // Borrowed, not cloned: this runs on every write and every read.
-        let watch = self.raft.metrics();
+        let watch = self.raft().metrics();
         let metrics = watch.borrow_watched();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.me)
     }
@@ -270,9 +363,8 @@ impl ReplicaSet {
     /// as MongoDB's does, instead of waiting to hear of a higher term.
     async fn check_majority(&self) {
         let confirmed = if self.is_raft_leader() {
-            let probe = self
-                .raft
-                .get_read_log_id(openraft::raft::ReadPolicy::ReadIndex);
+            let raft = self.raft();
+            let probe = raft.get_read_log_id(openraft::raft::ReadPolicy::ReadIndex);
             matches!(
                 tokio::time::timeout(self.majority_lease(), probe).await,
                 Ok(Ok(_))
@@ -308,6 +400,9 @@ impl ReplicaSet {
     }
 
     fn is_removed(&self) -> bool {
+        if self.incarnation.is_superseded() {
+            return true;
+        }
         let removed_at = self.removed_at.load(std::sync::atomic::Ordering::Relaxed);
         if removed_at == 0 {
             return false;
@@ -332,7 +427,8 @@ impl ReplicaSet {
             .is_some()
     }
 
-    fn config(&self) -> ReplConfig {
+    /// The current configuration, as this member's Raft membership holds it.
+    pub(crate) fn config(&self) -> ReplConfig {
         let metrics = self.metrics();
         let members = metrics
             .membership_config
@@ -355,7 +451,7 @@ impl ReplicaSet {
 
     /// Disables elections on a member that must never become primary (priority 0, hidden,
     /// delayed, or no longer in the set); openraft has no priorities of its own.
-    fn apply_electability(&self) {
+    pub(crate) fn apply_electability(&self) {
         let metrics = self.metrics();
         let electable = !self.is_removed()
             && metrics
@@ -363,7 +459,7 @@ impl ReplicaSet {
                 .membership()
                 .get_node(&self.me)
                 .is_none_or(MemberNode::electable);
-        self.raft.runtime_config().elect(electable);
+        self.raft().runtime_config().elect(electable);
     }
 
     /// Handles one Raft message from a peer (`_shoalRaft`).
@@ -388,6 +484,7 @@ impl ReplicaSet {
                 "raft message for another replica set",
             ));
         }
+        self.check_incarnation(from, request)?;
         let body = request
             .get_str("body")
             .map_err(|_| CommandError::bad_value("raft message without body"))?;
@@ -399,7 +496,7 @@ impl ReplicaSet {
                 let rpc: AppendEntriesRequest<TypeConfig> =
                     serde_json::from_str(body).map_err(parse_error)?;
                 let response = self
-                    .raft
+                    .raft()
                     .append_entries(rpc)
                     .await
                     .map_err(|e| fatal(e.to_string()))?;
@@ -409,9 +506,9 @@ impl ReplicaSet {
                 let rpc: VoteRequest<TypeConfig> =
                     serde_json::from_str(body).map_err(parse_error)?;
                 let response = if kind == "vote" {
-                    self.raft.vote(rpc).await
+                    self.raft().vote(rpc).await
                 } else {
-                    self.raft.pre_vote(rpc).await
+                    self.raft().pre_vote(rpc).await
                 }
                 .map_err(|e| fatal(e.to_string()))?;
                 serde_json::to_string(&response)
@@ -420,7 +517,7 @@ impl ReplicaSet {
                 let rpc: TransferLeaderRequest<TypeConfig> =
                     serde_json::from_str(body).map_err(parse_error)?;
                 let response = self
-                    .raft
+                    .raft()
                     .handle_transfer_leader(rpc)
                     .await
                     .map_err(|e| fatal(e.to_string()))?;
@@ -438,7 +535,7 @@ impl ReplicaSet {
                     snapshot: data,
                 };
                 let response = self
-                    .raft
+                    .raft()
                     .install_full_snapshot(vote, snapshot)
                     .await
                     .map_err(|e| fatal(e.to_string()))?;
@@ -461,6 +558,78 @@ impl ReplicaSet {
         }
         .map_err(|e| CommandError::internal(format!("encoding raft reply: {e}")))?;
         Ok(doc! {"ok": 1.0, "body": reply_body})
+    }
+
+    /// Accepts a Raft message only from a member of this member's incarnation of the set
+    /// (adopting the sender's while this member is pristine); see [`incarnation_verdict`].
+    fn check_incarnation(&self, from: NodeId, request: &Document) -> Result<(), CommandError> {
+        let theirs = request
+            .get_document("incarnation")
+            .ok()
+            .and_then(Incarnation::from_document);
+        let mine = self.incarnation.get();
+        match incarnation_verdict(mine, theirs, !self.is_initiated()) {
+            IncarnationVerdict::Accept => Ok(()),
+            IncarnationVerdict::Adopt(adopted) => self.adopt_incarnation(adopted),
+            IncarnationVerdict::Refuse { superseded } => {
+                if superseded && self.incarnation.mark_superseded() {
+                    self.apply_electability();
+                    tracing::warn!(set = %self.set_name, theirs = ?theirs.map(|i| i.to_string()), "a member of a newer incarnation of the set wrote to this one: a forced reconfiguration left this member out; wipe its data directory and add it again with rs.add");
+                }
+                self.log_refusal(from, mine, theirs);
+                Err(self.refusal(mine))
+            }
+        }
+    }
+
+    fn adopt_incarnation(&self, adopted: Incarnation) -> Result<(), CommandError> {
+        let persist = |incarnation| write_incarnation(self.kv.as_ref(), Some(incarnation));
+        match self.incarnation.adopt(adopted, persist) {
+            Ok(true) => {
+                tracing::info!(set = %self.set_name, incarnation = %adopted, "joined the replica set's incarnation");
+                Ok(())
+            }
+            Ok(false) => Err(self.refusal(self.incarnation.get())),
+            Err(error) => Err(CommandError::internal(format!(
+                "storing the replica set's incarnation: {error}"
+            ))),
+        }
+    }
+
+    /// The error a member of another incarnation gets: it carries this member's incarnation
+    /// so that an older member learns it was left out.
+    fn refusal(&self, mine: Option<Incarnation>) -> CommandError {
+        let mut error = CommandError::new(
+            REFUSAL_CODE,
+            format!(
+                "raft message from another incarnation of replica set {}: the sender was left out by a forced reconfiguration (or this member was); wipe the left-out member's data directory and add it again with rs.add",
+                self.set_name
+            ),
+        );
+        if let Some(mine) = mine {
+            error
+                .extra
+                .insert(REFUSAL_INCARNATION_FIELD, mine.to_document());
+        }
+        error
+    }
+
+    fn log_refusal(&self, from: NodeId, mine: Option<Incarnation>, theirs: Option<Incarnation>) {
+        let mut logged = self
+            .refusal_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *logged = Some(Instant::now());
+        tracing::warn!(
+            set = %self.set_name,
+            from,
+            mine = ?mine.map(|i| i.to_string()),
+            theirs = ?theirs.map(|i| i.to_string()),
+            "refused raft messages from another incarnation of the replica set"
+        );
     }
 
     /// Replicates the write `command` on database `db` and waits for its write concern; returns
@@ -494,7 +663,7 @@ impl ReplicaSet {
             session: session_statement(&command),
         };
         if concern.w == W::Unacknowledged {
-            let raft = self.raft.clone();
+            let raft = self.raft();
             tokio::spawn(async move {
                 if let Err(error) = raft.client_write(proposal).await {
                     tracing::debug!(%error, "unacknowledged write failed");
@@ -504,7 +673,8 @@ impl ReplicaSet {
         }
         let started = tokio::time::Instant::now();
         let deadline = concern.deadline();
-        let response = match tokio::time::timeout(deadline, self.raft.client_write(proposal)).await
+        let response = match tokio::time::timeout(deadline, self.raft().client_write(proposal))
+            .await
         {
             Ok(result) => result.map_err(raft_write_error)?,
             Err(_) => {
@@ -528,7 +698,7 @@ impl ReplicaSet {
 
     /// Waits until `count` members (this one included) hold the log up to `index`.
     async fn wait_replicated(&self, index: u64, count: usize, limit: Duration) -> bool {
-        let mut watch = self.raft.metrics();
+        let mut watch = self.raft().metrics();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let reached = {
@@ -562,9 +732,8 @@ impl ReplicaSet {
                 "linearizable read concern requires the primary",
             ));
         }
-        let read = self
-            .raft
-            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+        let raft = self.raft();
+        let read = raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
         match tokio::time::timeout(Duration::from_secs(10), read).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(raft_write_error(error)),
@@ -605,10 +774,14 @@ impl ReplicaSet {
             .filter(|(_, m)| m.votes > 0)
             .map(|(id, m)| (*id, m.clone()))
             .collect();
-        self.raft
-            .initialize(voters)
-            .await
-            .map_err(|e| CommandError::new(ErrorCode::OPERATION_FAILED, e.to_string()))?;
+        let incarnation = self.start_first_incarnation()?;
+        if let Err(error) = self.raft().initialize(voters).await {
+            self.forget_incarnation(incarnation);
+            return Err(CommandError::new(
+                ErrorCode::OPERATION_FAILED,
+                error.to_string(),
+            ));
+        }
         let learners: Vec<(NodeId, MemberNode)> = parsed
             .members
             .iter()
@@ -626,13 +799,40 @@ impl ReplicaSet {
         Ok(doc! {"ok": 1.0})
     }
 
+    /// Gives the set `replSetInitiate` makes its first incarnation (persisted before any
+    /// message carries it); the other members adopt it from the first message they receive.
+    fn start_first_incarnation(&self) -> Result<Incarnation, CommandError> {
+        let first = Incarnation::first();
+        let persist = |incarnation| write_incarnation(self.kv.as_ref(), Some(incarnation));
+        match self.incarnation.adopt(first, persist) {
+            Ok(true) => Ok(first),
+            Ok(false) => Err(CommandError::new(
+                ErrorCode::ALREADY_INITIALIZED,
+                "this member already joined a replica set another member initiated",
+            )),
+            Err(error) => Err(CommandError::internal(format!(
+                "storing the replica set's incarnation: {error}"
+            ))),
+        }
+    }
+
+    /// Undoes [`ReplicaSet::start_first_incarnation`] after a failed initiation.
+    fn forget_incarnation(&self, incarnation: Incarnation) {
+        match write_incarnation(self.kv.as_ref(), None) {
+            Ok(()) => self.incarnation.set(None),
+            Err(error) => {
+                tracing::warn!(%error, %incarnation, "could not clear the incarnation of a failed initiation")
+            }
+        }
+    }
+
     async fn add_learner_as_primary(
         &self,
         id: NodeId,
         node: MemberNode,
     ) -> Result<(), CommandError> {
         if self.is_primary() {
-            self.raft
+            self.raft()
                 .add_learner(id, node, false)
                 .await
                 .map_err(raft_write_error)?;
@@ -645,7 +845,7 @@ impl ReplicaSet {
     }
 
     async fn wait_for_leader(&self, limit: Duration) -> Result<NodeId, CommandError> {
-        let mut watch = self.raft.metrics();
+        let mut watch = self.raft().metrics();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(leader) = watch.borrow_watched().current_leader {
@@ -683,7 +883,8 @@ impl ReplicaSet {
             .collect();
         for id in &added {
             let node = new.members[id].clone();
-            let add = self.raft.add_learner(*id, node, true);
+            let raft = self.raft();
+            let add = raft.add_learner(*id, node, true);
             match tokio::time::timeout(ADD_MEMBER_CATCH_UP, add).await {
                 Ok(result) => {
                     result.map_err(raft_write_error)?;
@@ -703,13 +904,13 @@ impl ReplicaSet {
             .map(|(id, node)| (*id, node.clone()))
             .collect();
         if !changed.is_empty() {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::SetNodes(changed), true)
                 .await
                 .map_err(raft_write_error)?;
         }
         if old_voters != new_voters {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::ReplaceAllVoters(new_voters), true)
                 .await
                 .map_err(raft_write_error)?;
@@ -721,7 +922,7 @@ impl ReplicaSet {
             .copied()
             .collect();
         if !removed.is_empty() {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::RemoveNodes(removed.clone()), true)
                 .await
                 .map_err(raft_write_error)?;
@@ -738,10 +939,13 @@ impl ReplicaSet {
     }
 
     async fn notify_removed(&self, host: &str, version: u64) {
-        let request = doc! {
+        let mut request = doc! {
             "_shoalRaft": "removed", "from": self.me as i64, "setName": self.set_name.clone(),
             "body": version.to_string(), "$db": "admin",
         };
+        if let Some(incarnation) = self.incarnation.get() {
+            request.insert("incarnation", incarnation.to_document());
+        }
         if let Err(error) = self.rpc.call(host, request, Duration::from_secs(2)).await {
             // It stops receiving the log anyway; it only learns it is out later.
             tracing::info!(host, %error, "could not tell a removed member it is out");
@@ -770,7 +974,7 @@ impl ReplicaSet {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        self.raft
+        self.raft()
             .trigger()
             .transfer_leader(target)
             .await
@@ -938,6 +1142,7 @@ impl ReplicaSet {
         if !local_only
             && !self.is_primary()
             && let Some(leader) = metrics.current_leader
+            && leader != self.me
             && let Some(node) = metrics.membership_config.membership().get_node(&leader)
         {
             let request = doc! {"replSetGetStatus": 1, "_shoalLocal": true, "$db": "admin"};
@@ -951,7 +1156,38 @@ impl ReplicaSet {
                 return Ok(reply);
             }
         }
-        Ok(self.local_status(&metrics))
+        // Without a primary to ask (a set that lost its majority), probe the others: the
+        // disaster-recovery runbook starts from this view.
+        let unreachable = if local_only || self.is_primary() {
+            BTreeSet::new()
+        } else {
+            self.unreachable_members(&metrics).await
+        };
+        Ok(self.local_status(&metrics, &unreachable))
+    }
+
+    /// The members of the configuration (this one aside) that do not answer `hello` within
+    /// [`STATUS_PROBE_TIMEOUT`].
+    async fn unreachable_members(&self, metrics: &RaftMetrics<TypeConfig>) -> BTreeSet<NodeId> {
+        let probes = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, node)| async move {
+                let hello = doc! {"hello": 1, "$db": "admin"};
+                let answered = self
+                    .rpc
+                    .call(&node.host, hello, STATUS_PROBE_TIMEOUT)
+                    .await
+                    .is_ok();
+                (!answered).then_some(*id)
+            });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn rewrite_self(&self, reply: &mut Document, metrics: &RaftMetrics<TypeConfig>) {
@@ -972,7 +1208,11 @@ impl ReplicaSet {
         }
     }
 
-    fn local_status(&self, metrics: &RaftMetrics<TypeConfig>) -> Document {
+    fn local_status(
+        &self,
+        metrics: &RaftMetrics<TypeConfig>,
+        unreachable: &BTreeSet<NodeId>,
+    ) -> Document {
         let my_state = self.member_state(metrics);
         let membership = metrics.membership_config.membership();
         let primary = my_state == MemberState::Primary;
@@ -1008,6 +1248,8 @@ impl ReplicaSet {
                     Some(age) if age < stale_after => (MemberState::Secondary, 1.0),
                     _ => (MemberState::Down, 0.0),
                 }
+            } else if unreachable.contains(id) {
+                (MemberState::Down, 0.0)
             } else if metrics.current_leader == Some(*id) {
                 (MemberState::Primary, 1.0)
             } else {
@@ -1051,7 +1293,11 @@ impl ReplicaSet {
             members.push((node.id, member));
         }
         members.sort_by_key(|(id, _)| *id);
-        let stats = &self.state_machine.stats;
+        let stats = Arc::clone(&self.state_machine().stats);
+        let incarnation = self
+            .incarnation
+            .get()
+            .map_or(Bson::Null, |i| Bson::Document(i.to_document()));
         doc! {
             "set": self.set_name.clone(),
             "date": bson::DateTime::now(),
@@ -1065,6 +1311,8 @@ impl ReplicaSet {
                 "appliedCommands": i64::try_from(stats.commands.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
                 "deduplicatedRetries": i64::try_from(stats.deduplicated.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
                 "partitionedFrom": self.partition.blocked().len() as i64,
+                "incarnation": incarnation,
+                "superseded": self.incarnation.is_superseded(),
             },
             "ok": 1.0,
         }
@@ -1088,7 +1336,7 @@ impl ReplicaSet {
 
     /// Stops Raft (on shutdown).
     pub async fn shutdown(&self) {
-        if let Err(error) = self.raft.shutdown().await {
+        if let Err(error) = self.raft().shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
     }
@@ -1122,7 +1370,7 @@ async fn priority_supervisor(set: std::sync::Weak<ReplicaSet>) {
             .map_or(0, |n| n.priority_milli);
         if let Some(target) = set.best_successor(Some(mine)) {
             tracing::info!(set = %set.set_name, target, "handing over to a member of higher priority");
-            if let Err(error) = set.raft.trigger().transfer_leader(target).await {
+            if let Err(error) = set.raft().trigger().transfer_leader(target).await {
                 tracing::warn!(%error, "priority takeover failed");
             }
         }

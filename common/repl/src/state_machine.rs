@@ -17,7 +17,7 @@ use std::{
     io,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -37,13 +37,16 @@ use shoal_docstore::{Engine, Kv, KvPair, Space, StoreError, WriteBatch, WriteOp}
 
 use crate::types::{Applied, NodeId, Proposal, SessionStatement, TypeConfig};
 
-const APPLIED_KEY: &[u8] = b"sm_applied";
-const MEMBERSHIP_KEY: &[u8] = b"sm_membership";
+pub(crate) const APPLIED_KEY: &[u8] = b"sm_applied";
+pub(crate) const MEMBERSHIP_KEY: &[u8] = b"sm_membership";
 const SESSION_PREFIX: &[u8] = b"sess/";
 const SESSION_END: &[u8] = b"sess0";
 
 /// Pairs one snapshot scan page reads.
 const SNAPSHOT_PAGE_PAIRS: usize = 4096;
+/// Log entries a forced reconfiguration reads per page while applying the log's tail (an
+/// entry can be a 48 MB write command).
+const LOG_TAIL_PAGE_ENTRIES: usize = 16;
 /// The largest snapshot a member builds in memory (documents and catalog); a larger data set
 /// needs streamed snapshots, which this version does not have.
 pub const SNAPSHOT_BYTES_MAX: usize = 56 << 20;
@@ -165,6 +168,9 @@ pub struct StateMachine {
     delay_secs: Arc<AtomicU32>,
     apply_lock: Arc<Mutex<()>>,
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
+    /// Set (under `apply_lock`) when a forced reconfiguration hands the storage to a new Raft
+    /// instance: the old instance's applies then fail instead of writing. In memory only.
+    fenced: Arc<AtomicBool>,
     /// Apply statistics.
     pub stats: Arc<ApplyStats>,
 }
@@ -187,7 +193,64 @@ impl StateMachine {
             delay_secs: Arc::new(AtomicU32::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
             current: Arc::new(Mutex::new(None)),
+            fenced: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(ApplyStats::default()),
+        }
+    }
+
+    /// Fences this state machine (every later apply or install by its Raft instance fails)
+    /// and returns a fresh one over the same storage for a new Raft instance: no snapshot
+    /// held, the statistics kept. Waits for an apply in progress to finish.
+    pub(crate) fn successor(&self) -> StateMachine {
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.fenced.store(true, Ordering::Release);
+        StateMachine {
+            stats: Arc::clone(&self.stats),
+            ..StateMachine::new(Arc::clone(&self.engine), Arc::clone(&self.kv), self.me)
+        }
+    }
+
+    fn check_not_fenced(&self) -> io::Result<()> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(io_error(
+                "this raft instance was replaced by a forced reconfiguration",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies every entry of the log after the last applied one, committed or not, and
+    /// returns the last applied entry's id: a forced reconfiguration keeps everything the
+    /// survivor received (as a MongoDB secondary has applied all of its oplog). Ignores
+    /// `secondaryDelaySecs`.
+    pub(crate) fn apply_log_tail(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.check_not_fenced()?;
+        loop {
+            let applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
+            let from = applied.map_or(0, |id| id.index + 1);
+            let page = self
+                .kv
+                .scan(
+                    Space::RaftLog,
+                    &crate::log_store::index_key(from),
+                    &[0xff; 9],
+                    LOG_TAIL_PAGE_ENTRIES,
+                )
+                .map_err(io_error)?;
+            if page.is_empty() {
+                return Ok(applied);
+            }
+            for (key, value) in &page {
+                let entry = crate::log_store::LogStore::decode(key, value)?;
+                self.apply_entry_locked(&entry)?;
+            }
         }
     }
 
@@ -214,6 +277,15 @@ impl StateMachine {
             .apply_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        self.check_not_fenced()?;
+        self.apply_entry_locked(entry)
+    }
+
+    /// [`StateMachine::apply_entry`] with `apply_lock` already held.
+    fn apply_entry_locked(
+        &self,
+        entry: &openraft::alias::EntryOf<TypeConfig>,
+    ) -> io::Result<Applied> {
         let log_id = entry.log_id;
         let mut batch = WriteBatch::new();
         let applied = match &entry.payload {
@@ -406,6 +478,7 @@ impl StateMachine {
             .apply_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        self.check_not_fenced()?;
         let mut batch = WriteBatch::new();
         for (space, start, end) in snapshot_ranges() {
             batch.delete_range(space, start, end);
