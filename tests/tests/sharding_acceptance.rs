@@ -31,7 +31,9 @@ async fn scan_ids(coll: &Collection<Document>) -> anyhow::Result<HashSet<i64>> {
     let mut cursor = coll.find(doc! {}).projection(doc! {"_id": 1}).await?;
     let mut ids = HashSet::new();
     while let Some(document) = cursor.try_next().await? {
-        let id = document.get_i64("_id").or(document.get_i32("_id").map(i64::from))?;
+        let id = document
+            .get_i64("_id")
+            .or(document.get_i32("_id").map(i64::from))?;
         anyhow::ensure!(ids.insert(id), "_id {id} returned twice");
     }
     Ok(ids)
@@ -57,7 +59,11 @@ async fn a_router_that_saw_no_migration_routes_correctly() -> anyhow::Result<()>
     let router = cluster.router_client().await?;
     admin(&router, doc! {"balancerStop": 1}).await?;
     admin(&router, doc! {"enableSharding": "stale"}).await?;
-    admin(&router, doc! {"shardCollection": "stale.c", "key": {"k": 1}}).await?;
+    admin(
+        &router,
+        doc! {"shardCollection": "stale.c", "key": {"k": 1}},
+    )
+    .await?;
     let coll: Collection<Document> = router.database("stale").collection("c");
     load(&coll, DOCS).await?;
     for at in [10_000, 20_000] {
@@ -79,9 +85,17 @@ async fn a_router_that_saw_no_migration_routes_correctly() -> anyhow::Result<()>
         .find(|s| *s != first && *s != second)
         .ok_or_else(|| anyhow::anyhow!("three shards expected"))?;
     for (k, to) in [(15_000, &second), (25_000, &third), (5_000, &second)] {
-        admin(&router, doc! {"moveChunk": "stale.c", "find": {"k": k}, "to": to}).await?;
+        admin(
+            &router,
+            doc! {"moveChunk": "stale.c", "find": {"k": k}, "to": to},
+        )
+        .await?;
     }
-    admin(&router, doc! {"moveChunk": "stale.c", "find": {"k": 5_000}, "to": &third}).await?;
+    admin(
+        &router,
+        doc! {"moveChunk": "stale.c", "find": {"k": 5_000}, "to": &third},
+    )
+    .await?;
 
     // Reads through the stale router: counts, a full scan, targeted finds.
     assert_eq!(stale_coll.count_documents(doc! {}).await?, DOCS as u64);
@@ -97,7 +111,10 @@ async fn a_router_that_saw_no_migration_routes_correctly() -> anyhow::Result<()>
         .collect();
     stale_coll.insert_many(new_docs).await?;
     let updated = stale_coll
-        .update_many(doc! {"k": {"$gte": 5_000, "$lt": 25_000}}, doc! {"$inc": {"n": 1}})
+        .update_many(
+            doc! {"k": {"$gte": 5_000, "$lt": 25_000}},
+            doc! {"$inc": {"n": 1}},
+        )
         .await?;
     assert_eq!(updated.modified_count, 20_000 + 20, "{updated:?}");
     stale_coll
@@ -121,7 +138,11 @@ async fn remove_shard_drains_chunks_and_a_database_primary() -> anyhow::Result<(
     let cluster = TestCluster::start(3).await?;
     let router = cluster.router_client().await?;
     admin(&router, doc! {"enableSharding": "drain"}).await?;
-    admin(&router, doc! {"shardCollection": "drain.c", "key": {"k": 1}}).await?;
+    admin(
+        &router,
+        doc! {"shardCollection": "drain.c", "key": {"k": 1}},
+    )
+    .await?;
     let coll: Collection<Document> = router.database("drain").collection("c");
     load(&coll, DOCS).await?;
     let plain: Collection<Document> = router.database("drain").collection("plain");
@@ -132,7 +153,11 @@ async fn remove_shard_drains_chunks_and_a_database_primary() -> anyhow::Result<(
     }
     let victim = primary_shard(&router, "drain").await?;
     let other = other_shard(&router, &victim).await?;
-    admin(&router, doc! {"moveChunk": "drain.c", "find": {"k": 0}, "to": &other}).await?;
+    admin(
+        &router,
+        doc! {"moveChunk": "drain.c", "find": {"k": 0}, "to": &other},
+    )
+    .await?;
 
     let started = admin(&router, doc! {"removeShard": &victim}).await?;
     println!("removeShard: {started}");
@@ -144,7 +169,10 @@ async fn remove_shard_drains_chunks_and_a_database_primary() -> anyhow::Result<(
         if reply.get_str("state")? == "completed" {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still draining: {reply}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "still draining: {reply}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(!list_shards(&router).await?.contains(&victim));
@@ -170,17 +198,29 @@ async fn sharding_a_non_empty_collection_needs_an_index_on_the_key() -> anyhow::
     let coll: Collection<Document> = router.database("filled").collection("c");
     load(&coll, 5_000).await?;
     admin(&router, doc! {"enableSharding": "filled"}).await?;
-    let refused = admin(&router, doc! {"shardCollection": "filled.c", "key": {"k": 1}}).await;
+    let refused = admin(
+        &router,
+        doc! {"shardCollection": "filled.c", "key": {"k": 1}},
+    )
+    .await;
     let message = format!("{:?}", refused.err());
     assert!(message.contains("InvalidOptions"), "{message}");
     router
         .database("filled")
         .run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"k": 1}, "name": "k_1"}]})
         .await?;
-    admin(&router, doc! {"shardCollection": "filled.c", "key": {"k": 1}}).await?;
+    admin(
+        &router,
+        doc! {"shardCollection": "filled.c", "key": {"k": 1}},
+    )
+    .await?;
     let primary = primary_shard(&router, "filled").await?;
     let other = other_shard(&router, &primary).await?;
-    admin(&router, doc! {"moveRange": "filled.c", "min": {"k": 2_500}, "toShard": &other}).await?;
+    admin(
+        &router,
+        doc! {"moveRange": "filled.c", "min": {"k": 2_500}, "toShard": &other},
+    )
+    .await?;
     assert_eq!(coll.count_documents(doc! {}).await?, 5_000);
     assert_eq!(scan_ids(&coll).await?.len(), 5_000);
     assert_eq!(owned(&cluster, "filled", "c").await?, 5_000);

@@ -166,10 +166,18 @@ async fn targeted_benchmark(client: &Client, finds: usize) -> anyhow::Result<Str
         .await?;
     let from = primary_shard(client, db).await?;
     let to = other_shard(client, &from).await?;
-    admin(client, doc! {"moveRange": ns, "min": {"k": (docs / 2) as i64}, "toShard": &to}).await?;
+    admin(
+        client,
+        doc! {"moveRange": ns, "min": {"k": (docs / 2) as i64}, "toShard": &to},
+    )
+    .await?;
     let keys: Vec<i64> = (0..finds).map(|i| ((i * 7_919) % docs) as i64).collect();
     let targeted = find_rate(&coll, keys.iter().map(|k| doc! {"k": k}).collect()).await?;
-    let scatter = find_rate(&coll, keys.iter().map(|k| doc! {"f": format!("f{k}")}).collect()).await?;
+    let scatter = find_rate(
+        &coll,
+        keys.iter().map(|k| doc! {"f": format!("f{k}")}).collect(),
+    )
+    .await?;
     let line = format!(
         "find by shard key {targeted:.0}/s vs scatter-gather by indexed field {scatter:.0}/s over 2 shards, {CLIENTS} clients: ratio {:.2}",
         targeted / scatter
@@ -193,24 +201,42 @@ async fn shard_counts(cluster: &TestCluster, db: &str, coll: &str) -> anyhow::Re
 async fn balance_benchmark(docs: usize) -> anyhow::Result<String> {
     let cluster = TestCluster::start_without_shards(3).await?;
     let client = cluster.router_client().await?;
-    admin(&client, doc! {"addShard": cluster.shard_connection_string(0)}).await?;
+    admin(
+        &client,
+        doc! {"addShard": cluster.shard_connection_string(0)},
+    )
+    .await?;
     admin(&client, doc! {"enableSharding": "balbench"}).await?;
-    admin(&client, doc! {"shardCollection": "balbench.hashed", "key": {"k": "hashed"}}).await?;
-    admin(&client, doc! {"shardCollection": "balbench.ranged", "key": {"k": 1}}).await?;
+    admin(
+        &client,
+        doc! {"shardCollection": "balbench.hashed", "key": {"k": "hashed"}},
+    )
+    .await?;
+    admin(
+        &client,
+        doc! {"shardCollection": "balbench.ranged", "key": {"k": 1}},
+    )
+    .await?;
     let db = client.database("balbench");
     load(&db.collection("hashed"), docs).await?;
     load(&db.collection("ranged"), docs).await?;
     admin(&client, doc! {"balancerStart": 1}).await?;
     let started = Instant::now();
     for i in 1..3 {
-        admin(&client, doc! {"addShard": cluster.shard_connection_string(i)}).await?;
+        admin(
+            &client,
+            doc! {"addShard": cluster.shard_connection_string(i)},
+        )
+        .await?;
     }
     loop {
         let mut balanced = true;
         for coll in ["hashed", "ranged"] {
             let counts = shard_counts(&cluster, "balbench", coll).await?;
             let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
-            balanced &= counts.iter().all(|n| (*n as f64 - mean).abs() <= 0.1 * mean);
+            balanced &= counts
+                .iter()
+                .all(|n| (*n as f64 - mean).abs() <= 0.1 * mean);
         }
         if balanced {
             break;
