@@ -89,6 +89,9 @@ struct Migration {
     max: Document,
     from: ShardId,
     to: ShardId,
+    /// The collection incarnation: shards act on the range only while they hold this epoch,
+    /// so a task left from a dropped collection never touches its successor.
+    epoch: ObjectId,
 }
 
 impl Migration {
@@ -101,7 +104,7 @@ impl Migration {
             "_id": self.id(), "ns": self.ns.to_string(), "key": self.key.to_document(),
             "min": self.min.clone(), "max": self.max.clone(),
             "from": self.from.as_str(), "to": self.to.as_str(),
-            "critical": critical, "started": bson::DateTime::now(),
+            "critical": critical, "started": bson::DateTime::now(), "epoch": self.epoch,
         }
     }
 
@@ -114,6 +117,7 @@ impl Migration {
             max: record.get_document("max").map_err(|_| bad())?.clone(),
             from: ShardId::new(record.get_str("from").map_err(|_| bad())?)?,
             to: ShardId::new(record.get_str("to").map_err(|_| bad())?)?,
+            epoch: record.get_object_id("epoch").map_err(|_| bad())?,
         })
     }
 
@@ -122,6 +126,7 @@ impl Migration {
         command.insert("key", self.key.to_document());
         command.insert("min", self.min.clone());
         command.insert("max", self.max.clone());
+        command.insert("epoch", self.epoch);
         command.insert("$db", "admin");
         command
     }
@@ -130,7 +135,7 @@ impl Migration {
         doc! {
             "_id": ObjectId::new(), "ns": self.ns.to_string(), "shard": shard.as_str(),
             "key": self.key.to_document(), "min": self.min.clone(), "max": self.max.clone(),
-            "created": bson::DateTime::now(),
+            "created": bson::DateTime::now(), "epoch": self.epoch,
         }
     }
 }
@@ -304,6 +309,7 @@ impl ConfigServer {
                 max: max.clone(),
                 from: chunk.shard.clone(),
                 to: to.clone(),
+                epoch: collection.epoch.0,
             };
             store::apply(core, vec![put(MIGRATIONS, migration.to_document(false))]).await?;
             migration
@@ -561,7 +567,10 @@ impl ConfigServer {
         let mut collection = self.load_collection(core, &migration.ns).await?;
         let index = collection.map.chunk_index_for_key(&migration.min);
         let chunk = &collection.map.chunks[index];
-        if chunk.min != migration.min || chunk.max != migration.max || chunk.shard != migration.from
+        if chunk.min != migration.min
+            || chunk.max != migration.max
+            || chunk.shard != migration.from
+            || collection.epoch.0 != migration.epoch
         {
             return Err(CommandError::new(
                 ErrorCode::CONFLICTING_OPERATION_IN_PROGRESS,
@@ -601,7 +610,14 @@ impl ConfigServer {
         core: &Arc<MemberCore>,
         migration: &Migration,
     ) -> Result<(), CommandError> {
-        let collection = self.load_collection(core, &migration.ns).await?;
+        let collection = match self.load_collection(core, &migration.ns).await {
+            Ok(collection) if collection.epoch.0 == migration.epoch => collection,
+            Ok(_) => return self.forget_migration(core, migration).await,
+            Err(error) if error.code == ErrorCode::NAMESPACE_NOT_SHARDED => {
+                return self.forget_migration(core, migration).await;
+            }
+            Err(error) => return Err(error),
+        };
         let chunk = collection.map.chunk_for_key(&migration.min);
         let committed = chunk.shard == migration.to;
         let shards = [migration.to.clone(), migration.from.clone()];
@@ -637,6 +653,30 @@ impl ConfigServer {
         )
         .await?;
         tracing::info!(ns = %migration.ns, min = %migration.min, "migration aborted and cleaned up");
+        Ok(())
+    }
+
+    /// Drops the record of a migration whose collection was dropped (or dropped and sharded
+    /// again) meanwhile: nothing of it is owned any more, and the shards' copies belong to an
+    /// epoch no task or push will ever act on again.
+    async fn forget_migration(
+        &self,
+        core: &Arc<MemberCore>,
+        migration: &Migration,
+    ) -> Result<(), CommandError> {
+        if let Ok(from_host) = self.shard_host(core, &migration.from).await {
+            let end = doc! {"_shoalMigrateEnd": migration.ns.to_string(), "$db": "admin"};
+            let _ = shard_call(core, &from_host, end).await;
+        }
+        store::apply(
+            core,
+            vec![AtomicOp::Delete {
+                coll: MIGRATIONS.into(),
+                id: migration.id().into(),
+            }],
+        )
+        .await?;
+        tracing::info!(ns = %migration.ns, "forgot the migration of a dropped collection");
         Ok(())
     }
 
@@ -821,6 +861,7 @@ impl ConfigServer {
             max: task.get_document("max").map_err(|_| bad())?.clone(),
             from: shard.clone(),
             to: shard,
+            epoch: task.get_object_id("epoch").map_err(|_| bad())?,
         };
         let _one_at_a_time = self.migration_lock.lock().await;
         let still_queued = store::find_all(

@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use shoal_tests::{TestCluster, bin_path, sharding::shard_and_split};
 
 /// Documents of the sharded collection.
-const SHARDED_DOCS: i32 = 20_000;
+const SHARDED_DOCS: i32 = 100_000;
 /// Documents of the unsharded collections.
 const PLAIN_DOCS: i32 = 300;
 /// Documents per `insert_many` while loading the source.

@@ -217,8 +217,8 @@ impl Engine {
         Ok(doc! {"upserted": upserted, "deleted": deleted})
     }
 
-    /// `_shoalDeleteRange: ns, key, min, max, after?`: deletes the next page of the range's
-    /// documents that this shard does not own.
+    /// `_shoalDeleteRange: ns, key, min, max, epoch, after?`: deletes the next page of the
+    /// range's documents that this shard does not own, if it still holds that epoch.
     pub(crate) fn delete_range(&self, command: &Document) -> Result<Document, CommandError> {
         let ns = ns_of(command, "_shoalDeleteRange")?;
         let fields = Fields::new(command, "_shoalDeleteRange");
@@ -229,7 +229,16 @@ impl Engine {
         let Some(mut entry) = catalog::lookup(&txn, &ns)? else {
             return Ok(doc! {"deleted": 0_i64, "next": Bson::Null});
         };
-        let owner = entry.sharding.clone();
+        // Only documents of the incarnation the task was made for: after a drop and re-creation
+        // (or for an unsharded collection) nothing here is a leftover copy.
+        let epoch = fields
+            .doc
+            .get_object_id("epoch")
+            .map_err(|_| fields.missing("epoch"))?;
+        let Some(owner) = entry.sharding.clone().filter(|state| state.epoch == epoch) else {
+            return Ok(doc! {"deleted": 0_i64, "next": Bson::Null});
+        };
+        let owner = Some(owner);
         let (start, end) = collection_range(entry.id);
         let from = resume_key(&fields, start)?;
         let mut doomed = Vec::new();
@@ -487,6 +496,12 @@ mod tests {
         ok(&donor.execute("db", &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 10), (20, 30)], None, 2)}));
         let mut delete = doc! {"_shoalDeleteRange": "db.c"};
         delete.extend(doc! {"key": {"k": 1}, "min": {"k": 0}, "max": {"k": 30}});
+        // A task of another incarnation of the collection deletes nothing.
+        let mut other = delete.clone();
+        other.insert("epoch", ObjectId::from_bytes([8; 12]));
+        let nothing = donor.execute("admin", &other);
+        assert_eq!(nothing.get_i64("deleted").unwrap(), 0, "{nothing}");
+        delete.insert("epoch", ObjectId::from_bytes([7; 12]));
         let deleted = donor.execute("admin", &delete);
         assert_eq!(deleted.get_i64("deleted").unwrap(), 9, "{deleted}");
         let left = donor.execute("db", &doc! {"dataSize": "db.c"});
