@@ -37,8 +37,10 @@ use crate::{
 /// Documents one page examines at most (a page over a range that holds few of a large
 /// collection's documents stops here and resumes later).
 pub const MIGRATE_EXAMINE_MAX: usize = 50_000;
-/// Bytes of documents one page returns or applies at most.
-pub const MIGRATE_PAGE_BYTES_MAX: usize = 8 << 20;
+/// Bytes of documents one page returns or applies at most. A page applied on the recipient is
+/// one Raft entry; up to 16 entries travel in one append message, which must fit a 64 MiB RPC
+/// frame once base64-encoded, so pages stay at 2 MiB.
+pub const MIGRATE_PAGE_BYTES_MAX: usize = 2 << 20;
 /// Documents one `_shoalDeleteRange` call deletes at most.
 pub const DELETE_RANGE_DOCS_MAX: usize = 10_000;
 

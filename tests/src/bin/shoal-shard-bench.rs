@@ -72,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
     {
         let cluster = TestCluster::start(2).await?;
         let client = cluster.router_client().await?;
+        // These figures are about one migration and about routing: no balancer moving chunks
+        // underneath.
+        admin(&client, doc! {"balancerStop": 1}).await?;
         if options.migrate_mb > 0 {
             summary.extend(migration_benchmark(&client, &options).await?);
         }
