@@ -676,6 +676,11 @@ impl ConfigServer {
             }],
         )
         .await?;
+        // The migration may have pushed its critical section onto the collection's successor
+        // (same namespace): push that collection's own ownership again, now that no migration
+        // record holds the range.
+        let shards = [migration.from.clone(), migration.to.clone()];
+        self.sync_filtering(core, &migration.ns, &shards).await?;
         tracing::info!(ns = %migration.ns, "forgot the migration of a dropped collection");
         Ok(())
     }
