@@ -394,10 +394,7 @@ impl ConfigServer {
         step("moveChunk.afterRecipientRefresh").await;
         self.sync_filtering(core, &migration.ns, std::slice::from_ref(&migration.from))
             .await?;
-        let end = doc! {"_shoalMigrateEnd": migration.ns.to_string(), "$db": "admin"};
-        // The tracker is only memory on the donor's primary; a failed end leaves it until the
-        // next migration of this collection replaces it.
-        let _ = shard_call(core, &from_host, end).await;
+        self.end_tracking(core, migration).await;
         Ok(report)
     }
 
@@ -637,10 +634,7 @@ impl ConfigServer {
         // Out of the critical section in the metadata first, so no later push re-enters it.
         store::apply(core, vec![put(MIGRATIONS, migration.to_document(false))]).await?;
         self.sync_filtering(core, &migration.ns, &shards).await?;
-        if let Ok(from_host) = self.shard_host(core, &migration.from).await {
-            let end = doc! {"_shoalMigrateEnd": migration.ns.to_string(), "$db": "admin"};
-            let _ = shard_call(core, &from_host, end).await;
-        }
+        self.end_tracking(core, migration).await;
         store::apply(
             core,
             vec![
@@ -656,6 +650,16 @@ impl ConfigServer {
         Ok(())
     }
 
+    /// Stops the donor's change tracking. Best effort: the tracker is only memory on the
+    /// donor's primary, and one left behind is replaced by the next migration of the
+    /// collection.
+    async fn end_tracking(&self, core: &Arc<MemberCore>, migration: &Migration) {
+        if let Ok(from_host) = self.shard_host(core, &migration.from).await {
+            let end = doc! {"_shoalMigrateEnd": migration.ns.to_string(), "$db": "admin"};
+            let _ = shard_call(core, &from_host, end).await;
+        }
+    }
+
     /// Drops the record of a migration whose collection was dropped (or dropped and sharded
     /// again) meanwhile: nothing of it is owned any more, and the shards' copies belong to an
     /// epoch no task or push will ever act on again.
@@ -664,10 +668,7 @@ impl ConfigServer {
         core: &Arc<MemberCore>,
         migration: &Migration,
     ) -> Result<(), CommandError> {
-        if let Ok(from_host) = self.shard_host(core, &migration.from).await {
-            let end = doc! {"_shoalMigrateEnd": migration.ns.to_string(), "$db": "admin"};
-            let _ = shard_call(core, &from_host, end).await;
-        }
+        self.end_tracking(core, migration).await;
         store::apply(
             core,
             vec![AtomicOp::Delete {
