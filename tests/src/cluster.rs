@@ -18,6 +18,9 @@ use crate::{
     process::Process,
 };
 
+/// Set (to anything) to keep a failed test cluster's directory, logs and data.
+pub const KEEP_FAILED_ENV: &str = "SHOAL_KEEP_FAILED";
+
 /// The config server replica-set name used by every test cluster.
 pub const CONFIG_REPLSET: &str = "configRS";
 
@@ -316,6 +319,11 @@ impl Drop for TestCluster {
         self.kill_all();
         if !self.finished || std::thread::panicking() {
             self.dump_logs();
+            if std::env::var_os(KEEP_FAILED_ENV).is_some() {
+                // Debugging a failure: the data and full logs stay for inspection.
+                self.dir.disable_cleanup(true);
+                eprintln!("kept {} ({KEEP_FAILED_ENV})", self.dir.path().display());
+            }
         }
     }
 }

@@ -374,7 +374,8 @@ mod tests {
     use bson::oid::ObjectId;
 
     use super::*;
-    use crate::kv::MemKv;
+    use crate::error::StoreError;
+    use crate::kv::{Kv, MemKv, Space};
 
     fn ok(reply: &Document) -> &Document {
         assert_eq!(reply.get_f64("ok").ok(), Some(1.0), "{reply}");
@@ -518,5 +519,122 @@ mod tests {
         assert_eq!(older.get_i32("code").unwrap(), 13388, "{older}");
         let all = donor.execute("db", &doc! {"count": "c"});
         assert_eq!(all.get_i32("n").unwrap(), 20);
+    }
+
+    /// Storage that, once armed, stalls inside its next write until released: the moment at
+    /// which a catch-up drain used to see a change noted but not yet written.
+    #[derive(Default)]
+    struct StallingKv {
+        inner: MemKv,
+        armed: std::sync::atomic::AtomicBool,
+        gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    }
+
+    impl Kv for StallingKv {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(space, key)
+        }
+        fn scan(
+            &self,
+            space: Space,
+            start: &[u8],
+            end: &[u8],
+            limit: usize,
+        ) -> Result<Vec<crate::kv::KvPair>, StoreError> {
+            self.inner.scan(space, start, end, limit)
+        }
+        fn scan_reverse(
+            &self,
+            space: Space,
+            start: &[u8],
+            end: &[u8],
+            limit: usize,
+        ) -> Result<Vec<crate::kv::KvPair>, StoreError> {
+            self.inner.scan_reverse(space, start, end, limit)
+        }
+        fn write(&self, batch: crate::kv::WriteBatch, sync: bool) -> Result<(), StoreError> {
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                if let Some(entered) = self.entered.lock().unwrap().take() {
+                    entered.send(()).unwrap();
+                }
+                let gate = self.gate.lock().unwrap().take();
+                if let Some(gate) = gate {
+                    // Bounded: a test that never releases fails rather than hangs.
+                    gate.recv_timeout(std::time::Duration::from_secs(10))
+                        .unwrap();
+                }
+            }
+            self.inner.write(batch, sync)
+        }
+    }
+
+    #[test]
+    fn a_catch_up_drain_during_a_write_still_sees_the_write() {
+        use std::{sync::mpsc, time::Duration};
+        let kv = Arc::new(StallingKv::default());
+        let donor = Arc::new(Engine::with_kv(Arc::clone(&kv) as Arc<dyn Kv>).unwrap());
+        ok(&donor.execute(
+            "db",
+            &doc! {"insert": "c", "documents": [{"_id": 0, "k": 0}]},
+        ));
+        ok(&donor.execute(
+            "db",
+            &doc! {"_shoalSetFiltering": "db.c", "sharding": sharding(&[(0, 30)], None, 1)},
+        ));
+        let mut start = doc! {"_shoalMigrateStart": "db.c"};
+        start.extend(doc! {"key": {"k": 1}, "min": {"k": 0}, "max": {"k": 30}});
+        ok(&donor.execute("admin", &start));
+        // The clone has read the range (one document) before the write below lands.
+        let (release, gate) = mpsc::channel();
+        let (entered_tx, entered) = mpsc::channel();
+        *kv.gate.lock().unwrap() = Some(gate);
+        *kv.entered.lock().unwrap() = Some(entered_tx);
+        kv.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let writer = {
+            let donor = Arc::clone(&donor);
+            std::thread::spawn(move || {
+                donor.execute(
+                    "db",
+                    &doc! {"insert": "c", "documents": [{"_id": 5, "k": 5}]},
+                )
+            })
+        };
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (mods_tx, mods_rx) = mpsc::channel();
+        let drainer = {
+            let donor = Arc::clone(&donor);
+            std::thread::spawn(move || {
+                let mods = donor.execute("admin", &doc! {"_shoalMigrateMods": "db.c"});
+                mods_tx.send(mods).unwrap();
+            })
+        };
+        // Give the drain every chance to run while the write is stalled; it must not report
+        // the document deleted (the old behaviour) whatever the interleaving.
+        let early = mods_rx.recv_timeout(Duration::from_millis(300)).ok();
+        release.send(()).unwrap();
+        ok(&writer.join().unwrap());
+        drainer.join().unwrap();
+        let first = early.unwrap_or_else(|| mods_rx.recv().unwrap());
+        let second = donor.execute("admin", &doc! {"_shoalMigrateMods": "db.c"});
+        let mut present = false;
+        for mods in [ok(&first), ok(&second)] {
+            for deleted in mods.get_array("deletes").unwrap() {
+                assert_ne!(
+                    deleted,
+                    &Bson::Int32(5),
+                    "the write was sent as a delete: {mods}"
+                );
+            }
+            present |= mods
+                .get_array("docs")
+                .unwrap()
+                .iter()
+                .any(|d| d.as_document().and_then(|d| d.get("_id")) == Some(&Bson::Int32(5)));
+        }
+        assert!(
+            present,
+            "the write reached neither catch-up round: {first} {second}"
+        );
     }
 }

@@ -6,16 +6,14 @@
 //! engine's storage is wrapped in a [`TrackingKv`] that, while a migration of a collection is
 //! registered, looks at every committed document write of that collection and records the `_id`
 //! of each document whose shard key lies in the range (for deletes, read from the pre-image).
-//! Only the donor's primary registers a tracker; writes are recorded when they are applied, so
-//! a write is either in the clone's scan, in the tracker, or both, never in neither. A failover
+//! Only the donor's primary registers a tracker; writes are recorded when they are applied, under
+//! the same lock as the catch-up's drain, so a write is either in the clone's scan, in the
+//! tracker, or both, never in neither. A failover
 //! loses the tracker, and the migration then aborts and starts again.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use bson::{Bson, Document};
@@ -98,7 +96,6 @@ impl Tracker {
 /// The registered trackers, by namespace.
 #[derive(Default, Debug)]
 pub(crate) struct Trackers {
-    active: AtomicBool,
     by_ns: Mutex<HashMap<String, Tracker>>,
 }
 
@@ -106,22 +103,30 @@ impl Trackers {
     /// Runs `f` on the tracker table.
     pub fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Tracker>) -> R) -> R {
         let mut table = self.by_ns.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = f(&mut table);
-        self.active.store(!table.is_empty(), Ordering::Release);
-        result
+        f(&mut table)
     }
 
-    fn observe(&self, inner: &dyn Kv, batch: &WriteBatch) -> Result<(), StoreError> {
-        if !self.active.load(Ordering::Acquire) {
-            return Ok(());
-        }
+    /// Notes `batch`'s changes and writes it, holding the tracker table throughout.
+    ///
+    /// Holding the table across the write is what makes catch-up complete: a drain
+    /// ([`Tracker::drain`], then reading the current versions) can otherwise run between noting a
+    /// change and writing it, read the old version (or none, sent as a delete), and the change
+    /// then reaches neither the clone nor the catch-up; the donor's range deletion later removes
+    /// the only copy. For the same reason a tracker's registration cannot fall between a write's
+    /// check and its write, so the table is taken for every write, tracked or not.
+    fn observe_and_write(
+        &self,
+        inner: &dyn Kv,
+        batch: WriteBatch,
+        sync: bool,
+    ) -> Result<(), StoreError> {
         let mut table = self.by_ns.lock().unwrap_or_else(PoisonError::into_inner);
         for tracker in table.values_mut() {
             for op in &batch.ops {
                 observe_op(tracker, inner, op)?;
             }
         }
-        Ok(())
+        inner.write(batch, sync)
     }
 }
 
@@ -191,7 +196,7 @@ impl Kv for TrackingKv {
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         // Observed before it is written, so deletes still find their pre-images.
-        self.trackers.observe(self.inner.as_ref(), &batch)?;
-        self.inner.write(batch, sync)
+        self.trackers
+            .observe_and_write(self.inner.as_ref(), batch, sync)
     }
 }

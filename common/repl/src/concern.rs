@@ -139,11 +139,28 @@ pub fn session_statement(command: &Document) -> Option<SessionStatement> {
         .and_then(integer)
         .and_then(|s| i32::try_from(s).ok())
         .unwrap_or(0);
+    let stmts = command
+        .get_array("stmtIds")
+        .map_or(0, |ids| statements_digest(ids));
     Some(SessionStatement {
         lsid: id,
         txn_number,
         stmt,
+        stmts,
     })
+}
+
+/// FNV-1a over the statement ids: the identity of a batch's statement list.
+fn statements_digest(ids: &[Bson]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in ids {
+        let value = integer(id).unwrap_or(i64::MIN);
+        for byte in value.to_le_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 #[cfg(test)]

@@ -424,7 +424,17 @@ impl StateMachine {
                     .and_then(|results| results.get_document(session.stmt.to_string()).ok())
                     .cloned()
             })
-            .flatten();
+            .flatten()
+            .and_then(|mut reply| {
+                // Only the same statements get the recorded reply; another request that starts
+                // with the same statement executes.
+                let recorded = reply.remove(STATEMENTS_FIELD);
+                let same = match recorded {
+                    Some(Bson::Int64(digest)) => digest as u64 == session.stmts,
+                    _ => true,
+                };
+                same.then_some(reply)
+            });
         Ok((Some(record), stored))
     }
 
@@ -514,6 +524,9 @@ fn session_key(lsid: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The field of a recorded reply holding the digest of the statements it answers.
+const STATEMENTS_FIELD: &str = "$shoalStmts";
+
 /// The session record after `session`'s statement produced `reply`: results of the same
 /// transaction number accumulate (one per batch a router sent), a newer number starts afresh.
 fn session_record(
@@ -528,8 +541,11 @@ fn session_record(
         }
         _ => Document::new(),
     };
-    if results.len() < SESSION_RESULTS_MAX {
-        results.insert(session.stmt.to_string(), reply.clone());
+    if results.len() < SESSION_RESULTS_MAX || results.contains_key(session.stmt.to_string()) {
+        let mut recorded = reply.clone();
+        // The statements this reply answers (bit pattern kept; BSON has no unsigned integer).
+        recorded.insert(STATEMENTS_FIELD, session.stmts as i64);
+        results.insert(session.stmt.to_string(), recorded);
     }
     doc! {"txn": session.txn_number, "results": results, "lastUse": now_millis}
 }
@@ -707,6 +723,7 @@ mod tests {
             lsid: vec![1; 16],
             txn_number: txn,
             stmt,
+            stmts: 0,
         };
         let first = session_record(None, &statement(1, 0), &doc! {"n": 1}, 5);
         let second = session_record(Some(first), &statement(1, 5), &doc! {"n": 2}, 6);
@@ -714,6 +731,34 @@ mod tests {
         let third = session_record(Some(second), &statement(2, 0), &doc! {"n": 3}, 7);
         assert_eq!(third.get_document("results").unwrap().len(), 1);
         assert_eq!(third.get_i64("txn").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_recorded_reply_answers_only_the_same_statements() {
+        let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
+        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).unwrap();
+        let machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
+        let statement = |stmts| SessionStatement {
+            lsid: vec![3; 16],
+            txn_number: 4,
+            stmt: 0,
+            stmts,
+        };
+        let reply = doc! {"n": 1, "writeErrors": [{"index": 1, "code": 13388}]};
+        let record = session_record(None, &statement(11), &reply, 5);
+        let mut seed = WriteBatch::new();
+        seed.put(
+            Space::RaftMeta,
+            session_key(&[3; 16]),
+            bson::to_vec(&record).unwrap(),
+        );
+        kv.write(seed, true).unwrap();
+        // The identical retry gets the recorded reply, without the bookkeeping field.
+        let (_, same) = machine.session_lookup(&statement(11)).unwrap();
+        assert_eq!(same, Some(reply));
+        // A re-send of part of the batch (same first statement) must execute.
+        let (_, other) = machine.session_lookup(&statement(12)).unwrap();
+        assert_eq!(other, None);
     }
 
     #[test]

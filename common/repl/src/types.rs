@@ -47,6 +47,11 @@ pub struct SessionStatement {
     pub txn_number: i64,
     /// The first `stmtIds` entry, 0 without one.
     pub stmt: i32,
+    /// A digest of the whole `stmtIds` list: a recorded reply answers a retry only when the
+    /// retry carries the same statements (a router re-sending part of a batch after StaleConfig
+    /// starts with the same statement but is another request). 0 for entries written before.
+    #[serde(default)]
+    pub stmts: u64,
 }
 
 /// What applying an entry returns to the proposer: the command's reply, BSON-encoded.
@@ -181,6 +186,7 @@ mod tests {
                 lsid: vec![9; 16],
                 txn_number: 3,
                 stmt: 0,
+                stmts: 7,
             }),
         };
         let text = serde_json::to_string(&proposal).unwrap();
