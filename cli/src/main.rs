@@ -172,12 +172,40 @@ enum BackupCommand {
         /// The store directory.
         #[arg(long)]
         store: PathBuf,
-        /// The backup id (see `shoal backup list`).
+        /// The backup id (see `shoal backup list`); with --to-time, the default is the latest
+        /// backup before that time.
         #[arg(long)]
-        backup: String,
+        backup: Option<String>,
         /// Where to write <out>/<set name>/ (each laid out as a member's --dir).
         #[arg(long)]
         out: PathBuf,
+        /// Restore to this time (RFC 3339, or milliseconds since the epoch) by replaying the
+        /// oplog archive onto the backup; needs --host for every set.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// SET=HOST:PORT: the new cluster's member of each replica set. Makes each set a new
+        /// one-member set there and points config.shards at the new shards.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Copy every replica set's oplog into the store continuously, for point-in-time restores.
+    #[command(after_help = BACKUP_ARCHIVE_HELP)]
+    Archive {
+        /// Connection string of the router.
+        #[arg(long)]
+        uri: String,
+        /// The store directory (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+        /// The config server as NAME/HOST:PORT,... (default: the router's --configdb).
+        #[arg(long)]
+        config: Option<String>,
+        /// Milliseconds between rounds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many rounds (default: run until stopped).
+        #[arg(long)]
+        rounds: Option<u64>,
     },
 }
 
@@ -192,8 +220,20 @@ cut at one common instant. Progress goes to stderr, the backup id to stdout.";
 const BACKUP_RESTORE_HELP: &str = "\
 The backup is verified first: on any missing or damaged file nothing is written. Each set is
 written to <out>/<set> (refused if it exists) with restored-from.json naming its log position.
-The directories keep the sets' Raft state: a member started on one at its original address
-resumes there; a new cluster elsewhere needs its Raft state reset and config.shards rewritten.";
+Without --host the directories keep the sets' Raft state: a member started on one at its original
+address resumes there. With --host SET=HOST:PORT for every set, each set becomes a new one-member
+set at that address and config.shards names the new shards: start shoal-config and shoal-shard on
+the directories at those addresses, and a router with --configdb CONFIGSET/HOST:PORT. With
+--to-time T the archived oplog (`shoal backup archive`) is replayed onto the latest backup before
+T, up to the last write proposed before T, on every set: the new cluster holds exactly the writes
+acknowledged before T (and possibly some still unacknowledged at T).";
+
+/// What `shoal backup archive --help` adds below the options.
+const BACKUP_ARCHIVE_HELP: &str = "\
+Each round reads, from every set's primary, the log entries applied since the last round and
+stores them as checksummed segments. A restore to time T needs every set archived past T: keep
+this running (one archiver per store). If a set purges log entries before they are archived, the
+archive records the gap; restores cannot cross it until the next backup.";
 
 /// What `shoal dump --help` adds below the options.
 const DUMP_HELP: &str = "\
@@ -336,6 +376,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A time given as RFC 3339 or as milliseconds since the epoch.
+fn parse_time_millis(text: &str) -> anyhow::Result<i64> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Ok(millis);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.timestamp_millis())
+        .with_context(|| format!("{text:?} is neither RFC 3339 nor milliseconds since the epoch"))
+}
+
+/// `SET=HOST:PORT` arguments as a map; a set named twice is refused.
+fn parse_set_hosts_map(
+    pairs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut hosts = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (set, host) = pair
+            .split_once('=')
+            .filter(|(set, host)| !set.is_empty() && !host.is_empty())
+            .with_context(|| format!("--host {pair:?} is not SET=HOST:PORT"))?;
+        anyhow::ensure!(
+            hosts.insert(set.to_owned(), host.to_owned()).is_none(),
+            "--host names set {set} twice"
+        );
+    }
+    Ok(hosts)
+}
+
 fn run_backup(action: BackupCommand) -> anyhow::Result<ExitCode> {
     use backup::physical;
     let reporter = physical::progress::Reporter::for_stderr();
@@ -384,15 +452,52 @@ fn run_backup(action: BackupCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Restore { store, backup, out } => {
-            let summary = physical::restore::run(&store, &backup, &out, reporter)?;
+        BackupCommand::Restore {
+            store,
+            backup,
+            out,
+            to_time,
+            hosts,
+        } => {
+            let started = std::time::Instant::now();
+            let summary = if to_time.is_none() && hosts.is_empty() {
+                let backup = backup.context("--backup is required without --to-time and --host")?;
+                physical::restore::run(&store, &backup, &out, reporter)?
+            } else {
+                let options = physical::pitr::PitrOptions {
+                    store,
+                    out: out.clone(),
+                    to_time_millis: to_time.as_deref().map(parse_time_millis).transpose()?,
+                    backup,
+                    hosts: parse_set_hosts_map(&hosts)?,
+                };
+                physical::pitr::run(&options, reporter)?
+            };
             eprintln!(
-                "restored backup {backup}: {} sets, {} files, {} into {}",
+                "restored {} sets, {} files, {} into {} in {:.1}s",
                 summary.sets.len(),
                 summary.files,
                 physical::progress::megabytes(summary.bytes),
-                out.display()
+                out.display(),
+                started.elapsed().as_secs_f64()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Archive {
+            uri,
+            store,
+            config,
+            interval_ms,
+            rounds,
+        } => {
+            let options = physical::archive::ArchiveOptions {
+                uri,
+                store,
+                config,
+                interval: std::time::Duration::from_millis(interval_ms.max(1)),
+                rounds,
+            };
+            runtime()?.block_on(physical::archive::run(&options))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -60,17 +60,39 @@ impl TestCluster {
     /// Starts every process and waits until each answers `ping`, but adds no shard.
     pub async fn start_without_shards(n_shards: usize) -> anyhow::Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
-        let ca_dir = dir.path().join("tls").join("ca");
+        let data_root = dir.path().join("data");
         let config_port = free_port()?;
-        let router_port = free_port()?;
         let shard_ports = (0..n_shards)
             .map(|_| free_port())
             .collect::<anyhow::Result<Vec<_>>>()?;
+        TestCluster::start_on(dir, &data_root, config_port, shard_ports).await
+    }
+
+    /// Starts a cluster on data directories that `shoal backup restore --host SET=HOST:PORT`
+    /// wrote: `<data_root>/configRS` and `<data_root>/shard{i}`, each at the port its `--host`
+    /// named. Adds no shard: the restored config server already lists them.
+    pub async fn start_restored(
+        data_root: &std::path::Path,
+        config_port: u16,
+        shard_ports: Vec<u16>,
+    ) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
+        TestCluster::start_on(dir, data_root, config_port, shard_ports).await
+    }
+
+    async fn start_on(
+        dir: TempDir,
+        data_root: &std::path::Path,
+        config_port: u16,
+        shard_ports: Vec<u16>,
+    ) -> anyhow::Result<TestCluster> {
+        let ca_dir = dir.path().join("tls").join("ca");
+        let router_port = free_port()?;
         let config = member_process(
             &dir,
             &ca_dir,
-            "config",
-            "shoal-config",
+            &data_root.join(CONFIG_REPLSET),
+            ("config", "shoal-config"),
             CONFIG_REPLSET,
             config_port,
         )?;
@@ -79,7 +101,15 @@ impl TestCluster {
             .enumerate()
             .map(|(i, port)| {
                 let name = shard_name(i);
-                member_process(&dir, &ca_dir, &name, "shoal-shard", &name, *port)
+                let data_dir = data_root.join(&name);
+                member_process(
+                    &dir,
+                    &ca_dir,
+                    &data_dir,
+                    (&name, "shoal-shard"),
+                    &name,
+                    *port,
+                )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let router = router_process(&dir, &ca_dir, router_port, config_port)?;
@@ -333,17 +363,17 @@ pub fn shard_name(i: usize) -> String {
     format!("shard{i}")
 }
 
+/// A member process; `(name, binary)` names its log and certificates and the program to run.
 fn member_process(
     dir: &TempDir,
     ca_dir: &std::path::Path,
-    name: &str,
-    binary: &str,
+    data_dir: &std::path::Path,
+    (name, binary): (&str, &str),
     replset: &str,
     port: u16,
 ) -> anyhow::Result<Process> {
     let tls_dir = dir.path().join("tls").join(name);
     make_certs(ca_dir, &tls_dir, name)?;
-    let data_dir = dir.path().join("data").join(name);
     let args = vec![
         "--replset".to_owned(),
         replset.to_owned(),

@@ -6,6 +6,7 @@
 //! tests do not share, make certificates, wait for readiness with bounded loops, and never leave a
 //! process behind, even when a test panics), and getting them subtly wrong makes tests flaky.
 
+pub mod cli;
 pub mod cluster;
 pub mod mongo;
 pub mod ports;

@@ -9,9 +9,11 @@
 //! `primary`). A role adds its own commands through [`Extension`] (the config server's metadata
 //! commands); everything else is the engine's.
 //!
-//! `_shoalCheckpoint` ([`checkpoint`]) copies the member's storage for a physical backup.
+//! `_shoalCheckpoint` ([`checkpoint`]) copies the member's storage for a physical backup;
+//! `_shoalOplogRead` ([`oplog`]) feeds the oplog archive of point-in-time recovery.
 
 pub mod checkpoint;
+pub mod oplog;
 
 use std::{
     future::Future,
@@ -335,6 +337,7 @@ async fn dispatch_named(
         },
         "replSetStepDown" => repl.step_down().await,
         "_shoalCheckpoint" => make_checkpoint(core, db, &command).await,
+        "_shoalOplogRead" => read_oplog(core, db, command).await,
         "_shoalPartition" => {
             // Fault injection for failure tests: drop Raft traffic with these members.
             let hosts: Vec<String> = command
@@ -393,6 +396,26 @@ async fn make_checkpoint(
         "checkpoint made"
     );
     Ok(made.to_reply(&core.config.replset, &core.host()))
+}
+
+/// `_shoalOplogRead: 1, after, limit?`: applied log entries for the archive (see [`oplog`]), on
+/// the admin database of any member.
+async fn read_oplog(
+    core: &Arc<MemberCore>,
+    db: &str,
+    command: Document,
+) -> Result<Document, CommandError> {
+    if db != "admin" {
+        return Err(CommandError::admin_only("_shoalOplogRead"));
+    }
+    let kv: Arc<dyn Kv> = Arc::clone(&core.storage) as Arc<dyn Kv>;
+    let set = core.config.replset.clone();
+    tokio::task::spawn_blocking(move || oplog::read(&kv, &set, &command))
+        .await
+        .map_err(|join_error| {
+            tracing::error!(error = %join_error, "oplog read task panicked");
+            CommandError::internal("the oplog read failed inside the storage engine")
+        })?
 }
 
 /// Whether this member may answer the read `command` now.

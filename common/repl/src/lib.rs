@@ -14,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod client;
 pub mod concern;
 pub mod config;

@@ -73,11 +73,11 @@ pub struct CreateSummary {
 
 /// A replica set to back up.
 #[derive(Debug, Clone)]
-struct SetTarget {
-    name: String,
-    role: SetRole,
-    shard: Option<String>,
-    seeds: Vec<String>,
+pub(super) struct SetTarget {
+    pub(super) name: String,
+    pub(super) role: SetRole,
+    pub(super) shard: Option<String>,
+    pub(super) seeds: Vec<String>,
 }
 
 /// What a member answered to `_shoalCheckpoint`.
@@ -320,7 +320,7 @@ fn rfc3339(time: DateTime<Utc>) -> String {
 }
 
 /// `config.version`'s `clusterId`, as hex.
-async fn cluster_id(client: &Client) -> anyhow::Result<String> {
+pub(super) async fn cluster_id(client: &Client) -> anyhow::Result<String> {
     let version = client
         .database("config")
         .collection::<Document>("version")
@@ -336,7 +336,10 @@ async fn cluster_id(client: &Client) -> anyhow::Result<String> {
 }
 
 /// The config server's set and every shard's set, the config server first.
-async fn set_targets(client: &Client, config: Option<&str>) -> anyhow::Result<Vec<SetTarget>> {
+pub(super) async fn set_targets(
+    client: &Client,
+    config: Option<&str>,
+) -> anyhow::Result<Vec<SetTarget>> {
     let configdb = match config {
         Some(config) => config.to_owned(),
         None => {
@@ -449,7 +452,7 @@ pub fn parse_set_hosts(text: &str) -> anyhow::Result<(String, Vec<String>)> {
 }
 
 /// A driver client talking to `host` alone.
-async fn direct_client(host: &str) -> anyhow::Result<Client> {
+pub(super) async fn direct_client(host: &str) -> anyhow::Result<Client> {
     let uri = format!(
         "mongodb://{host}/?directConnection=true&serverSelectionTimeoutMS={MEMBER_SELECTION_TIMEOUT_MS}"
     );
@@ -494,7 +497,7 @@ async fn choose_member(target: &SetTarget) -> anyhow::Result<(String, &'static s
     })
 }
 
-async fn hello(host: &str) -> anyhow::Result<Document> {
+pub(super) async fn hello(host: &str) -> anyhow::Result<Document> {
     let client = direct_client(host).await?;
     Ok(client
         .database("admin")

@@ -31,16 +31,18 @@
 //! non-owner, as any orphan) or, if the config server's checkpoint is older than the recipient's,
 //! with metadata that predates it. Stop the balancer around a backup for a clean cut.
 //!
-//! # Point-in-time recovery (next)
+//! # Point-in-time recovery
 //!
-//! A restore to any time T builds on this format: for each set, take the latest backup whose
-//! `appliedTime` is at or before T, then replay that set's archived oplog entries from
-//! `appliedIndex + 1` up to the last entry proposed at or before T. The oplog archive will be
-//! more objects (`objects/<sha256>` of log segments) listed by a new manifest section, in a
-//! format 2; format 1 readers refuse it rather than restore without it.
+//! `shoal backup archive` keeps every set's applied log entries in the same store
+//! (`archive/<cluster id>/<set>/`, see [`archive`]); `shoal backup restore --to-time T` takes
+//! the latest backup whose every set is before T and replays each set's archived entries up to
+//! the cut at T ([`pitr`]). Stopping at one instant on every set also gives the cluster-wide
+//! consistent cut that the backups alone lack.
 
+pub mod archive;
 pub mod create;
 pub mod manifest;
+pub mod pitr;
 pub mod progress;
 pub mod restore;
 pub mod store;
@@ -68,7 +70,7 @@ pub fn verify(store_dir: &Path, id: Option<&str>, reporter: Reporter) -> anyhow:
     Ok(verifier.finish())
 }
 
-/// The lines of `shoal backup list`: one per backup, then the recoverable range; and whether
+/// The lines of `shoal backup list`: one per backup, then the recoverable ranges; and whether
 /// every manifest was readable.
 pub fn list(store_dir: &Path) -> anyhow::Result<(Vec<String>, bool)> {
     let store = Store::open(store_dir)?;
@@ -77,12 +79,12 @@ pub fn list(store_dir: &Path) -> anyhow::Result<(Vec<String>, bool)> {
         "ID", "CREATED (UTC)", "FILES", "SIZE", "COPIED"
     )];
     let mut all_readable = true;
-    let mut times = Vec::new();
+    let mut manifests = Vec::new();
     for id in store.backup_ids()? {
         match store.read_manifest(&id) {
             Ok(manifest) => {
-                times.push(manifest.created.clone());
                 lines.push(list_line(&manifest));
+                manifests.push(manifest);
             }
             Err(error) => {
                 all_readable = false;
@@ -90,15 +92,72 @@ pub fn list(store_dir: &Path) -> anyhow::Result<(Vec<String>, bool)> {
             }
         }
     }
-    lines.push(match (times.first(), times.last()) {
-        (Some(first), Some(last)) => format!(
-            "recoverable: {} backup times from {first} to {last} (no oplog archive yet: only \
-             those instants)",
-            times.len()
-        ),
-        _ => "no backups".to_owned(),
-    });
+    if manifests.is_empty() {
+        lines.push("no backups".to_owned());
+    }
+    lines.extend(recoverable_lines(&store, &manifests)?);
     Ok((lines, all_readable))
+}
+
+/// For each cluster: the instants the backups alone restore, and the range the oplog archive
+/// makes recoverable to any time (from the first backup to where every set's archive is
+/// complete, unless a gap or a missing set cuts it).
+fn recoverable_lines(store: &Store, manifests: &[Manifest]) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let mut clusters: Vec<&str> = manifests.iter().map(|m| m.cluster_id.as_str()).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    for cluster in clusters {
+        let backups: Vec<&Manifest> = manifests
+            .iter()
+            .filter(|m| m.cluster_id == cluster)
+            .collect();
+        let archived = archive::sets_of(store, cluster)?;
+        let Some(first) = backups.first() else {
+            continue;
+        };
+        let from = first
+            .sets
+            .iter()
+            .map(|set| set.applied_time_millis)
+            .max()
+            .unwrap_or(0);
+        let complete = first.sets.iter().all(|set| {
+            archived.iter().any(|(name, progress)| {
+                name == &set.name
+                    && progress
+                        .gaps
+                        .iter()
+                        .all(|gap| gap.after < set.applied_index)
+            })
+        });
+        let to = archived
+            .iter()
+            .map(|(_, progress)| progress.as_of_millis)
+            .min()
+            .unwrap_or(0);
+        if complete && to > from {
+            lines.push(format!(
+                "cluster {cluster}: recoverable to any time from {} to {} (backup {} and the oplog archive)",
+                millis_rfc3339(from),
+                millis_rfc3339(to),
+                first.id
+            ));
+        } else {
+            lines.push(format!(
+                "cluster {cluster}: recoverable to {} backup instants only (no complete oplog archive after the first backup)",
+                backups.len()
+            ));
+        }
+    }
+    Ok(lines)
+}
+
+fn millis_rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || millis.to_string(),
+        |time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }
 
 fn list_line(manifest: &Manifest) -> String {

@@ -66,7 +66,7 @@ pub fn run(
     }
     let mut summary = RestoreSummary::default();
     for set in &manifest.sets {
-        let target = restore_set(&store, &manifest, set, out, reporter)
+        let target = restore_set(&store, &manifest, set, out, reporter, &|_| Ok(()))
             .with_context(|| format!("cannot restore set {} of backup {id}", set.name))?;
         summary.sets.push(target);
         summary.files += set.files.len();
@@ -75,13 +75,15 @@ pub fn run(
     Ok(summary)
 }
 
-/// Writes one set into `<out>/.<set>.partial`, then renames it to `<out>/<set>`.
-fn restore_set(
+/// Writes one set into `<out>/.<set>.partial`, runs `prepare` on that directory (a
+/// point-in-time restore replays the oplog there), then renames it to `<out>/<set>`.
+pub(super) fn restore_set(
     store: &Store,
     manifest: &Manifest,
     set: &SetBackup,
     out: &Path,
     reporter: Reporter,
+    prepare: &dyn Fn(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<PathBuf> {
     let partial = out.join(format!(".{}.partial", set.name));
     anyhow::ensure!(
@@ -112,6 +114,7 @@ fn restore_set(
     let provenance = provenance_json(manifest, set);
     std::fs::write(partial.join(RESTORED_FROM_FILE), provenance)
         .with_context(|| format!("cannot write {}", partial.display()))?;
+    prepare(&partial)?;
     for dir in directories_of(set, &partial) {
         sync_dir(&dir)?;
     }

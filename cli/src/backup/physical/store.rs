@@ -133,6 +133,51 @@ impl Store {
         result
     }
 
+    /// Stores `bytes` as an object (written in `tmp/`, synced, renamed); returns its SHA-256.
+    pub fn put_bytes(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let object = self.object_path(&object_name(&sha256));
+        if std::fs::metadata(&object).is_ok_and(|meta| meta.len() == bytes.len() as u64) {
+            return Ok(sha256);
+        }
+        let sequence = TMP_FILES.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join(TMP_DIR)
+            .join(format!("{sha256}.{}.{sequence}", std::process::id()));
+        let written = File::create(&tmp)
+            .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+            .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, &object)
+                    .with_context(|| format!("cannot rename {} into the store", tmp.display()))
+            });
+        if written.is_err() {
+            // Best effort: a leftover in tmp/ is never read.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map(|()| sha256)
+    }
+
+    /// Reads object `object` and checks its bytes against `sha256`.
+    pub fn read_object(&self, object: &str, sha256: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.object_path(object);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let actual = hex(&Sha256::digest(&bytes));
+        anyhow::ensure!(
+            actual == sha256,
+            "{} is damaged: SHA-256 {actual}, expected {sha256}",
+            path.display()
+        );
+        Ok(bytes)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Makes the directory of backup `id`; fails if it exists (ids are unique).
     pub fn reserve_backup(&self, id: &str) -> anyhow::Result<()> {
         let dir = self.backup_dir(id);

@@ -1,0 +1,377 @@
+//! The oplog as backups see it: reading applied log entries for the oplog archive
+//! (`_shoalOplogRead`), and replaying archived entries onto a restored checkpoint to rebuild a
+//! set as it was at a point in time.
+//!
+//! Point-in-time recovery is a checkpoint plus a prefix of the log after it. Entries are
+//! archived exactly as the log stores them, so a restore puts them back under their indexes and
+//! lets the state machine apply them with the same code as a live member; nothing is
+//! re-interpreted. Only applied entries are read: an applied entry is committed, so it is the
+//! same on every member, can never be truncated by a new primary, and any member may serve the
+//! archive.
+//!
+//! The cut at time T keeps every entry before the first write proposed at or after T. A write
+//! acknowledged before T was proposed before T, and one sent at T or later is proposed at T or
+//! later, so the prefix holds exactly the writes acknowledged before T, plus possibly writes
+//! still unacknowledged at T (as with any backup). Blank and membership entries carry no time and
+//! follow the writes around them. The proposal time is the primary's clock, so across machines
+//! the cut is as precise as their clocks agree.
+
+use std::{io, sync::Arc};
+
+use openraft::{
+    EntryPayload,
+    alias::{EntryOf, LogIdOf, VoteOf},
+};
+use shoal_docstore::{Engine, Kv, Space, WriteBatch};
+
+use crate::{
+    config::ReplConfig,
+    force::rebuilt_state,
+    log_store::{LogStore, VOTE_KEY, index_key, read_incarnation},
+    network::Incarnation,
+    state_machine::{APPLIED_KEY, DeferringKv, StateMachine},
+    types::{MemberNode, TypeConfig, node_id_for},
+};
+
+/// Entries one `_shoalOplogRead` returns at most.
+pub const OPLOG_READ_ENTRIES_MAX: usize = 4096;
+/// Bytes of entries one `_shoalOplogRead` returns at most (one entry more may pass it); well
+/// under the 48 MB reply limit.
+pub const OPLOG_READ_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// One log entry as the archive keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedEntry {
+    /// Its log index.
+    pub index: u64,
+    /// The proposal time of a write (ms since the epoch); `None` for blank and membership
+    /// entries.
+    pub time_millis: Option<i64>,
+    /// The entry exactly as the log stores it.
+    pub bytes: Vec<u8>,
+}
+
+impl ArchivedEntry {
+    /// Builds an archived entry from stored bytes, checking they decode as the entry at `index`.
+    pub fn from_stored(index: u64, bytes: Vec<u8>) -> io::Result<ArchivedEntry> {
+        let entry = LogStore::decode(&index_key(index), &bytes)?;
+        Ok(ArchivedEntry {
+            index,
+            time_millis: write_time(&entry),
+            bytes,
+        })
+    }
+}
+
+/// What one read of the log returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OplogPage {
+    /// Applied entries after the requested index, in order, without holes.
+    pub entries: Vec<ArchivedEntry>,
+    /// The last applied index of the member (0: none).
+    pub applied: u64,
+    /// The first index the member's log still holds, `None` when it holds none; an archive
+    /// that asked for an older one has lost entries to log purging.
+    pub first_held: Option<u64>,
+}
+
+fn io_error(error: impl std::fmt::Display) -> io::Error {
+    io::Error::other(error.to_string())
+}
+
+fn write_time(entry: &EntryOf<TypeConfig>) -> Option<i64> {
+    match &entry.payload {
+        EntryPayload::Normal(proposal) => Some(proposal.now_millis),
+        EntryPayload::Blank | EntryPayload::Membership(_) => None,
+    }
+}
+
+/// The last applied log id stored in `kv`.
+pub fn applied_log_id(kv: &dyn Kv) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    match kv.get(Space::RaftMeta, APPLIED_KEY).map_err(io_error)? {
+        Some(bytes) => serde_json::from_slice::<Option<LogIdOf<TypeConfig>>>(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        None => Ok(None),
+    }
+}
+
+/// Reads the applied entries after index `after` from the log in `kv`, at most `entries_max`
+/// of them and about `bytes_max` bytes.
+pub fn read_applied(
+    kv: &dyn Kv,
+    after: u64,
+    entries_max: usize,
+    bytes_max: usize,
+) -> io::Result<OplogPage> {
+    let applied = applied_log_id(kv)?.map_or(0, |id| id.index);
+    let first_held = kv
+        .scan(Space::RaftLog, &index_key(0), &[0xff; 9], 1)
+        .map_err(io_error)?
+        .first()
+        .map(|(key, _)| decode_index(key))
+        .transpose()?;
+    let mut page = OplogPage {
+        entries: Vec::new(),
+        applied,
+        first_held,
+    };
+    let Some(from) = after.checked_add(1) else {
+        return Ok(page);
+    };
+    if from > applied {
+        return Ok(page);
+    }
+    let end = applied.saturating_add(1);
+    let limit = entries_max.min(usize::try_from(end - from).unwrap_or(usize::MAX));
+    let stored = kv
+        .scan(Space::RaftLog, &index_key(from), &index_key(end), limit)
+        .map_err(io_error)?;
+    let mut bytes = 0usize;
+    let mut expected = from;
+    for (key, value) in stored {
+        let index = decode_index(&key)?;
+        if index != expected {
+            // A hole (purged entries): the caller sees where the log resumes from `first_held`.
+            break;
+        }
+        bytes = bytes.saturating_add(value.len());
+        page.entries.push(ArchivedEntry::from_stored(index, value)?);
+        expected = index.saturating_add(1);
+        if bytes >= bytes_max {
+            break;
+        }
+    }
+    Ok(page)
+}
+
+fn decode_index(key: &[u8]) -> io::Result<u64> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed log key"))
+}
+
+/// How many of `entries` (in log order) precede the cut at `to_time_millis`: the entries before
+/// the first write proposed at or after it.
+pub fn entries_before(entries: &[ArchivedEntry], to_time_millis: i64) -> usize {
+    entries
+        .iter()
+        .position(|entry| entry.time_millis.is_some_and(|t| t >= to_time_millis))
+        .unwrap_or(entries.len())
+}
+
+/// What [`replay_and_rebuild`] left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The last entry applied (the checkpoint's, when nothing was replayed).
+    pub applied_index: u64,
+    /// Entries replayed from the archive.
+    pub replayed: usize,
+    /// The incarnation the rebuilt set starts.
+    pub incarnation: Incarnation,
+}
+
+/// Replays `entries` (the archived entries right after the checkpoint in `kv`, already cut at
+/// the restore time) onto it, then turns it into a new one-member set whose only member is
+/// `host`: the Raft state of [`crate::force`]'s rebuild, as a new incarnation, so that no member
+/// of the original set can ever mix with it. Blocking (RocksDB).
+pub fn replay_and_rebuild(
+    kv: Arc<dyn Kv>,
+    set_name: &str,
+    host: &str,
+    entries: &[ArchivedEntry],
+) -> io::Result<Rebuilt> {
+    let checkpoint_applied = applied_log_id(kv.as_ref())?.map_or(0, |id| id.index);
+    if let Some(first) = entries.first()
+        && first.index != checkpoint_applied.saturating_add(1)
+    {
+        return Err(io_error(format!(
+            "archived entries start at {}, the checkpoint needs {} next",
+            first.index,
+            checkpoint_applied.saturating_add(1)
+        )));
+    }
+    for pair in entries.windows(2) {
+        assert_eq!(
+            pair[1].index,
+            pair[0].index + 1,
+            "archived entries have a hole"
+        );
+    }
+    // The checkpoint's own log may hold entries past its applied one that were never
+    // committed; only archived (applied, so committed) entries may follow.
+    let mut batch = WriteBatch::new();
+    batch.delete_range(
+        Space::RaftLog,
+        index_key(checkpoint_applied.saturating_add(1)).to_vec(),
+        vec![0xff; 9],
+    );
+    for entry in entries {
+        batch.put(
+            Space::RaftLog,
+            index_key(entry.index).to_vec(),
+            entry.bytes.clone(),
+        );
+    }
+    kv.write(batch, true).map_err(io_error)?;
+    let me = node_id_for(host);
+    let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).map_err(io_error)?;
+    let state_machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), me);
+    let applied = state_machine.apply_log_tail()?.ok_or_else(|| {
+        io_error("the checkpoint has applied nothing; there is no set to restore")
+    })?;
+    assert_eq!(
+        applied.index,
+        entries.last().map_or(checkpoint_applied, |e| e.index),
+        "replay stopped short"
+    );
+    let vote: Option<VoteOf<TypeConfig>> =
+        match kv.get(Space::RaftMeta, VOTE_KEY).map_err(io_error)? {
+            Some(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            ),
+            None => None,
+        };
+    let mut members = std::collections::BTreeMap::new();
+    members.insert(me, MemberNode::voter(0, host));
+    let config = ReplConfig {
+        set_name: set_name.to_owned(),
+        members,
+    };
+    let incarnation = Incarnation::after(read_incarnation(kv.as_ref())?);
+    let batch = rebuilt_state(applied, vote, me, &config, incarnation)?;
+    kv.write(batch, true).map_err(io_error)?;
+    Ok(Rebuilt {
+        applied_index: applied.index,
+        replayed: entries.len(),
+        incarnation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::doc;
+    use shoal_docstore::MemKv;
+
+    use super::*;
+    use crate::types::Proposal;
+
+    fn stored_write(index: u64, now_millis: i64) -> Vec<u8> {
+        let insert = doc! {"insert": "c", "documents": [{"_id": index as i64}]};
+        let entry = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(2, index),
+            payload: EntryPayload::Normal(Proposal {
+                db: "d".into(),
+                command: bson::to_vec(&insert).unwrap(),
+                now_millis,
+                session: None,
+            }),
+        };
+        serde_json::to_vec(&entry).unwrap()
+    }
+
+    #[test]
+    fn archived_entries_replay_onto_a_checkpoint_up_to_the_cut() {
+        // The "live" member: five writes at times 10..50, all applied.
+        let live: Arc<dyn Kv> = Arc::new(MemKv::new());
+        let mut log = WriteBatch::new();
+        for index in 1..=5 {
+            log.put(
+                Space::RaftLog,
+                index_key(index).to_vec(),
+                stored_write(index, index as i64 * 10),
+            );
+        }
+        live.write(log, true).unwrap();
+        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&live)))).unwrap();
+        let machine = StateMachine::new(Arc::new(engine), Arc::clone(&live), 1);
+        machine.apply_log_tail().unwrap();
+        let page = read_applied(live.as_ref(), 2, 2, usize::MAX).unwrap();
+        assert_eq!(page.applied, 5);
+        assert_eq!(page.first_held, Some(1));
+        let indexes: Vec<u64> = page.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, vec![3, 4]);
+        assert_eq!(page.entries[0].time_millis, Some(30));
+        let archived = read_applied(live.as_ref(), 2, 100, usize::MAX)
+            .unwrap()
+            .entries;
+        assert_eq!(archived.len(), 3);
+
+        // The "checkpoint": the first two writes applied, and an entry 3 that was never
+        // committed (another primary's), which the replay must replace.
+        let restored: Arc<dyn Kv> = Arc::new(MemKv::new());
+        let mut log = WriteBatch::new();
+        for index in 1..=2 {
+            log.put(
+                Space::RaftLog,
+                index_key(index).to_vec(),
+                stored_write(index, index as i64 * 10),
+            );
+        }
+        restored.write(log, true).unwrap();
+        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&restored)))).unwrap();
+        StateMachine::new(Arc::new(engine), Arc::clone(&restored), 1)
+            .apply_log_tail()
+            .unwrap();
+        let mut stray = WriteBatch::new();
+        stray.put(Space::RaftLog, index_key(3).to_vec(), stored_write(99, 25));
+        restored.write(stray, true).unwrap();
+
+        // Restore to 45: writes 3 and 4 (times 30, 40) are replayed, 5 (time 50) is not.
+        let cut = entries_before(&archived, 45);
+        let rebuilt =
+            replay_and_rebuild(Arc::clone(&restored), "rs", "127.0.0.1:9", &archived[..cut])
+                .unwrap();
+        assert_eq!(rebuilt.applied_index, 4);
+        assert_eq!(rebuilt.replayed, 2);
+        let engine = Engine::with_kv(Arc::clone(&restored)).unwrap();
+        let found = engine.execute("d", &doc! {"find": "c"});
+        let ids: Vec<i64> = found
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .iter()
+            .map(|d| d.as_document().unwrap().get_i64("_id").unwrap())
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        // The log is gone, the only member is the new host, in a new incarnation.
+        let page = read_applied(restored.as_ref(), 0, 100, usize::MAX).unwrap();
+        assert_eq!(page.first_held, None);
+        assert_eq!(page.applied, 4);
+        assert_eq!(rebuilt.incarnation.generation, 1);
+        let membership = restored
+            .get(Space::RaftMeta, crate::state_machine::MEMBERSHIP_KEY)
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(membership).unwrap();
+        assert!(text.contains("127.0.0.1:9"), "{text}");
+
+        // Entries that do not continue the restored log are refused.
+        let gap = replay_and_rebuild(restored, "rs", "127.0.0.1:9", &archived[..1]);
+        assert!(gap.is_err());
+    }
+
+    fn entry(index: u64, time: Option<i64>) -> ArchivedEntry {
+        ArchivedEntry {
+            index,
+            time_millis: time,
+            bytes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_cut_stops_before_the_first_write_at_or_after_the_time() {
+        let entries = vec![
+            entry(5, Some(100)),
+            entry(6, None),
+            entry(7, Some(199)),
+            entry(8, None),
+            entry(9, Some(200)),
+            entry(10, Some(150)),
+        ];
+        assert_eq!(entries_before(&entries, 200), 4);
+        assert_eq!(entries_before(&entries, 100), 0);
+        assert_eq!(entries_before(&entries, 1_000), 6);
+    }
+}

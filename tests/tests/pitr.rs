@@ -1,0 +1,331 @@
+//! Point-in-time recovery end to end (issue 6's acceptance): a live two-shard cluster with
+//! writers running and `shoal backup archive` copying the oplog; a backup; more writes; time T
+//! noted; more writes; the sharded collection dropped. `shoal backup restore --to-time T` into a
+//! new cluster (new addresses, new ports) must hold exactly the writes acknowledged before T:
+//! every `_id` acknowledged before T is there, none sent at or after T is, on both shards; and
+//! the new cluster serves reads and writes.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bson::{Bson, Document, doc};
+use futures::TryStreamExt as _;
+use mongodb::Client;
+use shoal_tests::{
+    POLL_INTERVAL, TestCluster, bin_path,
+    cli::{path_str, shoal_ok},
+    cluster::{CONFIG_REPLSET, shard_name},
+    mongo::direct_client,
+    ports::free_port,
+    process::Process,
+    sharding::shard_and_split,
+};
+
+/// Writer tasks.
+const WRITERS: usize = 2;
+/// Documents per insert of a writer.
+const WRITER_BATCH_DOCS: i64 = 10;
+/// Batches one writer sends at most (a bound; it is normally stopped long before).
+const WRITER_BATCHES_MAX: usize = 100_000;
+/// Shard key values run over 0..KEY_VALUES; the collection is split at KEY_VALUES / 2.
+const KEY_VALUES: i64 = 1000;
+/// How long the writers run in each phase (before the backup, between it and T, after T).
+const PHASE: Duration = Duration::from_millis(1500);
+/// How long the archive may take to pass T.
+const ARCHIVE_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the restored cluster may take to serve the collection.
+const RESTORED_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the whole test may take.
+const TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One insert batch a writer sent: its first `_id`, when it was sent and when acknowledged
+/// (`None`: failed or unanswered).
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    first_id: i64,
+    sent_millis: i64,
+    acked_millis: Option<i64>,
+}
+
+/// Inserts batches of [`WRITER_BATCH_DOCS`] into `app.items` until `stop`, recording each.
+async fn writer(
+    client: Client,
+    next_id: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Sent>>>,
+) -> anyhow::Result<()> {
+    let items = client.database("app").collection::<Document>("items");
+    for _ in 0..WRITER_BATCHES_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let first_id = next_id.fetch_add(WRITER_BATCH_DOCS, Ordering::Relaxed);
+        let docs: Vec<Document> = (first_id..first_id + WRITER_BATCH_DOCS)
+            .map(|id| doc! {"_id": id, "k": id % KEY_VALUES, "w": "live"})
+            .collect();
+        let sent_millis = now_millis();
+        let result = items.insert_many(docs).await;
+        let acked_millis = result.is_ok().then(now_millis);
+        log.lock()
+            .map_err(|_| anyhow::anyhow!("writer log poisoned"))?
+            .push(Sent {
+                first_id,
+                sent_millis,
+                acked_millis,
+            });
+    }
+    Ok(())
+}
+
+/// Waits until every set's archive is complete past `time`.
+async fn wait_archive_past(store: &Path, sets: &[String], time: i64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let archive = store.join("archive");
+    loop {
+        let mut behind = Vec::new();
+        for set in sets {
+            let mut best = 0i64;
+            for cluster in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
+                let path = cluster.path().join(set).join("progress.json");
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    let value: serde_json::Value = serde_json::from_str(&text)?;
+                    best = best.max(value["asOfMillis"].as_i64().unwrap_or(0));
+                }
+            }
+            if best < time {
+                behind.push(format!("{set} at {best}"));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < ARCHIVE_CATCH_UP_TIMEOUT,
+            "the archive did not pass {time} within {ARCHIVE_CATCH_UP_TIMEOUT:?}: {behind:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Every `_id` of `app.items` through `client`, retried until the collection answers.
+async fn restored_ids(client: &Client) -> anyhow::Result<BTreeSet<i64>> {
+    let started = Instant::now();
+    loop {
+        let attempt: anyhow::Result<BTreeSet<i64>> = async {
+            let docs: Vec<Document> = client
+                .database("app")
+                .collection::<Document>("items")
+                .find(doc! {})
+                .projection(doc! {"_id": 1})
+                .await?
+                .try_collect()
+                .await?;
+            docs.iter()
+                .map(|d| d.get_i64("_id").map_err(anyhow::Error::from))
+                .collect()
+        }
+        .await;
+        match attempt {
+            Ok(ids) if !ids.is_empty() => return Ok(ids),
+            Ok(_) | Err(_) if started.elapsed() < RESTORED_READY_TIMEOUT => {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            Ok(_) => anyhow::bail!("the restored app.items is empty"),
+            Err(error) => return Err(error.context("reading the restored app.items")),
+        }
+    }
+}
+
+async fn scenario() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(2).await?;
+    let client = cluster.router_client().await?;
+    let placement =
+        shard_and_split(&client, "app", "items", "k", Bson::Int64(KEY_VALUES / 2)).await?;
+    drop(placement);
+    let store = tempfile::Builder::new().prefix("shoal-pitr-").tempdir()?;
+    let store_path = store.path().join("store");
+    let uri = cluster.router_uri();
+    let mut archiver = Process::new(
+        "archiver",
+        bin_path("shoal")?,
+        vec![
+            "backup".into(),
+            "archive".into(),
+            "--uri".into(),
+            uri.clone(),
+            "--store".into(),
+            path_str(&store_path)?.to_owned(),
+            "--interval-ms".into(),
+            "200".into(),
+        ],
+        store.path().join("archiver.log"),
+    );
+    archiver.start(&[])?;
+
+    let next_id = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            tokio::spawn(writer(
+                client.clone(),
+                Arc::clone(&next_id),
+                Arc::clone(&stop),
+                Arc::clone(&log),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(PHASE).await;
+    let backup_id = shoal_ok(&[
+        "backup",
+        "create",
+        "--uri",
+        &uri,
+        "--store",
+        path_str(&store_path)?,
+    ])
+    .await?;
+    eprintln!("backup {}", backup_id.trim());
+    tokio::time::sleep(PHASE).await;
+    let time = now_millis();
+    tokio::time::sleep(PHASE).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in writers {
+        task.await??;
+    }
+    client
+        .database("app")
+        .collection::<Document>("items")
+        .drop()
+        .await?;
+    let sets = vec![CONFIG_REPLSET.to_owned(), shard_name(0), shard_name(1)];
+    wait_archive_past(&store_path, &sets, time).await?;
+    archiver.kill();
+
+    let config_port = free_port()?;
+    let shard_ports = vec![free_port()?, free_port()?];
+    let out = store.path().join("restored");
+    let hosts = [
+        format!("{CONFIG_REPLSET}=127.0.0.1:{config_port}"),
+        format!("{}=127.0.0.1:{}", shard_name(0), shard_ports[0]),
+        format!("{}=127.0.0.1:{}", shard_name(1), shard_ports[1]),
+    ];
+    let to_time = time.to_string();
+    let mut args = vec![
+        "backup",
+        "restore",
+        "--store",
+        path_str(&store_path)?,
+        "--out",
+        path_str(&out)?,
+        "--to-time",
+        &to_time,
+    ];
+    for host in &hosts {
+        args.push("--host");
+        args.push(host);
+    }
+    let restore_started = Instant::now();
+    shoal_ok(&args).await?;
+    let restore_took = restore_started.elapsed();
+
+    let restored = TestCluster::start_restored(&out, config_port, shard_ports.clone()).await?;
+    let restored_client = restored.router_client().await?;
+    let ids = restored_ids(&restored_client).await?;
+    let ready_took = restore_started.elapsed();
+
+    let sent = log
+        .lock()
+        .map_err(|_| anyhow::anyhow!("writer log poisoned"))?
+        .clone();
+    let (mut before, mut after, mut unsure) = (0usize, 0usize, 0usize);
+    for batch in &sent {
+        let batch_ids = batch.first_id..batch.first_id + WRITER_BATCH_DOCS;
+        if batch.acked_millis.is_some_and(|acked| acked < time) {
+            before += 1;
+            for id in batch_ids {
+                assert!(
+                    ids.contains(&id),
+                    "_id {id} was acknowledged before T but is missing"
+                );
+            }
+        } else if batch.sent_millis >= time {
+            after += 1;
+            for id in batch_ids {
+                assert!(
+                    !ids.contains(&id),
+                    "_id {id} was sent at or after T but is present"
+                );
+            }
+        } else {
+            unsure += 1;
+        }
+    }
+    let issued = next_id.load(Ordering::Relaxed);
+    for id in &ids {
+        assert!((0..issued).contains(id), "_id {id} was never written");
+    }
+    assert!(
+        before > 0 && after > 0,
+        "the writers wrote on both sides of T"
+    );
+    // Both shards hold documents of the restored collection.
+    for port in &shard_ports {
+        let shard = direct_client(*port).await?;
+        let n = shard
+            .database("app")
+            .collection::<Document>("items")
+            .count_documents(doc! {})
+            .await?;
+        assert!(
+            n > 0,
+            "the shard at port {port} holds no app.items documents"
+        );
+    }
+    // The new cluster takes writes and names its own shards.
+    restored_client
+        .database("app")
+        .collection::<Document>("items")
+        .insert_one(doc! {"_id": -1_i64, "k": 1_i64})
+        .await?;
+    let shards = restored_client
+        .database("admin")
+        .run_command(doc! {"listShards": 1})
+        .await?;
+    for port in &shard_ports {
+        assert!(
+            shards.to_string().contains(&format!("127.0.0.1:{port}")),
+            "listShards does not name the new shard at {port}: {shards}"
+        );
+    }
+    eprintln!(
+        "point-in-time restore: {} documents ({before} batches before T, {after} after, {unsure} \
+         in flight at T); restore command {:.2}s, until the new cluster served the collection {:.2}s",
+        ids.len(),
+        restore_took.as_secs_f64(),
+        ready_took.as_secs_f64()
+    );
+    restored.finish();
+    cluster.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_to_a_point_in_time_into_a_new_cluster() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, scenario())
+        .await
+        .map_err(|_| anyhow::anyhow!("the test did not finish within {TEST_TIMEOUT:?}"))?
+}
