@@ -157,7 +157,8 @@ enum BackupCommand {
         #[arg(long)]
         store: PathBuf,
     },
-    /// Re-hash every stored file a backup references; exits non-zero naming each bad one.
+    /// Re-hash every stored file a backup references (and, without --backup, every oplog
+    /// archive segment); exits non-zero naming each bad one.
     Verify {
         /// The store directory.
         #[arg(long)]

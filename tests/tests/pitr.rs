@@ -20,7 +20,7 @@ use futures::TryStreamExt as _;
 use mongodb::Client;
 use shoal_tests::{
     POLL_INTERVAL, TestCluster, bin_path,
-    cli::{path_str, shoal_ok},
+    cli::{path_str, shoal, shoal_ok},
     cluster::{CONFIG_REPLSET, shard_name},
     mongo::direct_client,
     ports::free_port,
@@ -147,6 +147,60 @@ async fn restored_ids(client: &Client) -> anyhow::Result<BTreeSet<i64>> {
             Err(error) => return Err(error.context("reading the restored app.items")),
         }
     }
+}
+
+/// `verify` passes on the store, then names damaged archive segments; a restore to the same
+/// time then refuses and writes nothing. `restore_args` are the successful restore's arguments.
+async fn damaged_archive(store: &Path, restore_args: &[&str], out: &Path) -> anyhow::Result<()> {
+    shoal_ok(&["backup", "verify", "--store", path_str(store)?]).await?;
+    let mut damaged = 0;
+    for cluster in std::fs::read_dir(store.join("archive"))?.flatten() {
+        let segments = cluster.path().join(shard_name(0)).join("segments");
+        for record in std::fs::read_dir(&segments).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(record.path())?;
+            let segment: serde_json::Value = serde_json::from_str(&text)?;
+            let object = store.join(segment["object"].as_str().unwrap_or_default());
+            let mut bytes = std::fs::read(&object)?;
+            if let Some(byte) = bytes.last_mut() {
+                *byte ^= 0xff;
+            }
+            std::fs::write(&object, bytes)?;
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "shard0's archive has segments");
+    let verify = shoal(&["backup", "verify", "--store", path_str(store)?]).await?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        !verify.status.success(),
+        "verify passed a damaged archive: {stdout}"
+    );
+    assert!(
+        stdout.contains("archive of cluster") && stdout.contains("corrupted"),
+        "verify does not name the damaged segments: {stdout}"
+    );
+    let mut args: Vec<&str> = restore_args.to_vec();
+    let out_index = args
+        .iter()
+        .position(|arg| *arg == "--out")
+        .ok_or_else(|| anyhow::anyhow!("no --out"))?;
+    args[out_index + 1] = path_str(out)?;
+    let refused = shoal(&args).await?;
+    assert!(
+        !refused.status.success(),
+        "a restore over a damaged archive succeeded"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("damaged"),
+        "the refusal does not say why: {stderr}"
+    );
+    assert!(
+        std::fs::read_dir(out).map_or(true, |mut dir| dir.next().is_none()),
+        "a refused restore wrote into {}",
+        out.display()
+    );
+    Ok(())
 }
 
 async fn scenario() -> anyhow::Result<()> {
@@ -311,6 +365,7 @@ async fn scenario() -> anyhow::Result<()> {
             "listShards does not name the new shard at {port}: {shards}"
         );
     }
+    damaged_archive(&store_path, &args, &store.path().join("refused")).await?;
     eprintln!(
         "point-in-time restore: {} documents ({before} batches before T, {after} after, {unsure} \
          in flight at T); restore command {:.2}s, until the new cluster served the collection {:.2}s",

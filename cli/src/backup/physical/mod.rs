@@ -67,6 +67,19 @@ pub fn verify(store_dir: &Path, id: Option<&str>, reporter: Reporter) -> anyhow:
     for id in &ids {
         verifier.verify_backup(id);
     }
+    if id.is_none() {
+        // Verifying the whole store includes the oplog archive of every backed-up cluster.
+        let mut clusters: Vec<String> = ids
+            .iter()
+            .filter_map(|id| store.read_manifest(id).ok())
+            .map(|manifest| manifest.cluster_id)
+            .collect();
+        clusters.sort_unstable();
+        clusters.dedup();
+        for cluster in clusters {
+            verifier.verify_archive(&cluster)?;
+        }
+    }
     Ok(verifier.finish())
 }
 

@@ -7,6 +7,7 @@
 use std::{collections::HashMap, fmt};
 
 use super::{
+    archive::{self, SetArchive},
     manifest::{FileEntry, Manifest, SetBackup},
     progress::{Reporter, megabytes},
     store::{Store, hash_file},
@@ -177,6 +178,46 @@ impl<'a> Verifier<'a> {
             n => format!(" ({} files, {n} BAD)", set.files.len()),
         };
         progress.finish(&detail);
+    }
+
+    /// Verifies every segment of the oplog archive of cluster `cluster` (a problem is reported
+    /// against "archive of cluster ..." and the segment's file).
+    pub fn verify_archive(&mut self, cluster: &str) -> anyhow::Result<()> {
+        for (set, _) in archive::sets_of(self.store, cluster)? {
+            let segments = SetArchive::new(self.store, cluster, &set).segments()?;
+            for segment in segments {
+                self.report.files += 1;
+                let file = FileEntry {
+                    path: format!(
+                        "{}/{cluster}/{set}/segments/{:020}-{:020}.json",
+                        archive::ARCHIVE_DIR,
+                        segment.first,
+                        segment.last
+                    ),
+                    size: segment.size,
+                    sha256: segment.sha256.clone(),
+                    object: segment.object.clone(),
+                };
+                let outcome = match self.checked.get(&file.object) {
+                    Some(outcome) => outcome.clone(),
+                    None => {
+                        let outcome = self.check_object(&file);
+                        self.checked.insert(file.object.clone(), outcome.clone());
+                        outcome
+                    }
+                };
+                if let Err(kind) = outcome {
+                    self.report.problems.push(Problem {
+                        backup: format!("archive of cluster {cluster}"),
+                        set: set.clone(),
+                        path: file.path,
+                        object: file.object,
+                        kind,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_object(&mut self, file: &FileEntry) -> Result<(), ProblemKind> {
