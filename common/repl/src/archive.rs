@@ -35,9 +35,12 @@ use crate::{
 
 /// Entries one `_shoalOplogRead` returns at most.
 pub const OPLOG_READ_ENTRIES_MAX: usize = 4096;
-/// Bytes of entries one `_shoalOplogRead` returns at most (one entry more may pass it); well
-/// under the 48 MB reply limit.
-pub const OPLOG_READ_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Bytes of entries one `_shoalOplogRead` returns at most (a first entry may pass it): a reply
+/// must fit one 16 MB BSON document with its framing.
+pub const OPLOG_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// The largest entry one read can carry: an entry above it (a write command of more than about
+/// 15 MB, such as a large `insert_many` batch) cannot be archived yet.
+pub const OPLOG_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024 - 256 * 1024;
 
 /// One log entry as the archive keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,12 +137,19 @@ pub fn read_applied(
             // A hole (purged entries): the caller sees where the log resumes from `first_held`.
             break;
         }
+        if value.len() > OPLOG_ENTRY_BYTES_MAX {
+            return Err(io_error(format!(
+                "log entry {index} is {} bytes, more than the {OPLOG_ENTRY_BYTES_MAX} one archive \
+                 read can carry",
+                value.len()
+            )));
+        }
+        if !page.entries.is_empty() && bytes.saturating_add(value.len()) > bytes_max {
+            break;
+        }
         bytes = bytes.saturating_add(value.len());
         page.entries.push(ArchivedEntry::from_stored(index, value)?);
         expected = index.saturating_add(1);
-        if bytes >= bytes_max {
-            break;
-        }
     }
     Ok(page)
 }
