@@ -6,7 +6,6 @@
 
 use std::{
     path::Path,
-    process::{Output, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -18,7 +17,8 @@ use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::Client;
 use serde_json::Value;
 use shoal_tests::{
-    Node, POLL_INTERVAL, READY_TIMEOUT, TestCluster, bin_path,
+    Node, POLL_INTERVAL, READY_TIMEOUT, TestCluster,
+    cli::{path_str, shoal, shoal_ok},
     cluster::shard_name,
     sharding::{admin, shard_and_split, shard_index},
 };
@@ -37,8 +37,6 @@ const LOAD_BATCH_DOCS: usize = 1000;
 const WRITER_BATCH_DOCS: u64 = 50;
 /// The most batches the writer sends (a bound; it is normally stopped long before).
 const WRITER_BATCHES_MAX: u64 = 100_000;
-/// How long one `shoal backup` run may take.
-const CLI_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the whole test may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -90,34 +88,6 @@ async fn writer(
         acked.fetch_add(WRITER_BATCH_DOCS, Ordering::Relaxed);
     }
     Ok(())
-}
-
-/// Runs the `shoal` binary with `args`, bounded by [`CLI_TIMEOUT`].
-async fn shoal(args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(bin_path("shoal")?);
-    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    tokio::time::timeout(CLI_TIMEOUT, command.output())
-        .await
-        .map_err(|_| anyhow::anyhow!("shoal {args:?} did not finish within {CLI_TIMEOUT:?}"))?
-        .map_err(anyhow::Error::from)
-}
-
-/// Runs `shoal` and fails unless it exits 0; returns stdout.
-async fn shoal_ok(args: &[&str]) -> anyhow::Result<String> {
-    let output = shoal(args).await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "shoal {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str()
-        .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", path.display()))
 }
 
 fn read_manifest(store: &Path, id: &str) -> anyhow::Result<Value> {
