@@ -40,3 +40,60 @@ pub fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", path.display()))
 }
+
+/// Waits (at most `timeout`) until the oplog archive in `store` is complete past `time` (ms)
+/// for every set of `sets`, whatever the cluster id.
+pub async fn wait_archive_past(
+    store: &Path,
+    sets: &[String],
+    time: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let archive = store.join("archive");
+    loop {
+        let mut behind = Vec::new();
+        for set in sets {
+            let mut best = 0i64;
+            for cluster in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
+                let path = cluster.path().join(set).join("progress.json");
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    let value: serde_json::Value = serde_json::from_str(&text)?;
+                    best = best.max(value["asOfMillis"].as_i64().unwrap_or(0));
+                }
+            }
+            if best < time {
+                behind.push(format!("{set} at {best}"));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "the archive did not pass {time} within {timeout:?}: {behind:?}"
+        );
+        tokio::time::sleep(crate::POLL_INTERVAL).await;
+    }
+}
+
+/// The arguments of `shoal backup restore --to-time TIME` into `out`, each set of `hosts`
+/// (`(set, port)`) becoming a new one-member set at 127.0.0.1:port.
+pub fn restore_to_time_args(
+    store: &Path,
+    out: &Path,
+    time: i64,
+    hosts: &[(String, u16)],
+) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = ["backup", "restore", "--store", path_str(store)?, "--out"]
+        .map(str::to_owned)
+        .to_vec();
+    args.push(path_str(out)?.to_owned());
+    args.push("--to-time".to_owned());
+    args.push(time.to_string());
+    for (set, port) in hosts {
+        args.push("--host".to_owned());
+        args.push(format!("{set}=127.0.0.1:{port}"));
+    }
+    Ok(args)
+}

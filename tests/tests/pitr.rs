@@ -20,7 +20,7 @@ use futures::TryStreamExt as _;
 use mongodb::Client;
 use shoal_tests::{
     POLL_INTERVAL, TestCluster, bin_path,
-    cli::{path_str, shoal, shoal_ok},
+    cli::{path_str, restore_to_time_args, shoal, shoal_ok, wait_archive_past},
     cluster::{CONFIG_REPLSET, shard_name},
     mongo::direct_client,
     ports::free_port,
@@ -88,36 +88,6 @@ async fn writer(
             });
     }
     Ok(())
-}
-
-/// Waits until every set's archive is complete past `time`.
-async fn wait_archive_past(store: &Path, sets: &[String], time: i64) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let archive = store.join("archive");
-    loop {
-        let mut behind = Vec::new();
-        for set in sets {
-            let mut best = 0i64;
-            for cluster in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
-                let path = cluster.path().join(set).join("progress.json");
-                if let Ok(text) = std::fs::read_to_string(&path) {
-                    let value: serde_json::Value = serde_json::from_str(&text)?;
-                    best = best.max(value["asOfMillis"].as_i64().unwrap_or(0));
-                }
-            }
-            if best < time {
-                behind.push(format!("{set} at {best}"));
-            }
-        }
-        if behind.is_empty() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < ARCHIVE_CATCH_UP_TIMEOUT,
-            "the archive did not pass {time} within {ARCHIVE_CATCH_UP_TIMEOUT:?}: {behind:?}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 /// Every `_id` of `app.items` through `client`, retried until the collection answers.
@@ -266,32 +236,19 @@ async fn scenario() -> anyhow::Result<()> {
         .drop()
         .await?;
     let sets = vec![CONFIG_REPLSET.to_owned(), shard_name(0), shard_name(1)];
-    wait_archive_past(&store_path, &sets, time).await?;
+    wait_archive_past(&store_path, &sets, time, ARCHIVE_CATCH_UP_TIMEOUT).await?;
     archiver.kill();
 
     let config_port = free_port()?;
     let shard_ports = vec![free_port()?, free_port()?];
     let out = store.path().join("restored");
     let hosts = [
-        format!("{CONFIG_REPLSET}=127.0.0.1:{config_port}"),
-        format!("{}=127.0.0.1:{}", shard_name(0), shard_ports[0]),
-        format!("{}=127.0.0.1:{}", shard_name(1), shard_ports[1]),
+        (CONFIG_REPLSET.to_owned(), config_port),
+        (shard_name(0), shard_ports[0]),
+        (shard_name(1), shard_ports[1]),
     ];
-    let to_time = time.to_string();
-    let mut args = vec![
-        "backup",
-        "restore",
-        "--store",
-        path_str(&store_path)?,
-        "--out",
-        path_str(&out)?,
-        "--to-time",
-        &to_time,
-    ];
-    for host in &hosts {
-        args.push("--host");
-        args.push(host);
-    }
+    let owned_args = restore_to_time_args(&store_path, &out, time, &hosts)?;
+    let args: Vec<&str> = owned_args.iter().map(String::as_str).collect();
     let restore_started = Instant::now();
     shoal_ok(&args).await?;
     let restore_took = restore_started.elapsed();

@@ -12,7 +12,7 @@ use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::Client;
 use shoal_tests::{
     TestCluster, bin_path,
-    cli::{path_str, shoal_ok},
+    cli::{path_str, restore_to_time_args, shoal_ok, wait_archive_past},
     cluster::{CONFIG_REPLSET, shard_name},
     ports::free_port,
     process::Process,
@@ -93,30 +93,6 @@ fn referenced_bytes(store: &std::path::Path, id: &str) -> anyhow::Result<u64> {
     manifest["bytesReferenced"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("manifest without bytesReferenced"))
-}
-
-async fn wait_archive_past(store: &std::path::Path, time: i64) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let sets = [CONFIG_REPLSET.to_owned(), shard_name(0), shard_name(1)];
-    while started.elapsed() < ARCHIVE_TIMEOUT {
-        let mut done = 0;
-        for cluster in std::fs::read_dir(store.join("archive"))?.flatten() {
-            for set in &sets {
-                let path = cluster.path().join(set).join("progress.json");
-                if let Ok(text) = std::fs::read_to_string(path) {
-                    let value: serde_json::Value = serde_json::from_str(&text)?;
-                    if value["asOfMillis"].as_i64().unwrap_or(0) >= time {
-                        done += 1;
-                    }
-                }
-            }
-        }
-        if done == sets.len() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the archive did not pass the restore time within {ARCHIVE_TIMEOUT:?}")
 }
 
 #[tokio::main]
@@ -217,7 +193,8 @@ async fn main() -> anyhow::Result<()> {
     let wrote = started.elapsed();
     let time = now_millis();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    wait_archive_past(&store, time).await?;
+    let sets = [CONFIG_REPLSET.to_owned(), shard_name(0), shard_name(1)];
+    wait_archive_past(&store, &sets, time, ARCHIVE_TIMEOUT).await?;
     archiver.kill();
     println!(
         "wrote {extra} more documents in {:.1}s; archive complete past T",
@@ -227,25 +204,12 @@ async fn main() -> anyhow::Result<()> {
     let shard_ports = vec![free_port()?, free_port()?];
     let pitr = work.path().join("pitr");
     let hosts = [
-        format!("{CONFIG_REPLSET}=127.0.0.1:{config_port}"),
-        format!("{}=127.0.0.1:{}", shard_name(0), shard_ports[0]),
-        format!("{}=127.0.0.1:{}", shard_name(1), shard_ports[1]),
+        (CONFIG_REPLSET.to_owned(), config_port),
+        (shard_name(0), shard_ports[0]),
+        (shard_name(1), shard_ports[1]),
     ];
-    let to_time = time.to_string();
-    let mut args = vec![
-        "backup",
-        "restore",
-        "--store",
-        &store_str,
-        "--out",
-        path_str(&pitr)?,
-        "--to-time",
-        &to_time,
-    ];
-    for host in &hosts {
-        args.push("--host");
-        args.push(host);
-    }
+    let owned_args = restore_to_time_args(&store, &pitr, time, &hosts)?;
+    let args: Vec<&str> = owned_args.iter().map(String::as_str).collect();
     let started = Instant::now();
     shoal_ok(&args).await?;
     let restore_took = started.elapsed();
