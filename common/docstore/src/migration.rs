@@ -330,6 +330,13 @@ impl Engine {
                 }
             });
         }
+        tracing::debug!(
+            ns = %ns,
+            docs = docs.len(),
+            deletes = deletes.len(),
+            remaining,
+            "migration catch-up drained"
+        );
         Ok(doc! {
             "docs": docs,
             "deletes": deletes,
@@ -528,7 +535,7 @@ mod tests {
         inner: MemKv,
         armed: std::sync::atomic::AtomicBool,
         gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-        entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+        entered: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     }
 
     impl Kv for StallingKv {
@@ -586,8 +593,9 @@ mod tests {
         start.extend(doc! {"key": {"k": 1}, "min": {"k": 0}, "max": {"k": 30}});
         ok(&donor.execute("admin", &start));
         // The clone has read the range (one document) before the write below lands.
-        let (release, gate) = mpsc::channel();
-        let (entered_tx, entered) = mpsc::channel();
+        // Each channel carries one message.
+        let (release, gate) = mpsc::sync_channel(1);
+        let (entered_tx, entered) = mpsc::sync_channel(1);
         *kv.gate.lock().unwrap() = Some(gate);
         *kv.entered.lock().unwrap() = Some(entered_tx);
         kv.armed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -601,7 +609,7 @@ mod tests {
             })
         };
         entered.recv_timeout(Duration::from_secs(10)).unwrap();
-        let (mods_tx, mods_rx) = mpsc::channel();
+        let (mods_tx, mods_rx) = mpsc::sync_channel(1);
         let drainer = {
             let donor = Arc::clone(&donor);
             std::thread::spawn(move || {
