@@ -60,7 +60,12 @@ struct Counters {
 
 /// Executes MongoDB commands against local storage.
 pub struct Engine {
+    /// What commands read and write through.
     pub(crate) kv: Arc<dyn Kv>,
+    /// The storage with migration tracking in front of it, where writes land: the same as `kv`
+    /// unless a layer above captures the engine's writes and commits them itself
+    /// ([`Engine::with_captured_writes`]).
+    tracked: Arc<dyn Kv>,
     writer: Mutex<()>,
     pub(crate) cursors: Mutex<CursorTable>,
     counters: Counters,
@@ -111,13 +116,29 @@ impl Engine {
     /// An engine over any storage. Reads the catalog once so that a corrupt catalog is found at
     /// startup rather than by the first client.
     pub fn with_kv(kv: Arc<dyn Kv>) -> Result<Engine, StoreError> {
-        let collections = catalog::list_all(&Direct(kv.as_ref()))?;
+        Engine::with_captured_writes(kv, |tracked| tracked)
+    }
+
+    /// An engine whose writes a layer above captures and commits itself (replication writes an
+    /// applied entry's changes in one batch with its bookkeeping). `capture` builds that layer
+    /// over the tracked storage; the layer must commit what it captured through
+    /// [`Engine::tracked_storage`], so that a migration's change tracking notes each write in
+    /// the same step as it lands in storage. Noting a write when the engine makes it, and letting
+    /// it land later, opens a window in which the catch-up reads the document before it exists
+    /// and sends it as deleted (see `tracking.rs`).
+    pub fn with_captured_writes(
+        storage: Arc<dyn Kv>,
+        capture: impl FnOnce(Arc<dyn Kv>) -> Arc<dyn Kv>,
+    ) -> Result<Engine, StoreError> {
+        let collections = catalog::list_all(&Direct(storage.as_ref()))?;
         tracing::info!(collections = collections.len(), "document engine opened");
         let trackers = Arc::new(Trackers::default());
-        let kv: Arc<dyn Kv> = Arc::new(TrackingKv::new(kv, Arc::clone(&trackers)));
+        let tracked: Arc<dyn Kv> = Arc::new(TrackingKv::new(storage, Arc::clone(&trackers)));
+        let kv = capture(Arc::clone(&tracked));
         Ok(Engine {
             trackers,
             kv,
+            tracked,
             writer: Mutex::new(()),
             cursors: Mutex::new(CursorTable::default()),
             counters: Counters::default(),
@@ -127,6 +148,12 @@ impl Engine {
     /// The storage underneath (for snapshots and tests).
     pub fn kv(&self) -> &Arc<dyn Kv> {
         &self.kv
+    }
+
+    /// The storage below any capturing layer, with migration tracking in front of it: where a
+    /// layer built by [`Engine::with_captured_writes`] commits the writes it captured.
+    pub fn tracked_storage(&self) -> &Arc<dyn Kv> {
+        &self.tracked
     }
 
     /// Runs one command (first key = command name) against database `db` and returns the full

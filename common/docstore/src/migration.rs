@@ -330,6 +330,13 @@ impl Engine {
                 }
             });
         }
+        tracing::debug!(
+            ns = %ns,
+            docs = docs.len(),
+            deletes = deletes.len(),
+            remaining,
+            "migration catch-up drained"
+        );
         Ok(doc! {
             "docs": docs,
             "deletes": deletes,
@@ -586,6 +593,7 @@ mod tests {
         start.extend(doc! {"key": {"k": 1}, "min": {"k": 0}, "max": {"k": 30}});
         ok(&donor.execute("admin", &start));
         // The clone has read the range (one document) before the write below lands.
+        // Each channel carries one message.
         let (release, gate) = mpsc::sync_channel(1);
         let (entered_tx, entered) = mpsc::sync_channel(1);
         *kv.gate.lock().unwrap() = Some(gate);

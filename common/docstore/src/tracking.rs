@@ -6,10 +6,14 @@
 //! engine's storage is wrapped in a [`TrackingKv`] that, while a migration of a collection is
 //! registered, looks at every committed document write of that collection and records the `_id`
 //! of each document whose shard key lies in the range (for deletes, read from the pre-image).
-//! Only the donor's primary registers a tracker; writes are recorded when they are applied, under
-//! the same lock as the catch-up's drain, so a write is either in the clone's scan, in the
-//! tracker, or both, never in neither. A failover
-//! loses the tracker, and the migration then aborts and starts again.
+//! Only the donor's primary registers a tracker; writes are recorded in the same step as they
+//! land in storage, under the same lock as the catch-up's drain, so a write is either in the
+//! clone's scan, in the tracker, or both, never in neither. Under replication the engine's
+//! writes are captured and committed later with the log entry's bookkeeping, so the tracking
+//! layer sits below the capture ([`crate::Engine::with_captured_writes`]): noting a write when
+//! the engine made it let a drain read the document before it existed, send it as deleted, and
+//! the donor's range deletion then removed the only copy. A failover loses the tracker, and the
+//! migration then aborts and starts again.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -33,7 +33,7 @@ use bson::{Bson, Document, doc};
 use shoal_common::{CommandError, ErrorCode};
 use shoal_docstore::{Engine, Kv, RocksKv};
 use shoal_node::info;
-use shoal_repl::{DeferringKv, ReplOptions, ReplicaSet};
+use shoal_repl::{ReplOptions, ReplicaSet, replicated_engine};
 use shoal_rpc::{RpcClient, RpcHandler, RpcServer, certs::TlsPaths};
 use shoal_wire::{CommandHandler, RequestContext};
 use tracing::Instrument;
@@ -496,7 +496,7 @@ pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> 
     );
     let storage: Arc<dyn Kv> = Arc::clone(&rocks) as Arc<dyn Kv>;
     let engine = Arc::new(
-        Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&storage))))
+        replicated_engine(Arc::clone(&storage))
             .map_err(|e| anyhow::anyhow!("opening the document store: {e}"))?,
     );
     let rpc = RpcClient::new(&config.tls).map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;

@@ -307,13 +307,12 @@ impl ReplicaSet {
 mod tests {
     use bson::doc;
     use openraft::{RaftLogReader, RaftSnapshotBuilder, storage::RaftLogStorage};
-    use shoal_docstore::{Engine, MemKv};
+    use shoal_docstore::MemKv;
 
     use super::*;
     use crate::{
-        DeferringKv,
         log_store::{LogStore, read_incarnation},
-        node_id_for,
+        node_id_for, replicated_engine,
     };
 
     fn log_id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
@@ -361,8 +360,7 @@ mod tests {
     #[tokio::test]
     async fn the_new_incarnation_starts_after_the_kept_data() {
         let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
-        let engine =
-            Arc::new(Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).unwrap());
+        let engine = Arc::new(replicated_engine(Arc::clone(&kv)).unwrap());
         let me = node_id_for("127.0.0.1:3");
         let machine = StateMachine::new(Arc::clone(&engine), Arc::clone(&kv), me);
         // An applied entry at 7 and an unapplied one at 8, both of term 3, and a vote in term 5.

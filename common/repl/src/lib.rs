@@ -30,5 +30,5 @@ pub use concern::WriteConcern;
 pub use config::ReplConfig;
 pub use network::{Incarnation, Partition};
 pub use set::{ReplOptions, ReplicaSet};
-pub use state_machine::DeferringKv;
+pub use state_machine::{DeferringKv, replicated_engine};
 pub use types::{MemberNode, NodeId, node_id_for};

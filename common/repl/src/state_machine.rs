@@ -5,7 +5,8 @@
 //! entry's clock and ObjectId seed (so every member computes the same documents), captures the
 //! engine's storage writes instead of letting them through ([`DeferringKv`]), and writes them
 //! together with the new last-applied position and the retryable-write session record as one
-//! batch. A crash therefore never leaves half an entry applied, and an entry is never applied
+//! batch, through the engine's tracked storage (where a donor's migration notes them as they
+//! land; see [`replicated_engine`]). A crash therefore never leaves half an entry applied, and an entry is never applied
 //! twice.
 //!
 //! Retryable writes: a proposal carrying a session statement whose result is already recorded
@@ -126,6 +127,14 @@ impl Kv for DeferringKv {
     }
 }
 
+/// The engine of a replica-set member over its storage: commands write through a
+/// [`DeferringKv`], and applies commit what it held back through the engine's tracked storage
+/// (a migration's change tracking must see each write when it lands, not when the engine makes
+/// it; see `shoal_docstore::Engine::with_captured_writes`).
+pub fn replicated_engine(storage: Arc<dyn Kv>) -> Result<Engine, StoreError> {
+    Engine::with_captured_writes(storage, |tracked| Arc::new(DeferringKv::new(tracked)))
+}
+
 /// Runs `f` with this thread's engine writes captured; returns its result and the writes.
 fn capture_writes<T>(f: impl FnOnce() -> T) -> (T, Vec<WriteOp>) {
     struct Reset;
@@ -184,7 +193,7 @@ impl std::fmt::Debug for StateMachine {
 }
 
 impl StateMachine {
-    /// A state machine applying to `engine`, whose storage must be a [`DeferringKv`] over `kv`.
+    /// A state machine applying to `engine`, built over `kv` by [`replicated_engine`].
     pub fn new(engine: Arc<Engine>, kv: Arc<dyn Kv>, me: NodeId) -> StateMachine {
         StateMachine {
             engine,
@@ -315,10 +324,20 @@ impl StateMachine {
             APPLIED_KEY.to_vec(),
             serde_json::to_vec(&Some(log_id)).map_err(io_error)?,
         );
+        self.commit_applied(batch)?;
+        Ok(applied)
+    }
+
+    /// Writes an applied entry's batch (the engine's held-back writes and the bookkeeping)
+    /// through the engine's tracked storage, so a migration of the donor notes the documents in
+    /// the same step as they become readable.
+    fn commit_applied(&self, batch: WriteBatch) -> io::Result<()> {
         // Not synced: the entry is already durable in the log (same write-ahead log), and a
         // crash before the next sync re-applies it from there.
-        self.kv.write(batch, false).map_err(io_error)?;
-        Ok(applied)
+        self.engine
+            .tracked_storage()
+            .write(batch, false)
+            .map_err(io_error)
     }
 
     fn apply_proposal(
@@ -736,7 +755,7 @@ mod tests {
     #[test]
     fn a_recorded_reply_answers_only_the_same_statements() {
         let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
-        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).unwrap();
+        let engine = replicated_engine(Arc::clone(&kv)).unwrap();
         let machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
         let statement = |stmts| SessionStatement {
             lsid: vec![3; 16],
@@ -761,10 +780,64 @@ mod tests {
         assert_eq!(other, None);
     }
 
+    /// The ids a migration's recipient holds after applying `drains` (each a
+    /// `_shoalMigrateMods` reply) in order.
+    fn recipient_after(drains: &[Document]) -> std::collections::BTreeSet<i32> {
+        let mut held = std::collections::BTreeSet::new();
+        for mods in drains {
+            assert_eq!(mods.get_f64("ok").ok(), Some(1.0), "{mods}");
+            for doc in mods.get_array("docs").unwrap() {
+                held.insert(doc.as_document().unwrap().get_i32("_id").unwrap());
+            }
+            for id in mods.get_array("deletes").unwrap() {
+                held.remove(&id.as_i32().unwrap());
+            }
+        }
+        held
+    }
+
+    /// A catch-up drain on the donor's primary can run while an entry is being applied: after
+    /// the engine executed it, before the apply commits the held-back writes. The documents of
+    /// that entry must reach the recipient. When the tracker noted them as the engine made them,
+    /// this drain found them not yet in storage and sent them as deleted, no later drain sent
+    /// them, and the donor's range deletion then removed the only copy (the restore that lost
+    /// one shard's half of an insert batch).
+    #[test]
+    fn a_drain_during_an_apply_still_sends_the_applied_documents() {
+        let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
+        let engine = Arc::new(replicated_engine(Arc::clone(&kv)).unwrap());
+        let machine = StateMachine::new(Arc::clone(&engine), Arc::clone(&kv), 1);
+        let created = engine.execute("db", &doc! {"create": "c"});
+        assert_eq!(created.get_f64("ok").ok(), Some(1.0), "{created}");
+        let started = engine.execute(
+            "admin",
+            &doc! {"_shoalMigrateStart": "db.c", "key": {"k": 1}, "min": {"k": 0}, "max": {"k": 500}},
+        );
+        assert_eq!(started.get_f64("ok").ok(), Some(1.0), "{started}");
+        let insert = doc! {"insert": "c", "documents": [{"_id": 1, "k": 1}, {"_id": 2, "k": 2}]};
+        let proposal = Proposal {
+            db: "db".to_owned(),
+            command: bson::to_vec(&insert).unwrap(),
+            now_millis: 0,
+            session: None,
+        };
+        let mut batch = WriteBatch::new();
+        let reply = machine.apply_proposal(1, &proposal, &mut batch).unwrap();
+        assert_eq!(reply.get_i32("n").ok(), Some(2), "{reply}");
+        let during = engine.execute("admin", &doc! {"_shoalMigrateMods": "db.c"});
+        machine.commit_applied(batch).unwrap();
+        let after = engine.execute("admin", &doc! {"_shoalMigrateMods": "db.c"});
+        assert_eq!(
+            recipient_after(&[during.clone(), after.clone()]),
+            [1, 2].into_iter().collect(),
+            "drained during the apply: {during}; after it: {after}"
+        );
+    }
+
     #[test]
     fn expired_session_records_are_swept() {
         let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
-        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).unwrap();
+        let engine = replicated_engine(Arc::clone(&kv)).unwrap();
         let machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
         let now = 10 * SESSION_TIMEOUT_MILLIS;
         let mut seed = WriteBatch::new();

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use openraft::{StorageError, testing::log::StoreBuilder};
-use shoal_docstore::{Engine, Kv, MemKv};
+use shoal_docstore::{Kv, MemKv};
 use shoal_repl::{
-    DeferringKv, log_store::LogStore, state_machine::StateMachine, types::TypeConfig,
+    log_store::LogStore, replicated_engine, state_machine::StateMachine, types::TypeConfig,
 };
 
 struct MemBuilder;
@@ -16,7 +16,7 @@ struct MemBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
         let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
-        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).map_err(|e| {
+        let engine = replicated_engine(Arc::clone(&kv)).map_err(|e| {
             StorageError::from_io_error(
                 openraft::ErrorSubject::Store,
                 openraft::ErrorVerb::Read,
