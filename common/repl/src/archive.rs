@@ -22,14 +22,14 @@ use openraft::{
     EntryPayload,
     alias::{EntryOf, LogIdOf, VoteOf},
 };
-use shoal_docstore::{Engine, Kv, Space, WriteBatch};
+use shoal_docstore::{Kv, Space, WriteBatch};
 
 use crate::{
     config::ReplConfig,
     force::rebuilt_state,
     log_store::{LogStore, VOTE_KEY, index_key, read_incarnation},
     network::Incarnation,
-    state_machine::{APPLIED_KEY, DeferringKv, StateMachine},
+    state_machine::{APPLIED_KEY, StateMachine, replicated_engine},
     types::{MemberNode, TypeConfig, node_id_for},
 };
 
@@ -224,7 +224,7 @@ pub fn replay_and_rebuild(
     }
     kv.write(batch, true).map_err(io_error)?;
     let me = node_id_for(host);
-    let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&kv)))).map_err(io_error)?;
+    let engine = replicated_engine(Arc::clone(&kv)).map_err(io_error)?;
     let state_machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), me);
     let applied = state_machine.apply_log_tail()?.ok_or_else(|| {
         io_error("the checkpoint has applied nothing; there is no set to restore")
@@ -261,7 +261,7 @@ pub fn replay_and_rebuild(
 #[cfg(test)]
 mod tests {
     use bson::doc;
-    use shoal_docstore::MemKv;
+    use shoal_docstore::{Engine, MemKv};
 
     use super::*;
     use crate::types::Proposal;
@@ -293,7 +293,7 @@ mod tests {
             );
         }
         live.write(log, true).unwrap();
-        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&live)))).unwrap();
+        let engine = replicated_engine(Arc::clone(&live)).unwrap();
         let machine = StateMachine::new(Arc::new(engine), Arc::clone(&live), 1);
         machine.apply_log_tail().unwrap();
         let page = read_applied(live.as_ref(), 2, 2, usize::MAX).unwrap();
@@ -319,7 +319,7 @@ mod tests {
             );
         }
         restored.write(log, true).unwrap();
-        let engine = Engine::with_kv(Arc::new(DeferringKv::new(Arc::clone(&restored)))).unwrap();
+        let engine = replicated_engine(Arc::clone(&restored)).unwrap();
         StateMachine::new(Arc::new(engine), Arc::clone(&restored), 1)
             .apply_log_tail()
             .unwrap();
