@@ -56,6 +56,8 @@ const PROGRESS_FILE: &str = "progress.json";
 pub const PAGES_PER_ROUND_MAX: usize = 64;
 /// Segments one set's archive may hold (a listing larger than this is refused rather than read).
 pub const SEGMENTS_PER_SET_MAX: usize = 10_000_000;
+/// Members of one set probed with `hello` to find its primary.
+const MEMBERS_PROBED_MAX: usize = 50;
 /// How long one `_shoalOplogRead` may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -301,7 +303,7 @@ pub async fn run(options: &ArchiveOptions) -> anyhow::Result<()> {
 async fn find_primary(target: &SetTarget) -> anyhow::Result<String> {
     let mut hosts = target.seeds.clone();
     let mut probed = 0;
-    while probed < hosts.len() && probed < 50 {
+    while probed < hosts.len() && probed < MEMBERS_PROBED_MAX {
         let host = hosts[probed].clone();
         probed += 1;
         let Ok(reply) = hello(&host).await else {

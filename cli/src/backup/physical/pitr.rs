@@ -32,9 +32,8 @@ use super::{
     archive::SetArchive,
     manifest::{Manifest, SetBackup, SetRole},
     progress::Reporter,
-    restore::{RESTORED_FROM_FILE, RestoreSummary, restore_set},
+    restore::{RESTORED_FROM_FILE, RestoreSummary, check_restorable, restore_set},
     store::Store,
-    verify::{Verifier, report_lines},
 };
 
 /// Archived bytes one set may replay (they are held in memory while the restore is checked).
@@ -66,24 +65,7 @@ struct SetPlan {
 pub fn run(options: &PitrOptions, reporter: Reporter) -> anyhow::Result<RestoreSummary> {
     let store = Store::open(&options.store)?;
     let manifest = choose_backup(&store, options)?;
-    for set in &manifest.sets {
-        anyhow::ensure!(
-            !options.out.join(&set.name).exists(),
-            "refusing to restore: {} already exists",
-            options.out.join(&set.name).display()
-        );
-    }
-    let mut verifier = Verifier::new(&store, reporter);
-    verifier.verify_manifest(&manifest);
-    let report = verifier.finish();
-    if !report.is_ok() {
-        let lines = report_lines(&report).join("\n");
-        anyhow::bail!(
-            "refusing to restore backup {}: it does not verify; nothing was written to {}\n{lines}",
-            manifest.id,
-            options.out.display()
-        );
-    }
+    check_restorable(&store, &manifest, &options.out, reporter)?;
     let mut plans = Vec::new();
     for set in &manifest.sets {
         plans.push(plan_set(&store, &manifest, set, options)?);

@@ -46,24 +46,7 @@ pub fn run(
 ) -> anyhow::Result<RestoreSummary> {
     let store = Store::open(store_dir)?;
     let manifest = store.read_manifest(id)?;
-    for set in &manifest.sets {
-        let target = out.join(&set.name);
-        anyhow::ensure!(
-            !target.exists(),
-            "refusing to restore backup {id}: {} already exists",
-            target.display()
-        );
-    }
-    let mut verifier = Verifier::new(&store, reporter);
-    verifier.verify_manifest(&manifest);
-    let report = verifier.finish();
-    if !report.is_ok() {
-        let lines = report_lines(&report).join("\n");
-        anyhow::bail!(
-            "refusing to restore backup {id}: it does not verify; nothing was written to {}\n{lines}",
-            out.display()
-        );
-    }
+    check_restorable(&store, &manifest, out, reporter)?;
     let mut summary = RestoreSummary::default();
     for set in &manifest.sets {
         let target = restore_set(&store, &manifest, set, out, reporter, &|_| Ok(()))
@@ -73,6 +56,36 @@ pub fn run(
         summary.bytes += set.bytes();
     }
     Ok(summary)
+}
+
+/// Refuses a restore of `manifest` into `out` when a set directory exists there or the backup
+/// does not verify; nothing is written either way.
+pub(super) fn check_restorable(
+    store: &Store,
+    manifest: &Manifest,
+    out: &Path,
+    reporter: Reporter,
+) -> anyhow::Result<()> {
+    let id = &manifest.id;
+    for set in &manifest.sets {
+        let target = out.join(&set.name);
+        anyhow::ensure!(
+            !target.exists(),
+            "refusing to restore backup {id}: {} already exists",
+            target.display()
+        );
+    }
+    let mut verifier = Verifier::new(store, reporter);
+    verifier.verify_manifest(manifest);
+    let report = verifier.finish();
+    if !report.is_ok() {
+        let lines = report_lines(&report).join("\n");
+        anyhow::bail!(
+            "refusing to restore backup {id}: it does not verify; nothing was written to {}\n{lines}",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes one set into `<out>/.<set>.partial`, runs `prepare` on that directory (a
