@@ -222,6 +222,15 @@ impl ReplCluster {
         self.ports(set)[j]
     }
 
+    /// The data directory (`--dir`) of member `j` of `set`.
+    pub fn member_dir(&self, set: Set, j: usize) -> std::path::PathBuf {
+        let name = match set.shard_index() {
+            None => format!("config{j}"),
+            Some(i) => format!("shard{i}-{j}"),
+        };
+        self.dir.path().join("data").join(name)
+    }
+
     /// `127.0.0.1:PORT` of member `j`.
     pub fn host(&self, set: Set, j: usize) -> String {
         format!("127.0.0.1:{}", self.port(set, j))

@@ -148,7 +148,48 @@ pub trait Kv: Send + Sync + 'static {
     /// Applies every operation of `batch` atomically; with `sync`, durably (fsync of the log)
     /// before returning.
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError>;
+
+    /// Visits every pair of `ranges` (each `[start, end)` of one space, ascending) as of one
+    /// instant, however long the visit takes: a Raft snapshot of a large data set is read while
+    /// writes go on. `frozen` is called once that instant is fixed, before the first visit, so a
+    /// caller holding a lock to keep writers out can release it there.
+    ///
+    /// This default is consistent only while the caller keeps writers out: it calls `frozen`
+    /// after the visit. Stores with point-in-time reads (RocksDB) override it.
+    fn visit_consistent(
+        &self,
+        ranges: &[KvRange],
+        frozen: &mut dyn FnMut(),
+        visit: &mut PairVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        for (space, start, end) in ranges {
+            let mut from = start.clone();
+            loop {
+                let page = self.scan(*space, &from, end, VISIT_PAGE_PAIRS)?;
+                for (key, value) in &page {
+                    visit(*space, key, value)?;
+                }
+                match page.last() {
+                    Some((key, _)) if page.len() == VISIT_PAGE_PAIRS => {
+                        from = key_successor(key);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        frozen();
+        Ok(())
+    }
 }
+
+/// What [`Kv::visit_consistent`] calls with each pair; an error stops the visit.
+pub type PairVisitor<'a> = dyn FnMut(Space, &[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
+/// One key range of one space, `[start, end)`, for [`Kv::visit_consistent`].
+pub type KvRange = (Space, Vec<u8>, Vec<u8>);
+
+/// Pairs the default [`Kv::visit_consistent`] reads per scan.
+const VISIT_PAGE_PAIRS: usize = 4096;
 
 /// In-memory [`Kv`]: one `BTreeMap` per space under a mutex. `sync` is a no-op; durability
 /// across an engine "restart" comes from reopening an `Engine` over the same `Arc<MemKv>`.

@@ -48,7 +48,9 @@ pub use engine::{Engine, EngineStats, GENERIC_FIELDS};
 pub use error::StoreError;
 pub use index::{INDEX_KEYS_PER_DOCUMENT_MAX, INDEXES_PER_COLLECTION_MAX};
 pub use index_ddl::INDEX_BUILD_BYTES_MAX;
-pub use kv::{Kv, KvPair, MemKv, Space, WriteBatch, WriteOp, key_successor, prefix_end};
+pub use kv::{
+    Kv, KvPair, KvRange, MemKv, PairVisitor, Space, WriteBatch, WriteOp, key_successor, prefix_end,
+};
 pub use matching::MATERIALIZE_BYTES_MAX;
 pub use plan::PLAN_RANGES_MAX;
 pub use read::{BATCH_BYTES_MAX, DISTINCT_BYTES_MAX, FIRST_BATCH_DOCS_DEFAULT};

@@ -26,7 +26,7 @@ use shoal_common::chunks::ShardKeyPattern;
 use crate::{
     error::StoreError,
     keys::decode_document,
-    kv::{Kv, KvPair, Space, WriteBatch, WriteOp},
+    kv::{Kv, KvPair, KvRange, PairVisitor, Space, WriteBatch, WriteOp},
     sharding::KeyRange,
 };
 
@@ -202,5 +202,14 @@ impl Kv for TrackingKv {
         // Observed before it is written, so deletes still find their pre-images.
         self.trackers
             .observe_and_write(self.inner.as_ref(), batch, sync)
+    }
+
+    fn visit_consistent(
+        &self,
+        ranges: &[KvRange],
+        frozen: &mut dyn FnMut(),
+        visit: &mut PairVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        self.inner.visit_consistent(ranges, frozen, visit)
     }
 }

@@ -21,7 +21,7 @@ use bson::{Bson, Document, doc};
 use openraft::{EntryPayload, alias::EntryOf, alias::LogIdOf};
 use shoal_common::{CommandError, ErrorCode};
 use shoal_docstore::{CheckpointFile, Kv, RocksKv, Space, StoreError};
-use shoal_repl::types::TypeConfig;
+use shoal_repl::{state_machine::INSTALLING_KEY, types::TypeConfig};
 
 /// The directory of the RocksDB database inside a member's data directory. A restored backup
 /// puts the checkpoint's files there, so the member opens them as its own.
@@ -43,6 +43,10 @@ static CHECKPOINTS_MADE: AtomicU64 = AtomicU64::new(0);
 /// Why a checkpoint could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The member was installing a snapshot: the checkpoint caught its documents half replaced
+    /// (and was removed). Another member, or this one a little later, can make one.
+    #[error("the member is installing a snapshot; ask another member or retry")]
+    Installing,
     /// `dir` is not an absolute path (a relative one would depend on the server's working
     /// directory).
     #[error("dir must be an absolute path, got {0:?}")]
@@ -74,6 +78,7 @@ impl From<CheckpointError> for CommandError {
             CheckpointError::Prepare { .. } => ErrorCode::OPERATION_FAILED,
             CheckpointError::Storage(_) => ErrorCode::UNKNOWN_ERROR,
             CheckpointError::CorruptApplied(_) => ErrorCode::INTERNAL_ERROR,
+            CheckpointError::Installing => ErrorCode::NOT_PRIMARY_OR_SECONDARY,
         };
         CommandError::new(code, error.to_string())
     }
@@ -166,6 +171,13 @@ pub fn create(storage: &RocksKv, dir: &Path) -> Result<Checkpoint, CheckpointErr
     }
     let files = storage.checkpoint(dir)?;
     let copy = RocksKv::open_read_only(dir)?;
+    if copy.get(Space::RaftMeta, INSTALLING_KEY)?.is_some() {
+        drop(copy);
+        if let Err(error) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), %error, "removing a refused checkpoint");
+        }
+        return Err(CheckpointError::Installing);
+    }
     let applied = applied_position(&copy)?;
     let entry_time = last_write_time(&copy, applied.index);
     drop(copy);

@@ -503,6 +503,7 @@ pub async fn run_member(config: MemberConfig, extension: Arc<dyn Extension>) -> 
     let repl = ReplicaSet::open(
         Arc::clone(&engine),
         storage,
+        &config.dir.join(shoal_repl::snapshot::SNAPSHOTS_SUBDIR),
         &config.bind.to_string(),
         &config.replset,
         rpc.clone(),

@@ -225,7 +225,7 @@ pub fn replay_and_rebuild(
     kv.write(batch, true).map_err(io_error)?;
     let me = node_id_for(host);
     let engine = replicated_engine(Arc::clone(&kv)).map_err(io_error)?;
-    let state_machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), me);
+    let state_machine = StateMachine::replay_only(Arc::new(engine), Arc::clone(&kv), me);
     let applied = state_machine.apply_log_tail()?.ok_or_else(|| {
         io_error("the checkpoint has applied nothing; there is no set to restore")
     })?;
@@ -294,7 +294,7 @@ mod tests {
         }
         live.write(log, true).unwrap();
         let engine = replicated_engine(Arc::clone(&live)).unwrap();
-        let machine = StateMachine::new(Arc::new(engine), Arc::clone(&live), 1);
+        let machine = StateMachine::replay_only(Arc::new(engine), Arc::clone(&live), 1);
         machine.apply_log_tail().unwrap();
         let page = read_applied(live.as_ref(), 2, 2, usize::MAX).unwrap();
         assert_eq!(page.applied, 5);
@@ -320,7 +320,7 @@ mod tests {
         }
         restored.write(log, true).unwrap();
         let engine = replicated_engine(Arc::clone(&restored)).unwrap();
-        StateMachine::new(Arc::new(engine), Arc::clone(&restored), 1)
+        StateMachine::replay_only(Arc::new(engine), Arc::clone(&restored), 1)
             .apply_log_tail()
             .unwrap();
         let mut stray = WriteBatch::new();

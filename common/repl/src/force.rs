@@ -240,6 +240,8 @@ impl ReplicaSet {
             let kv = Arc::clone(&self.kv);
             let (me, new, previous) = (self.me, new.clone(), self.incarnation.get());
             tokio::task::spawn_blocking(move || {
+                // The old incarnation's snapshots carry its membership: none may serve the new.
+                successor.remove_snapshots()?;
                 prepare_new_incarnation(&successor, kv.as_ref(), me, &new, previous)
             })
             .await
@@ -362,7 +364,9 @@ mod tests {
         let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
         let engine = Arc::new(replicated_engine(Arc::clone(&kv)).unwrap());
         let me = node_id_for("127.0.0.1:3");
-        let machine = StateMachine::new(Arc::clone(&engine), Arc::clone(&kv), me);
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Arc::new(crate::snapshot::SnapshotStore::open(dir.path()).unwrap());
+        let machine = StateMachine::new(Arc::clone(&engine), Arc::clone(&kv), me, snapshots);
         // An applied entry at 7 and an unapplied one at 8, both of term 3, and a vote in term 5.
         let mut log = LogStore::new(Arc::clone(&kv));
         let mut seed = WriteBatch::new();
@@ -393,6 +397,7 @@ mod tests {
         );
         kv.write(seed, true).unwrap();
         let successor = machine.successor();
+        successor.remove_snapshots().unwrap();
         let previous = Some(Incarnation::first());
         let (incarnation, kept) = prepare_new_incarnation(
             &successor,

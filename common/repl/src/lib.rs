@@ -22,6 +22,7 @@ pub mod force;
 pub mod log_store;
 pub mod network;
 pub mod set;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 

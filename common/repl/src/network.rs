@@ -37,11 +37,17 @@ use openraft::{
 use shoal_common::ErrorCode;
 use shoal_rpc::RpcClient;
 
-use crate::types::{MemberNode, NodeId, TypeConfig};
+use crate::{
+    snapshot::{SNAPSHOT_CHUNK_BYTES, SnapshotFile},
+    types::{MemberNode, NodeId, TypeConfig},
+};
 
 /// The longest one Raft message may take before the sender treats the peer as unreachable
 /// (openraft passes its own, shorter, deadline for heartbeats and votes).
 pub const RAFT_CALL_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+/// How long the last chunk of a snapshot may wait for the member to install it (it reads and
+/// writes the whole data set: about ten seconds per GB on a modest disk).
+pub const SNAPSHOT_INSTALL_CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Peers whose Raft messages this member drops (fault injection for tests).
 #[derive(Debug, Default)]
@@ -328,7 +334,6 @@ impl PeerClient {
         if let Some((key, value)) = extra {
             request.insert(key, value);
         }
-        let timeout = timeout.min(RAFT_CALL_TIMEOUT_MAX);
         let reply = self
             .network
             .rpc
@@ -357,7 +362,12 @@ impl PeerClient {
         let body =
             serde_json::to_string(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let reply = self
-            .call(kind, body, None, option.hard_ttl())
+            .call(
+                kind,
+                body,
+                None,
+                option.hard_ttl().min(RAFT_CALL_TIMEOUT_MAX),
+            )
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         decode_body(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))
@@ -372,7 +382,7 @@ fn decode_body<T: serde::de::DeserializeOwned>(reply: &Document) -> Result<T, Tr
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
 
     async fn append_entries(
         &mut self,
@@ -406,25 +416,113 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.exchange("transferLeader", &req, &option).await
     }
 
+    /// Streams the snapshot file in chunks of [`SNAPSHOT_CHUNK_BYTES`]; the member answers the
+    /// last one after installing it. The file is opened once, so a newer snapshot replacing it
+    /// meanwhile does not cut the stream.
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
-        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let header = serde_json::to_string(&(vote, &snapshot.meta))
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-        let data = Bson::Binary(Binary {
-            subtype: BinarySubtype::Generic,
-            bytes: snapshot.snapshot,
-        });
-        let reply = self
-            .call("snapshot", header, Some(("data", data)), option.hard_ttl())
-            .await
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-        decode_body(&reply).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+        let last = snapshot.meta.last_log_id;
+        let started = std::time::Instant::now();
+        tracing::info!(to = %self.host, ?last, "sending a snapshot");
+        let sent = self.stream_snapshot(vote, snapshot, cancel, option).await;
+        match &sent {
+            Ok(_) => {
+                tracing::info!(to = %self.host, ?last, millis = started.elapsed().as_millis() as u64, "snapshot sent and installed");
+            }
+            Err(error) => {
+                tracing::warn!(to = %self.host, ?last, %error, "sending a snapshot failed; it will be sent again");
+            }
+        }
+        sent
     }
+}
+
+impl PeerClient {
+    async fn stream_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let unreachable =
+            |error: String| StreamingError::Unreachable(Unreachable::new(&TransportError(error)));
+        let path = snapshot.snapshot.path().to_path_buf();
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| unreachable(format!("opening snapshot {}: {e}", path.display())))?;
+        let total = file
+            .metadata()
+            .await
+            .map_err(|e| unreachable(format!("reading snapshot {}: {e}", path.display())))?
+            .len();
+        let header = serde_json::to_string(&(vote, &snapshot.meta))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut cancel = std::pin::pin!(cancel);
+        let mut buffer = vec![0; SNAPSHOT_CHUNK_BYTES];
+        let mut offset = 0u64;
+        loop {
+            let filled = read_up_to(&mut file, &mut buffer)
+                .await
+                .map_err(|e| unreachable(format!("reading snapshot {}: {e}", path.display())))?;
+            let end = offset + filled as u64;
+            if filled == 0 && end < total {
+                return Err(unreachable(format!(
+                    "snapshot {} ended at {end} of {total} bytes",
+                    path.display()
+                )));
+            }
+            let last = end >= total;
+            let chunk = doc! {
+                "offset": offset as i64,
+                "total": total as i64,
+                "data": Bson::Binary(Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes: buffer[..filled].to_vec(),
+                }),
+            };
+            // The last chunk's answer waits for the install (reading and writing the whole
+            // data set); the others only for a write to disk.
+            let timeout = if last {
+                SNAPSHOT_INSTALL_CALL_TIMEOUT
+            } else {
+                option.hard_ttl().min(RAFT_CALL_TIMEOUT_MAX)
+            };
+            let call = self.call(
+                "snapshotChunk",
+                header.clone(),
+                Some(("chunk", Bson::Document(chunk))),
+                timeout,
+            );
+            let reply = tokio::select! {
+                reply = call => reply.map_err(|e| unreachable(e.to_string()))?,
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            };
+            if last {
+                return decode_body(&reply).map_err(|e| unreachable(e.to_string()));
+            }
+            offset = end;
+        }
+    }
+}
+
+/// Fills `buffer` from `file` unless the file ends first; returns the bytes read.
+async fn read_up_to(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt as _;
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let read = file.read(&mut buffer[filled..]).await?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use crate::{
         Incarnation, IncarnationCell, IncarnationVerdict, Network, Partition, REFUSAL_CODE,
         REFUSAL_INCARNATION_FIELD, incarnation_verdict,
     },
+    snapshot::SnapshotFile,
     state_machine::StateMachine,
     types::{Applied, MemberNode, NodeId, Proposal, TypeConfig, node_id_for},
 };
@@ -219,10 +220,12 @@ pub(crate) async fn start_raft(
 
 impl ReplicaSet {
     /// Opens replication for the member at `host` over its storage `kv` (the same storage the
-    /// engine writes through a [`crate::DeferringKv`]).
+    /// engine writes through a [`crate::DeferringKv`]), with its Raft snapshots in
+    /// `snapshot_dir`.
     pub async fn open(
         engine: Arc<Engine>,
         kv: Arc<dyn Kv>,
+        snapshot_dir: &std::path::Path,
         host: &str,
         set_name: &str,
         rpc: RpcClient,
@@ -255,7 +258,13 @@ impl ReplicaSet {
             Arc::clone(&partition),
             Arc::clone(&incarnation),
         );
-        let state_machine = StateMachine::new(engine, Arc::clone(&kv), me);
+        let snapshots = crate::snapshot::SnapshotStore::open(snapshot_dir).map_err(|e| {
+            format!(
+                "opening the snapshot directory {}: {e}",
+                snapshot_dir.display()
+            )
+        })?;
+        let state_machine = StateMachine::new(engine, Arc::clone(&kv), me, Arc::new(snapshots));
         let raft = start_raft(
             me,
             &raft_config,
@@ -387,7 +396,9 @@ impl ReplicaSet {
     /// Whether this member may serve reads that accept a secondary.
     pub fn can_serve_reads(&self) -> bool {
         let metrics = self.metrics();
-        !self.is_removed()
+        // A snapshot install replaces the data in several batches: nothing may read it halfway.
+        !self.state_machine().is_installing()
+            && !self.is_removed()
             && metrics
                 .membership_config
                 .membership()
@@ -523,23 +534,11 @@ impl ReplicaSet {
                     .map_err(|e| fatal(e.to_string()))?;
                 serde_json::to_string(&response)
             }
-            "snapshot" => {
+            "snapshotChunk" => {
                 let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
                     serde_json::from_str(body).map_err(parse_error)?;
-                let data = match request.get("data") {
-                    Some(Bson::Binary(binary)) => binary.bytes.clone(),
-                    _ => return Err(CommandError::bad_value("snapshot without data")),
-                };
-                let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
-                    meta,
-                    snapshot: data,
-                };
-                let response = self
-                    .raft()
-                    .install_full_snapshot(vote, snapshot)
-                    .await
-                    .map_err(|e| fatal(e.to_string()))?;
-                serde_json::to_string(&response)
+                let chunk = SnapshotChunk::from_request(request)?;
+                Ok(self.receive_snapshot_chunk(from, vote, meta, chunk).await?)
             }
             "removed" => {
                 // The primary tells a member it reconfigured away that it is out.
@@ -558,6 +557,46 @@ impl ReplicaSet {
         }
         .map_err(|e| CommandError::internal(format!("encoding raft reply: {e}")))?;
         Ok(doc! {"ok": 1.0, "body": reply_body})
+    }
+
+    /// Writes one chunk of a snapshot `from` streams to this member; after the last one,
+    /// hands the file to Raft, which installs it if the sender still leads, and answers with
+    /// the install's response. An error makes the sender start over later.
+    async fn receive_snapshot_chunk(
+        &self,
+        from: NodeId,
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        chunk: SnapshotChunk,
+    ) -> Result<String, CommandError> {
+        let refused = |error: String| {
+            CommandError::new(
+                ErrorCode::OPERATION_FAILED,
+                format!("snapshot from member {from}: {error}"),
+            )
+        };
+        let store = self
+            .state_machine()
+            .snapshot_store_handle()
+            .map_err(|e| refused(e.to_string()))?;
+        let receiving = Arc::clone(&store);
+        let received = tokio::task::spawn_blocking(move || {
+            receiving.receive_chunk(from, chunk.offset, chunk.total, &chunk.data)
+        })
+        .await
+        .map_err(|e| refused(e.to_string()))?
+        .map_err(|e| refused(e.to_string()))?;
+        let Some(file) = received else {
+            return Ok("null".to_owned());
+        };
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta,
+            snapshot: file.clone(),
+        };
+        let installed = self.raft().install_full_snapshot(vote, snapshot).await;
+        store.discard_received(&file);
+        let response = installed.map_err(|e| refused(e.to_string()))?;
+        serde_json::to_string(&response).map_err(|e| refused(e.to_string()))
     }
 
     /// Accepts a Raft message only from a member of this member's incarnation of the set
@@ -1374,5 +1413,38 @@ async fn priority_supervisor(set: std::sync::Weak<ReplicaSet>) {
                 tracing::warn!(%error, "priority takeover failed");
             }
         }
+    }
+}
+
+/// One chunk of a streamed snapshot (`_shoalRaft: "snapshotChunk"`, field `chunk`).
+struct SnapshotChunk {
+    offset: u64,
+    total: u64,
+    data: Vec<u8>,
+}
+
+impl SnapshotChunk {
+    fn from_request(request: &Document) -> Result<SnapshotChunk, CommandError> {
+        let chunk = request
+            .get_document("chunk")
+            .map_err(|_| CommandError::bad_value("snapshot chunk without its chunk document"))?;
+        let number = |field: &str| {
+            chunk
+                .get_i64(field)
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    CommandError::bad_value(format!("snapshot chunk without a valid {field}"))
+                })
+        };
+        let data = match chunk.get("data") {
+            Some(Bson::Binary(binary)) => binary.bytes.clone(),
+            _ => return Err(CommandError::bad_value("snapshot chunk without data")),
+        };
+        Ok(SnapshotChunk {
+            offset: number("offset")?,
+            total: number("total")?,
+            data,
+        })
     }
 }

@@ -34,23 +34,30 @@ use shoal_common::{
     CommandError, ErrorCode,
     determinism::{self, Deterministic},
 };
-use shoal_docstore::{Engine, Kv, KvPair, Space, StoreError, WriteBatch, WriteOp};
+use shoal_docstore::{
+    Engine, Kv, KvPair, KvRange, PairVisitor, Space, StoreError, WriteBatch, WriteOp,
+};
 
-use crate::types::{Applied, NodeId, Proposal, SessionStatement, TypeConfig};
+use crate::{
+    snapshot::{self, SnapshotFile, SnapshotStore},
+    types::{Applied, NodeId, Proposal, SessionStatement, TypeConfig},
+};
 
 pub(crate) const APPLIED_KEY: &[u8] = b"sm_applied";
 pub(crate) const MEMBERSHIP_KEY: &[u8] = b"sm_membership";
 const SESSION_PREFIX: &[u8] = b"sess/";
 const SESSION_END: &[u8] = b"sess0";
 
-/// Pairs one snapshot scan page reads.
-const SNAPSHOT_PAGE_PAIRS: usize = 4096;
+/// Present while a snapshot install is under way: the name of the snapshot file in the member's
+/// snapshot directory. A member that finds it at start finishes the install before anything
+/// else; a checkpoint holding it is refused (its documents are half replaced).
+pub const INSTALLING_KEY: &[u8] = b"sm_installing";
+/// Bytes of pairs one snapshot-install batch writes (an install is not one atomic batch; the
+/// [`INSTALLING_KEY`] marker makes it redoable instead).
+const INSTALL_BATCH_BYTES: usize = 8 << 20;
 /// Log entries a forced reconfiguration reads per page while applying the log's tail (an
 /// entry can be a 48 MB write command).
 const LOG_TAIL_PAGE_ENTRIES: usize = 16;
-/// The largest snapshot a member builds in memory (documents and catalog); a larger data set
-/// needs streamed snapshots, which this version does not have.
-pub const SNAPSHOT_BYTES_MAX: usize = 56 << 20;
 /// How long a retryable-write record outlives its last use: MongoDB's session timeout
 /// (`logicalSessionTimeoutMinutes`, 30). A retry after that is executed again, as in MongoDB.
 pub const SESSION_TIMEOUT_MILLIS: i64 = 30 * 60 * 1000;
@@ -125,6 +132,15 @@ impl Kv for DeferringKv {
             None => Ok(()),
         }
     }
+
+    fn visit_consistent(
+        &self,
+        ranges: &[KvRange],
+        frozen: &mut dyn FnMut(),
+        visit: &mut PairVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        self.inner.visit_consistent(ranges, frozen, visit)
+    }
 }
 
 /// The engine of a replica-set member over its storage: commands write through a
@@ -164,8 +180,8 @@ pub struct ApplyStats {
     pub deduplicated: AtomicU64,
 }
 
-/// The last snapshot built or installed, kept to serve lagging members.
-type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>);
+/// The last snapshot built or installed, kept (as a file) to serve lagging members.
+type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, SnapshotFile);
 
 /// The replicated state machine over the member's engine.
 #[derive(Clone)]
@@ -176,7 +192,12 @@ pub struct StateMachine {
     /// `secondaryDelaySecs` of this member, from the latest applied membership.
     delay_secs: Arc<AtomicU32>,
     apply_lock: Arc<Mutex<()>>,
+    /// Where snapshots are written; `None` for a state machine that only replays a log
+    /// ([`StateMachine::replay_only`]).
+    snapshots: Option<Arc<SnapshotStore>>,
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
+    /// True while a snapshot install replaces the state: reads must not see it half done.
+    installing: Arc<AtomicBool>,
     /// Set (under `apply_lock`) when a forced reconfiguration hands the storage to a new Raft
     /// instance: the old instance's applies then fail instead of writing. In memory only.
     fenced: Arc<AtomicBool>,
@@ -193,22 +214,45 @@ impl std::fmt::Debug for StateMachine {
 }
 
 impl StateMachine {
-    /// A state machine applying to `engine`, built over `kv` by [`replicated_engine`].
-    pub fn new(engine: Arc<Engine>, kv: Arc<dyn Kv>, me: NodeId) -> StateMachine {
+    /// A state machine applying to `engine`, built over `kv` by [`replicated_engine`], keeping
+    /// its snapshots in `snapshots`.
+    pub fn new(
+        engine: Arc<Engine>,
+        kv: Arc<dyn Kv>,
+        me: NodeId,
+        snapshots: Arc<SnapshotStore>,
+    ) -> StateMachine {
+        StateMachine::with_snapshots(engine, kv, me, Some(snapshots))
+    }
+
+    /// A state machine that applies a log tail ([`StateMachine::apply_log_tail`]) and never
+    /// builds or installs a snapshot: a restore's replay.
+    pub(crate) fn replay_only(engine: Arc<Engine>, kv: Arc<dyn Kv>, me: NodeId) -> StateMachine {
+        StateMachine::with_snapshots(engine, kv, me, None)
+    }
+
+    fn with_snapshots(
+        engine: Arc<Engine>,
+        kv: Arc<dyn Kv>,
+        me: NodeId,
+        snapshots: Option<Arc<SnapshotStore>>,
+    ) -> StateMachine {
         StateMachine {
             engine,
             kv,
             me,
             delay_secs: Arc::new(AtomicU32::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
+            snapshots,
             current: Arc::new(Mutex::new(None)),
+            installing: Arc::new(AtomicBool::new(false)),
             fenced: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(ApplyStats::default()),
         }
     }
 
-    /// Fences this state machine (every later apply or install by its Raft instance fails)
-    /// and returns a fresh one over the same storage for a new Raft instance: no snapshot
+    /// Fences this state machine (every later apply, install or snapshot by its Raft instance
+    /// fails) and returns a fresh one over the same storage for a new Raft instance: no snapshot
     /// held, the statistics kept. Waits for an apply in progress to finish.
     pub(crate) fn successor(&self) -> StateMachine {
         let _guard = self
@@ -218,8 +262,46 @@ impl StateMachine {
         self.fenced.store(true, Ordering::Release);
         StateMachine {
             stats: Arc::clone(&self.stats),
-            ..StateMachine::new(Arc::clone(&self.engine), Arc::clone(&self.kv), self.me)
+            ..StateMachine::with_snapshots(
+                Arc::clone(&self.engine),
+                Arc::clone(&self.kv),
+                self.me,
+                self.snapshots.clone(),
+            )
         }
+    }
+
+    /// Removes every snapshot file (a forced reconfiguration: they carry the old incarnation's
+    /// membership).
+    pub(crate) fn remove_snapshots(&self) -> io::Result<()> {
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match &self.snapshots {
+            Some(snapshots) => snapshots.remove_all(),
+            None => Ok(()),
+        }
+    }
+
+    /// The snapshot directory, or an error for a replay-only state machine.
+    fn snapshot_store(&self) -> io::Result<&SnapshotStore> {
+        self.snapshots
+            .as_deref()
+            .ok_or_else(|| io_error("this state machine only replays a log; it has no snapshots"))
+    }
+
+    /// The snapshot directory, shared (chunks of a snapshot being received land there).
+    pub(crate) fn snapshot_store_handle(&self) -> io::Result<Arc<SnapshotStore>> {
+        self.snapshots
+            .clone()
+            .ok_or_else(|| io_error("this state machine only replays a log; it has no snapshots"))
+    }
+
+    /// Whether a snapshot install is replacing this member's data right now.
+    pub fn is_installing(&self) -> bool {
+        self.installing.load(Ordering::Acquire)
     }
 
     fn check_not_fenced(&self) -> io::Result<()> {
@@ -457,67 +539,134 @@ impl StateMachine {
         Ok((Some(record), stored))
     }
 
-    fn snapshot_now(&self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
-        let _guard = self
-            .apply_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// Writes a snapshot of the applied state to a file. Applies are held off only while the
+    /// store's point-in-time read is set up; the file is written while they go on.
+    fn snapshot_now(&self) -> io::Result<SnapshotOf<TypeConfig, SnapshotFile>> {
+        let mut guard = Some(
+            self.apply_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let last_applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
         let membership: StoredMembershipOf<TypeConfig> =
             self.read_json(MEMBERSHIP_KEY)?.unwrap_or_default();
-        let mut data = Vec::new();
-        for (space, start, end) in snapshot_ranges() {
-            let mut from = start.clone();
-            loop {
-                let page = self
-                    .kv
-                    .scan(space, &from, &end, SNAPSHOT_PAGE_PAIRS)
-                    .map_err(io_error)?;
-                for (key, value) in &page {
-                    encode_pair(&mut data, space, key, value);
-                }
-                if data.len() > SNAPSHOT_BYTES_MAX {
-                    return Err(io_error(format!(
-                        "the data set exceeds the in-memory snapshot limit of {SNAPSHOT_BYTES_MAX} bytes"
-                    )));
-                }
-                match page.last() {
-                    Some((key, _)) if page.len() == SNAPSHOT_PAGE_PAIRS => {
-                        from = shoal_docstore::key_successor(key);
-                    }
-                    _ => break,
-                }
-            }
-        }
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: last_applied,
             last_membership: membership,
         };
-        let data = Arc::new(data);
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((meta.clone(), Arc::clone(&data)));
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+        let mut writer = self.snapshot_store()?.writer(&meta)?;
+        self.kv
+            .visit_consistent(
+                &snapshot_ranges(),
+                &mut || drop(guard.take()),
+                &mut |space, key, value| {
+                    writer
+                        .pair(space, key, value)
+                        .map_err(|e| StoreError::Backend(format!("writing a snapshot: {e}")))
+                },
+            )
+            .map_err(io_error)?;
+        drop(guard);
+        let bytes = writer.bytes();
+        let built = writer.finish()?;
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A forced reconfiguration removed this incarnation's snapshots: do not add one back.
+        self.check_not_fenced()?;
+        let file = self.snapshot_store()?.adopt(&built, &meta)?;
+        self.set_current(&meta, &file);
+        tracing::info!(last = ?meta.last_log_id, bytes, "built snapshot");
+        Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
             meta,
-            snapshot: data.as_ref().clone(),
+            snapshot: file,
         })
     }
 
-    fn install(&self, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
+    /// Makes `file` the snapshot served to lagging members unless a newer one already is (a
+    /// build that started before an install may end after it), and removes the others.
+    fn set_current(&self, meta: &SnapshotMetaOf<TypeConfig>, file: &SnapshotFile) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let keep = match &*current {
+            Some((held, held_file)) if held.last_log_id > meta.last_log_id => held_file.clone(),
+            _ => {
+                *current = Some((meta.clone(), file.clone()));
+                file.clone()
+            }
+        };
+        if let Some(snapshots) = &self.snapshots
+            && let Err(error) = snapshots.remove_others(&keep)
+        {
+            tracing::warn!(%error, "removing older snapshot files");
+        }
+    }
+
+    /// Replaces the state with the snapshot in `file` (received from the primary, anywhere on
+    /// disk). The file is checked whole before anything changes.
+    fn install(&self, meta: &SnapshotMetaOf<TypeConfig>, file: &SnapshotFile) -> io::Result<()> {
+        let (file_meta, pairs) = snapshot::verify(file.path())?;
+        if file_meta != *meta {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot file's metadata is not the snapshot's",
+            ));
+        }
         let _guard = self
             .apply_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         self.check_not_fenced()?;
+        let adopted = self.snapshot_store()?.adopt(file, meta)?;
+        self.install_locked(meta, &adopted)?;
+        self.set_current(meta, &adopted);
+        let bytes = adopted.bytes().unwrap_or(0);
+        tracing::info!(last = ?meta.last_log_id, pairs, bytes, "installed snapshot");
+        Ok(())
+    }
+
+    /// The install proper, with `apply_lock` held and `file` checked and in the snapshot
+    /// directory. First one batch clears the state and sets [`INSTALLING_KEY`]; then the pairs
+    /// go in bounded batches; the last batch records the position and removes the marker. A
+    /// crash in between leaves the marker, and [`StateMachine::finish_interrupted_install`]
+    /// redoes it all at start.
+    fn install_locked(
+        &self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        file: &SnapshotFile,
+    ) -> io::Result<()> {
+        let name = file
+            .path()
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .ok_or_else(|| io_error("a snapshot file without a name"))?;
+        self.installing.store(true, Ordering::Release);
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.installing);
         let mut batch = WriteBatch::new();
         for (space, start, end) in snapshot_ranges() {
             batch.delete_range(space, start, end);
         }
-        let mut rest = data;
-        while !rest.is_empty() {
-            let (space, key, value, tail) = decode_pair(rest)?;
-            batch.put(space, key.to_vec(), value.to_vec());
-            rest = tail;
-        }
+        batch.put(Space::RaftMeta, INSTALLING_KEY.to_vec(), name.into_bytes());
+        self.kv.write(batch, true).map_err(io_error)?;
+        let mut batch = WriteBatch::new();
+        let mut batch_bytes = 0;
+        snapshot::for_each_pair(file.path(), &mut |space, key, value| {
+            batch_bytes += key.len() + value.len();
+            batch.put(space, key, value);
+            if batch_bytes >= INSTALL_BATCH_BYTES {
+                self.kv
+                    .write(std::mem::take(&mut batch), false)
+                    .map_err(io_error)?;
+                batch_bytes = 0;
+            }
+            Ok(())
+        })?;
         batch.put(
             Space::RaftMeta,
             APPLIED_KEY.to_vec(),
@@ -528,12 +677,59 @@ impl StateMachine {
             MEMBERSHIP_KEY.to_vec(),
             serde_json::to_vec(&meta.last_membership).map_err(io_error)?,
         );
+        batch.delete(Space::RaftMeta, INSTALLING_KEY.to_vec());
         self.kv.write(batch, true).map_err(io_error)?;
         self.note_membership(&meta.last_membership);
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((meta.clone(), Arc::new(data.to_vec())));
-        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "installed snapshot");
         Ok(())
+    }
+
+    /// Finishes an install a crash interrupted (see [`StateMachine::install_locked`]); the
+    /// snapshot file it names must still be there, or the member cannot start.
+    fn finish_interrupted_install(&self) -> io::Result<()> {
+        let Some(name) = self
+            .kv
+            .get(Space::RaftMeta, INSTALLING_KEY)
+            .map_err(io_error)?
+        else {
+            return Ok(());
+        };
+        let name = String::from_utf8(name).map_err(io_error)?;
+        let file = self.snapshot_store()?.named(&name)?;
+        let (meta, _) = snapshot::verify(file.path()).map_err(|e| {
+            io_error(format!(
+                "an interrupted snapshot install cannot be finished: {}: {e}",
+                file.path().display()
+            ))
+        })?;
+        tracing::warn!(last = ?meta.last_log_id, "finishing a snapshot install a restart interrupted");
+        let _guard = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.install_locked(&meta, &file)?;
+        self.set_current(&meta, &file);
+        Ok(())
+    }
+
+    /// The current snapshot: the one built or installed last, or after a restart the newest
+    /// file on disk (when it is not ahead of the applied state).
+    fn current_snapshot(&self) -> io::Result<Option<CurrentSnapshot>> {
+        if let Some(current) = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(Some(current));
+        }
+        let applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
+        match self.snapshot_store()?.latest()? {
+            Some((meta, file)) if meta.last_log_id <= applied => {
+                self.set_current(&meta, &file);
+                Ok(Some((meta, file)))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -571,7 +767,7 @@ fn session_record(
 
 /// What a snapshot holds: catalog, documents and session records (the log and the vote are
 /// per-member and stay out).
-fn snapshot_ranges() -> [(Space, Vec<u8>, Vec<u8>); 3] {
+fn snapshot_ranges() -> [KvRange; 3] {
     [
         (Space::Catalog, Vec::new(), vec![0xff; 64]),
         (Space::Docs, Vec::new(), vec![0xff; 64]),
@@ -583,56 +779,10 @@ fn snapshot_ranges() -> [(Space, Vec<u8>, Vec<u8>); 3] {
     ]
 }
 
-fn space_tag(space: Space) -> u8 {
-    match space {
-        Space::Catalog => 0,
-        Space::Docs => 1,
-        Space::RaftLog => 2,
-        Space::RaftMeta => 3,
-    }
-}
-
-fn encode_pair(out: &mut Vec<u8>, space: Space, key: &[u8], value: &[u8]) {
-    out.push(space_tag(space));
-    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(value);
-}
-
-type DecodedPair<'a> = (Space, &'a [u8], &'a [u8], &'a [u8]);
-
-fn decode_pair(data: &[u8]) -> io::Result<DecodedPair<'_>> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot");
-    let (&tag, rest) = data.split_first().ok_or_else(bad)?;
-    let space = match tag {
-        0 => Space::Catalog,
-        1 => Space::Docs,
-        3 => Space::RaftMeta,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad snapshot space",
-            ));
-        }
-    };
-    fn take(rest: &[u8]) -> io::Result<(usize, &[u8])> {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated snapshot");
-        let (len, rest) = rest.split_at_checked(4).ok_or_else(bad)?;
-        let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
-        Ok((len, rest))
-    }
-    let (key_len, rest) = take(rest)?;
-    let (key, rest) = rest.split_at_checked(key_len).ok_or_else(bad)?;
-    let (value_len, rest) = take(rest)?;
-    let (value, rest) = rest.split_at_checked(value_len).ok_or_else(bad)?;
-    Ok((space, key, value, rest))
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.snapshot_now())
             .await
@@ -641,12 +791,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = Self;
 
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.finish_interrupted_install())
+            .await
+            .map_err(io_error)??;
         let applied: Option<LogIdOf<TypeConfig>> = self.read_json(APPLIED_KEY)?.flatten();
         let membership: StoredMembershipOf<TypeConfig> =
             self.read_json(MEMBERSHIP_KEY)?.unwrap_or_default();
@@ -693,7 +847,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
@@ -704,16 +858,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
+        let this = self.clone();
+        let current = tokio::task::spawn_blocking(move || this.current_snapshot())
+            .await
+            .map_err(io_error)??;
         Ok(
-            current.map(|(meta, data)| SnapshotOf::<TypeConfig, Vec<u8>> {
+            current.map(|(meta, file)| SnapshotOf::<TypeConfig, SnapshotFile> {
                 meta,
-                snapshot: data.as_ref().clone(),
+                snapshot: file,
             }),
         )
     }
@@ -722,19 +875,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snapshot_pairs_round_trip() {
-        let mut data = Vec::new();
-        encode_pair(&mut data, Space::Docs, b"k1", b"v1");
-        encode_pair(&mut data, Space::RaftMeta, b"sess/x", b"");
-        let (space, key, value, rest) = decode_pair(&data).unwrap();
-        assert_eq!((space, key, value), (Space::Docs, &b"k1"[..], &b"v1"[..]));
-        let (space, key, _, rest) = decode_pair(rest).unwrap();
-        assert_eq!((space, key), (Space::RaftMeta, &b"sess/x"[..]));
-        assert!(rest.is_empty());
-        assert!(decode_pair(&data[..5]).is_err());
-    }
 
     #[test]
     fn session_records_accumulate_per_transaction() {
@@ -756,7 +896,7 @@ mod tests {
     fn a_recorded_reply_answers_only_the_same_statements() {
         let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
         let engine = replicated_engine(Arc::clone(&kv)).unwrap();
-        let machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
+        let machine = StateMachine::replay_only(Arc::new(engine), Arc::clone(&kv), 1);
         let statement = |stmts| SessionStatement {
             lsid: vec![3; 16],
             txn_number: 4,
@@ -806,7 +946,7 @@ mod tests {
     fn a_drain_during_an_apply_still_sends_the_applied_documents() {
         let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
         let engine = Arc::new(replicated_engine(Arc::clone(&kv)).unwrap());
-        let machine = StateMachine::new(Arc::clone(&engine), Arc::clone(&kv), 1);
+        let machine = StateMachine::replay_only(Arc::clone(&engine), Arc::clone(&kv), 1);
         let created = engine.execute("db", &doc! {"create": "c"});
         assert_eq!(created.get_f64("ok").ok(), Some(1.0), "{created}");
         let started = engine.execute(
@@ -838,7 +978,7 @@ mod tests {
     fn expired_session_records_are_swept() {
         let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
         let engine = replicated_engine(Arc::clone(&kv)).unwrap();
-        let machine = StateMachine::new(Arc::new(engine), Arc::clone(&kv), 1);
+        let machine = StateMachine::replay_only(Arc::new(engine), Arc::clone(&kv), 1);
         let now = 10 * SESSION_TIMEOUT_MILLIS;
         let mut seed = WriteBatch::new();
         for (lsid, last_use) in [(1u8, now - SESSION_TIMEOUT_MILLIS - 1), (2u8, now - 1000)] {
@@ -859,5 +999,205 @@ mod tests {
                 key: session_key(&[1; 16]),
             }]
         );
+    }
+
+    /// A member with its snapshot directory, over in-memory storage.
+    struct Member {
+        kv: Arc<dyn Kv>,
+        engine: Arc<Engine>,
+        machine: StateMachine,
+        _dir: tempfile::TempDir,
+    }
+
+    fn member() -> Member {
+        let dir = tempfile::tempdir().unwrap();
+        let kv: Arc<dyn Kv> = Arc::new(shoal_docstore::MemKv::new());
+        let engine = Arc::new(replicated_engine(Arc::clone(&kv)).unwrap());
+        let snapshots = Arc::new(SnapshotStore::open(dir.path()).unwrap());
+        let machine = StateMachine::new(Arc::clone(&engine), Arc::clone(&kv), 1, snapshots);
+        Member {
+            kv,
+            engine,
+            machine,
+            _dir: dir,
+        }
+    }
+
+    fn insert_entry(index: u64, first_id: i32, count: i32) -> openraft::alias::EntryOf<TypeConfig> {
+        let documents: Vec<Document> = (first_id..first_id + count)
+            .map(|id| doc! {"_id": id, "pad": "x".repeat(100)})
+            .collect();
+        let insert = doc! {"insert": "c", "documents": documents};
+        openraft::alias::EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(1, index),
+            payload: EntryPayload::Normal(Proposal {
+                db: "db".to_owned(),
+                command: bson::to_vec(&insert).unwrap(),
+                now_millis: 1,
+                session: None,
+            }),
+        }
+    }
+
+    fn count(engine: &Engine) -> i32 {
+        let reply = engine.execute("db", &doc! {"count": "c"});
+        reply.get_i32("n").unwrap_or(-1)
+    }
+
+    #[test]
+    fn a_snapshot_file_installs_the_same_state_on_another_member() {
+        let primary = member();
+        for index in 1..=5 {
+            let first = (index as i32 - 1) * 1000;
+            primary
+                .machine
+                .apply_entry(&insert_entry(index, first, 1000))
+                .unwrap();
+        }
+        let built = primary.machine.snapshot_now().unwrap();
+        assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(5));
+        // More writes after the snapshot are not in it.
+        primary
+            .machine
+            .apply_entry(&insert_entry(6, 5000, 10))
+            .unwrap();
+
+        let follower = member();
+        follower
+            .machine
+            .install(&built.meta, &built.snapshot)
+            .unwrap();
+        assert_eq!(count(&follower.engine), 5000);
+        let applied: Option<LogIdOf<TypeConfig>> =
+            follower.machine.read_json(APPLIED_KEY).unwrap().flatten();
+        assert_eq!(applied, built.meta.last_log_id);
+        assert!(!follower.machine.is_installing());
+        // The follower serves the installed snapshot in turn.
+        let current = follower.machine.current_snapshot().unwrap().unwrap();
+        assert_eq!(current.0, built.meta);
+        assert!(
+            follower
+                .kv
+                .get(Space::RaftMeta, INSTALLING_KEY)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_changes_nothing() {
+        let primary = member();
+        primary
+            .machine
+            .apply_entry(&insert_entry(1, 0, 100))
+            .unwrap();
+        let built = primary.machine.snapshot_now().unwrap();
+        let mut bytes = std::fs::read(built.snapshot.path()).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(built.snapshot.path(), &bytes).unwrap();
+        let follower = member();
+        follower
+            .machine
+            .apply_entry(&insert_entry(1, 0, 7))
+            .unwrap();
+        assert!(
+            follower
+                .machine
+                .install(&built.meta, &built.snapshot)
+                .is_err()
+        );
+        assert_eq!(count(&follower.engine), 7);
+    }
+
+    /// A crash in the middle of an install leaves the marker and a half-replaced state; the
+    /// next start redoes the install from the file before reporting any applied position.
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_at_start() {
+        let primary = member();
+        primary
+            .machine
+            .apply_entry(&insert_entry(1, 0, 300))
+            .unwrap();
+        let built = primary.machine.snapshot_now().unwrap();
+
+        let follower = member();
+        follower
+            .machine
+            .apply_entry(&insert_entry(1, 0, 20))
+            .unwrap();
+        let store = follower.machine.snapshot_store_handle().unwrap();
+        let adopted = store.adopt(&built.snapshot, &built.meta).unwrap();
+        // What the first batch of an install wrote, and a few pairs of the next ones.
+        let mut batch = WriteBatch::new();
+        for (space, start, end) in snapshot_ranges() {
+            batch.delete_range(space, start, end);
+        }
+        let name = adopted
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        batch.put(Space::RaftMeta, INSTALLING_KEY.to_vec(), name.into_bytes());
+        follower.kv.write(batch, true).unwrap();
+        let mut some = WriteBatch::new();
+        let mut taken = 0;
+        snapshot::for_each_pair(adopted.path(), &mut |space, key, value| {
+            if taken < 5 {
+                some.put(space, key, value);
+                taken += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        follower.kv.write(some, true).unwrap();
+
+        // "Restart": a new state machine over the same storage and directory.
+        let mut restarted = StateMachine::new(
+            Arc::clone(&follower.engine),
+            Arc::clone(&follower.kv),
+            1,
+            store,
+        );
+        let (applied, _) = RaftStateMachine::applied_state(&mut restarted)
+            .await
+            .unwrap();
+        assert_eq!(applied, built.meta.last_log_id);
+        assert_eq!(count(&follower.engine), 300);
+        assert!(
+            follower
+                .kv
+                .get(Space::RaftMeta, INSTALLING_KEY)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Writes made while a snapshot file is being written are not in it (the snapshot is of
+    /// one applied position), and do not wait for it.
+    #[test]
+    fn a_snapshot_is_of_one_applied_position() {
+        let primary = member();
+        primary
+            .machine
+            .apply_entry(&insert_entry(1, 0, 50))
+            .unwrap();
+        let built = primary.machine.snapshot_now().unwrap();
+        let (_, pairs_before) = snapshot::verify(built.snapshot.path()).unwrap();
+        primary
+            .machine
+            .apply_entry(&insert_entry(2, 50, 50))
+            .unwrap();
+        let (_, pairs_after) = snapshot::verify(built.snapshot.path()).unwrap();
+        assert_eq!(pairs_before, pairs_after);
+        let rebuilt = primary.machine.snapshot_now().unwrap();
+        let (_, pairs_now) = snapshot::verify(rebuilt.snapshot.path()).unwrap();
+        assert!(
+            pairs_now >= pairs_before + 50,
+            "{pairs_now} vs {pairs_before}"
+        );
+        // Only the newest file stays.
+        assert!(!built.snapshot.path().exists());
     }
 }
