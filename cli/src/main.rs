@@ -158,14 +158,29 @@ enum BackupCommand {
         store: PathBuf,
     },
     /// Re-hash every stored file a backup references (and, without --backup, every oplog
-    /// archive segment); exits non-zero naming each bad one.
+    /// archive segment); exits non-zero naming each bad one. With --restore, also restore the
+    /// backup into a scratch cluster and compare its collections with the backup's checksums.
+    #[command(after_help = BACKUP_VERIFY_HELP)]
     Verify {
         /// The store directory.
         #[arg(long)]
         store: PathBuf,
-        /// Verify only this backup (default: all).
+        /// Verify only this backup (default: all; with --restore, the latest).
         #[arg(long)]
         backup: Option<String>,
+        /// Restore the backup into a scratch cluster on 127.0.0.1 and compare every set's
+        /// per-collection checksums with those recorded at backup time.
+        #[arg(long)]
+        restore: bool,
+        /// Keep the scratch cluster's directory (data and logs) afterwards.
+        #[arg(long, requires = "restore")]
+        keep_scratch: bool,
+        /// Make the scratch directory in this directory (default: the system's temporary one).
+        #[arg(long, requires = "restore")]
+        scratch_dir: Option<PathBuf>,
+        /// Directory of shoal-config, shoal-shard and shoal-router (default: next to `shoal`).
+        #[arg(long, requires = "restore")]
+        bin_dir: Option<PathBuf>,
     },
     /// Verify a backup, then write one data directory per replica set into --out.
     #[command(after_help = BACKUP_RESTORE_HELP)]
@@ -216,6 +231,16 @@ One member of each replica set (a secondary when there is one) writes a RocksDB 
 files are stored as objects named by their SHA-256, so a file already in the store (an unchanged
 SST) is not copied again. Each set is consistent as of its last applied log entry; sets are not
 cut at one common instant. Progress goes to stderr, the backup id to stdout.";
+
+/// What `shoal backup verify --help` adds below the options.
+const BACKUP_VERIFY_HELP: &str = "\
+With --restore, the backup (--backup, default the latest) is verified, then restored into a
+temporary directory as a new cluster whose processes (shoal-config, shoal-shard, shoal-router)
+run on free ports of 127.0.0.1 with the balancer off. Every set's user collections are read from
+its member and their document counts and digests compared with those the backup recorded when
+it was taken: one line per set and collection. The processes are stopped and the directory
+removed (unless --keep-scratch) whatever the outcome; exits non-zero on any difference, and for
+backups made before shoal recorded collection checksums. Needs disk space for a full restore.";
 
 /// What `shoal backup restore --help` adds below the options.
 const BACKUP_RESTORE_HELP: &str = "\
@@ -441,7 +466,32 @@ fn run_backup(action: BackupCommand) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(all_readable, "some manifests are unreadable");
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Verify { store, backup } => {
+        BackupCommand::Verify {
+            store,
+            backup,
+            restore: true,
+            keep_scratch,
+            scratch_dir,
+            bin_dir,
+        } => {
+            let options = physical::verify_restore::VerifyRestoreOptions {
+                store,
+                backup,
+                bin_dir: match bin_dir {
+                    Some(bin_dir) => bin_dir,
+                    None => default_bin_dir()?,
+                },
+                scratch_parent: scratch_dir,
+                keep_scratch,
+            };
+            let mut print = |line: &str| println!("{line}");
+            let ok = runtime()?.block_on(physical::verify_restore::run(
+                &options, reporter, &mut print,
+            ))?;
+            anyhow::ensure!(ok, "verification failed");
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { store, backup, .. } => {
             let report = physical::verify(&store, backup.as_deref(), reporter)?;
             let lines = physical::verify::report_lines(&report);
             lines.iter().for_each(|line| println!("{line}"));
@@ -703,6 +753,39 @@ mod tests {
             panic!("expected backup verify");
         };
         assert_eq!(backup, None);
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "backup",
+            "verify",
+            "--store",
+            "s",
+            "--restore",
+            "--keep-scratch",
+        ])
+        .unwrap();
+        let CliCommand::Backup {
+            action:
+                BackupCommand::Verify {
+                    restore,
+                    keep_scratch,
+                    bin_dir,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("expected backup verify");
+        };
+        assert!(restore && keep_scratch);
+        assert_eq!(bin_dir, None);
+        let scratch_without_restore = [
+            "shoal",
+            "backup",
+            "verify",
+            "--store",
+            "s",
+            "--keep-scratch",
+        ];
+        assert!(Cli::try_parse_from(scratch_without_restore).is_err());
     }
 
     #[test]

@@ -732,7 +732,7 @@ fn startup_failure(spec: &NodeSpec, reason: &str) -> String {
     message
 }
 
-fn log_tail(path: &Path) -> Option<String> {
+pub(crate) fn log_tail(path: &Path) -> Option<String> {
     let mut file = File::open(path).ok()?;
     let length = file.metadata().ok()?.len();
     file.seek(SeekFrom::Start(length.saturating_sub(LOG_TAIL_BYTES)))

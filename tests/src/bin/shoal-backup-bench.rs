@@ -1,8 +1,9 @@
 //! `shoal-backup-bench`: physical backup and point-in-time restore figures. Loads `--mb N`
 //! megabytes (default 1024) of 1 KB incompressible documents into a collection sharded over 2
 //! shards (balancer stopped, `shoal backup archive` running), then times `shoal backup create`,
-//! `verify` and `restore` (MB/s of the files referenced), and a restore to a point in time after
-//! more writes: the restore command, and until the new cluster serves the collection.
+//! `verify`, `verify --restore` and `restore` (MB/s of the files referenced), and a restore to a
+//! point in time after more writes: the restore command, and until the new cluster serves the
+//! collection.
 //!
 //! Usage: `shoal-backup-bench [--mb N]`.
 
@@ -12,7 +13,7 @@ use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::Client;
 use shoal_tests::{
     TestCluster, bin_path,
-    cli::{path_str, restore_to_time_args, shoal_ok, wait_archive_past},
+    cli::{path_str, restore_to_time_args, shoal, shoal_ok, wait_archive_past},
     cluster::{CONFIG_REPLSET, shard_name},
     ports::free_port,
     process::Process,
@@ -165,6 +166,35 @@ async fn main() -> anyhow::Result<()> {
         took.as_secs_f64(),
         mb_per_s(bytes, took)
     );
+
+    let started = Instant::now();
+    let checked = shoal(&[
+        "backup",
+        "verify",
+        "--store",
+        &store_str,
+        "--backup",
+        &id,
+        "--restore",
+    ])
+    .await?;
+    let took = started.elapsed();
+    if checked.status.success() {
+        println!(
+            "backup verify --restore: {:.2}s = {:.0} MB/s (verify, restore, start a scratch \
+             cluster, checksum every document)",
+            took.as_secs_f64(),
+            mb_per_s(bytes, took)
+        );
+    } else {
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        println!(
+            "backup verify --restore FAILED after {:.1}s: {}",
+            took.as_secs_f64(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
 
     let out = work.path().join("plain");
     let started = Instant::now();

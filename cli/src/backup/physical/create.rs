@@ -22,6 +22,7 @@ use futures::TryStreamExt as _;
 use mongodb::Client;
 
 use super::{
+    checksum::{CollectionChecksum, checkpoint_checksums},
     manifest::{
         FileEntry, MANIFEST_FORMAT, Manifest, SETS_MAX, SetBackup, SetRole, is_plain_name,
         object_name,
@@ -274,17 +275,39 @@ fn store_set(store: &Store, taken: &Taken, reporter: Reporter) -> anyhow::Result
             sha256: stored.sha256,
         });
     }
+    let checksumming = Instant::now();
+    let collections = collection_checksums(taken);
+    let documents: u64 = collections.iter().flatten().map(|c| c.documents).sum();
     progress.finish(&format!(
-        " from {} ({}), {} new",
+        " from {} ({}), {} new; {documents} documents checksummed in {:.1} s",
         taken.member,
         taken.member_state,
-        megabytes(copied)
+        megabytes(copied),
+        checksumming.elapsed().as_secs_f64()
     ));
-    Ok((set_entry(taken, files), copied))
+    Ok((set_entry(taken, files, collections), copied))
+}
+
+/// The set's collection checksums, read from its checkpoint. A backup is worth more than its
+/// checksums: when they cannot be computed (a document that does not decode, say), the backup
+/// goes on without them and `verify --restore` will say so.
+fn collection_checksums(taken: &Taken) -> Option<Vec<CollectionChecksum>> {
+    match checkpoint_checksums(&taken.checkpoint.dir) {
+        Ok(collections) => Some(collections),
+        Err(error) => {
+            tracing::warn!(set = %taken.target.name, error = %format!("{error:#}"),
+                "cannot compute the collection checksums; the backup records none for this set");
+            None
+        }
+    }
 }
 
 /// The manifest entry of a stored set.
-fn set_entry(taken: &Taken, files: Vec<FileEntry>) -> SetBackup {
+fn set_entry(
+    taken: &Taken,
+    files: Vec<FileEntry>,
+    collections: Option<Vec<CollectionChecksum>>,
+) -> SetBackup {
     let checkpoint = &taken.checkpoint;
     let applied_time = DateTime::from_timestamp_millis(checkpoint.applied_time_millis)
         .map(rfc3339)
@@ -301,6 +324,7 @@ fn set_entry(taken: &Taken, files: Vec<FileEntry>) -> SetBackup {
         applied_time_millis: checkpoint.applied_time_millis,
         applied_time_exact: checkpoint.applied_time_exact,
         files,
+        collections,
     }
 }
 

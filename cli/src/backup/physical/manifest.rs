@@ -12,9 +12,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// The manifest format this version writes and reads. A later format (point-in-time recovery
-/// adds oplog segments) bumps it; readers refuse formats they do not know.
-pub const MANIFEST_FORMAT: u32 = 1;
+use super::checksum::{COLLECTIONS_PER_SET_MAX, CollectionChecksum};
+
+/// The manifest format this version writes. Format 2 added the sets' collection checksums
+/// (`collections`); readers refuse formats they do not know.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// Formats this version reads: 1 (no collection checksums) and [`MANIFEST_FORMAT`].
+pub const MANIFEST_FORMATS_READ: [u32; 2] = [1, MANIFEST_FORMAT];
 /// The directory of content-addressed objects inside a store.
 pub const OBJECTS_DIR: &str = "objects";
 /// The directory of backups (one subdirectory per backup id) inside a store.
@@ -32,7 +36,9 @@ pub const FILES_PER_SET_MAX: usize = 1_000_000;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
     /// The manifest was written by a format this version does not read.
-    #[error("manifest format {found} is not supported (this shoal reads format {MANIFEST_FORMAT})")]
+    #[error(
+        "manifest format {found} is not supported (this shoal reads formats 1 to {MANIFEST_FORMAT})"
+    )]
     Format {
         /// The format the manifest declares.
         found: u32,
@@ -68,7 +74,16 @@ pub enum ManifestError {
         /// Its object.
         object: String,
     },
-    /// Too many sets or files.
+    /// A collection checksum names an invalid or repeated namespace, or its digest is not 64
+    /// lower-case hex digits.
+    #[error("set {set}: invalid collection checksum for {ns:?}")]
+    Collection {
+        /// The set.
+        set: String,
+        /// The namespace.
+        ns: String,
+    },
+    /// Too many sets, files or collections.
     #[error("{0}")]
     TooLarge(String),
 }
@@ -144,6 +159,10 @@ pub struct SetBackup {
     pub applied_time_exact: bool,
     /// The set's files, relative to a member's data directory (`db/000012.sst`).
     pub files: Vec<FileEntry>,
+    /// Every user collection's checksum as of `applied_index`, sorted by namespace (see
+    /// `checksum`); `None` in format 1 manifests, and when the checkpoint could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<CollectionChecksum>>,
 }
 
 /// One file of a set's checkpoint.
@@ -180,7 +199,7 @@ impl Manifest {
 
     /// Checks everything a reader relies on; see the module documentation.
     pub fn check(&self, dir_name: &str) -> Result<(), ManifestError> {
-        if self.format != MANIFEST_FORMAT {
+        if !MANIFEST_FORMATS_READ.contains(&self.format) {
             return Err(ManifestError::Format { found: self.format });
         }
         if self.id != dir_name {
@@ -236,6 +255,34 @@ impl SetBackup {
                     path: file.path.clone(),
                     sha256: file.sha256.clone(),
                     object: file.object.clone(),
+                });
+            }
+        }
+        self.check_collections()
+    }
+
+    fn check_collections(&self) -> Result<(), ManifestError> {
+        let collections = self.collections.as_deref().unwrap_or_default();
+        if collections.len() > COLLECTIONS_PER_SET_MAX {
+            return Err(ManifestError::TooLarge(format!(
+                "set {}: {} collection checksums (at most {COLLECTIONS_PER_SET_MAX})",
+                self.name,
+                collections.len()
+            )));
+        }
+        let mut names = BTreeSet::new();
+        for collection in collections {
+            let valid_ns = collection
+                .ns
+                .split_once('.')
+                .is_some_and(|(db, coll)| !db.is_empty() && !coll.is_empty());
+            if !valid_ns
+                || !names.insert(collection.ns.as_str())
+                || !is_sha256_hex(&collection.digest)
+            {
+                return Err(ManifestError::Collection {
+                    set: self.name.clone(),
+                    ns: collection.ns.clone(),
                 });
             }
         }
@@ -308,6 +355,11 @@ mod tests {
             applied_time_millis: 1_735_689_600_000,
             applied_time_exact: true,
             files: vec![file],
+            collections: Some(vec![CollectionChecksum {
+                ns: "app.items".to_owned(),
+                documents: 3,
+                digest: SHA.to_owned(),
+            }]),
         };
         Manifest {
             format: MANIFEST_FORMAT,
@@ -332,15 +384,57 @@ mod tests {
         assert_eq!(parsed, original);
         assert_eq!(parsed.files().count(), 1);
         assert_eq!(parsed.sets[0].bytes(), 4);
+        assert!(text.contains(r#""ns": "app.items""#), "{text}");
+    }
+
+    #[test]
+    fn format_1_manifests_read_as_without_collection_checksums() {
+        let mut old = manifest();
+        old.format = 1;
+        old.sets[0].collections = None;
+        let text = old.to_json();
+        assert!(!text.contains("collections"), "{text}");
+        let parsed = Manifest::from_json(&text, &old.id).unwrap();
+        assert_eq!(parsed.sets[0].collections, None);
+        assert_eq!(parsed.format, 1);
+    }
+
+    #[test]
+    fn bad_collection_checksums_are_refused() {
+        let id = manifest().id;
+        for (ns, digest) in [
+            ("noDot", SHA.to_owned()),
+            (".c", SHA.to_owned()),
+            ("app.items", SHA.to_uppercase()),
+            ("app.items", "12".to_owned()),
+        ] {
+            let mut bad = manifest();
+            let collections = bad.sets[0].collections.as_mut().unwrap();
+            collections[0].ns = ns.to_owned();
+            collections[0].digest = digest;
+            assert!(
+                matches!(bad.check(&id), Err(ManifestError::Collection { .. })),
+                "{ns}"
+            );
+        }
+        let mut twice = manifest();
+        let collections = twice.sets[0].collections.as_mut().unwrap();
+        collections.push(collections[0].clone());
+        assert!(matches!(
+            twice.check(&id),
+            Err(ManifestError::Collection { .. })
+        ));
     }
 
     #[test]
     fn unknown_formats_and_misplaced_manifests_are_refused() {
         let mut future = manifest();
-        future.format = 2;
+        future.format = MANIFEST_FORMAT + 1;
         assert_eq!(
             future.check(&future.id.clone()),
-            Err(ManifestError::Format { found: 2 })
+            Err(ManifestError::Format {
+                found: MANIFEST_FORMAT + 1
+            })
         );
         let moved = manifest();
         assert!(matches!(

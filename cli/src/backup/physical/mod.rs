@@ -2,7 +2,7 @@
 //! RocksDB checkpoint per replica set (the config server's and every shard's), kept in a
 //! content-addressed store so that a later backup copies only the files that changed.
 //!
-//! # The store (format 1)
+//! # The store
 //!
 //! ```text
 //! STORE/
@@ -20,7 +20,10 @@
 //! - `manifest.json` names, per replica set: the set and its role, the member the checkpoint
 //!   was taken on, the last applied log entry (`appliedIndex`, `appliedTerm`) and the time of
 //!   the last write in it (`appliedTime`), and every file as a path relative to a member's data
-//!   directory (`db/000012.sst`) with its size, SHA-256 and object.
+//!   directory (`db/000012.sst`) with its size, SHA-256 and object; and (manifest format 2)
+//!   every user collection's document count and digest as of the applied entry
+//!   ([`checksum`]), which `verify --restore` ([`verify_restore`]) compares with a scratch
+//!   cluster restored from it.
 //!
 //! # Consistency
 //!
@@ -40,13 +43,16 @@
 //! consistent cut that the backups alone lack.
 
 pub mod archive;
+pub mod checksum;
 pub mod create;
 pub mod manifest;
 pub mod pitr;
 pub mod progress;
 pub mod restore;
+pub mod scratch;
 pub mod store;
 pub mod verify;
+pub mod verify_restore;
 
 use std::path::Path;
 

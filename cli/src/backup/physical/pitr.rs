@@ -66,9 +66,20 @@ pub fn run(options: &PitrOptions, reporter: Reporter) -> anyhow::Result<RestoreS
     let store = Store::open(&options.store)?;
     let manifest = choose_backup(&store, options)?;
     check_restorable(&store, &manifest, &options.out, reporter)?;
+    restore_checked(&store, &manifest, options, reporter)
+}
+
+/// The restore of [`run`] once `manifest` is known to verify and no set directory exists in
+/// `options.out` (`verify --restore` checks both itself).
+pub(super) fn restore_checked(
+    store: &Store,
+    manifest: &Manifest,
+    options: &PitrOptions,
+    reporter: Reporter,
+) -> anyhow::Result<RestoreSummary> {
     let mut plans = Vec::new();
     for set in &manifest.sets {
-        plans.push(plan_set(&store, &manifest, set, options)?);
+        plans.push(plan_set(store, manifest, set, options)?);
     }
     let cluster_id = ObjectId::new();
     let shard_hosts: Vec<(String, String)> = plans
@@ -92,22 +103,15 @@ pub fn run(options: &PitrOptions, reporter: Reporter) -> anyhow::Result<RestoreS
             }
             write_provenance(
                 partial,
-                &manifest,
+                manifest,
                 plan,
                 options.to_time_millis,
                 rebuilt,
                 cluster_id,
             )
         };
-        let target = restore_set(
-            &store,
-            &manifest,
-            &plan.set,
-            &options.out,
-            reporter,
-            &prepare,
-        )
-        .with_context(|| format!("cannot restore set {}", plan.set.name))?;
+        let target = restore_set(store, manifest, &plan.set, &options.out, reporter, &prepare)
+            .with_context(|| format!("cannot restore set {}", plan.set.name))?;
         summary.sets.push(target);
         summary.files += plan.set.files.len();
         summary.bytes += plan.set.bytes();
@@ -240,7 +244,7 @@ fn rebuild(partial: &Path, plan: &SetPlan) -> anyhow::Result<shoal_repl::archive
 
 /// The RocksDB directory inside a member's data directory (`shoal_member::checkpoint::DB_SUBDIR`;
 /// the backup's file paths start with it).
-const DB_SUBDIR: &str = "db";
+pub(super) const DB_SUBDIR: &str = "db";
 
 /// Points the restored config server at the new shards and gives the cluster a new id.
 fn rewrite_config(

@@ -2,7 +2,9 @@
 //! SHA-256, naming each file that is missing, truncated, too long or corrupted. `restore` runs
 //! the same check first and refuses on any problem.
 //!
-//! An object shared by several files or backups is read once per run.
+//! An object shared by several files or backups is read once per run. `verify --restore`
+//! ([`super::verify_restore`]) runs this check first, then compares a restored cluster's
+//! collections with the backup's.
 
 use std::{collections::HashMap, fmt};
 
@@ -333,6 +335,7 @@ mod tests {
                 applied_time_millis: 0,
                 applied_time_exact: false,
                 files,
+                collections: None,
             }],
         }
     }
