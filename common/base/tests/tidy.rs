@@ -12,8 +12,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// The checkout being tested. Read when the test runs (cargo sets it), not when it compiles:
+/// checkouts share one target directory, and a binary compiled in another checkout is reused
+/// when the sources match, so a compiled-in path could name a checkout that is gone.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
