@@ -36,6 +36,9 @@ const WRITER_BATCH_DOCS: i64 = 10;
 const WRITER_BATCHES_MAX: usize = 100_000;
 /// Shard key values run over 0..KEY_VALUES; the collection is split at KEY_VALUES / 2.
 const KEY_VALUES: i64 = 1000;
+/// Documents of [`BLOB_BYTES`] in the one large write (about 20 MB in one command).
+const BLOB_DOCS: i64 = 20;
+const BLOB_BYTES: usize = 1_000_000;
 /// How long the writers run in each phase (before the backup, between it and T, after T).
 const PHASE: Duration = Duration::from_millis(1500);
 /// How long the archive may take to pass T.
@@ -223,6 +226,16 @@ async fn scenario() -> anyhow::Result<()> {
     ])
     .await?;
     eprintln!("backup {}", backup_id.trim());
+    // One write command larger than a BSON document may be (an unsharded collection, so one
+    // shard gets all of it as one oplog entry): the archive reads and stores it in parts.
+    let blobs: Vec<Document> = (0..BLOB_DOCS)
+        .map(|id| doc! {"_id": id, "blob": "b".repeat(BLOB_BYTES)})
+        .collect();
+    client
+        .database("app")
+        .collection::<Document>("blobs")
+        .insert_many(blobs)
+        .await?;
     tokio::time::sleep(PHASE).await;
     let time = now_millis();
     tokio::time::sleep(PHASE).await;
@@ -292,6 +305,19 @@ async fn scenario() -> anyhow::Result<()> {
     assert!(
         before > 0 && after > 0,
         "the writers wrote on both sides of T"
+    );
+    let blob_ids: BTreeSet<i64> = restored_client
+        .database("app")
+        .collection::<Document>("blobs")
+        .distinct("_id", doc! {})
+        .await?
+        .iter()
+        .filter_map(Bson::as_i64)
+        .collect();
+    assert_eq!(
+        blob_ids,
+        (0..BLOB_DOCS).collect::<BTreeSet<i64>>(),
+        "the large write made before T is not restored whole"
     );
     // Both shards hold documents of the restored collection.
     for port in &shard_ports {

@@ -38,9 +38,13 @@ pub const OPLOG_READ_ENTRIES_MAX: usize = 4096;
 /// Bytes of entries one `_shoalOplogRead` returns at most (a first entry may pass it): a reply
 /// must fit one 16 MB BSON document with its framing.
 pub const OPLOG_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// The largest entry one read can carry: an entry above it (a write command of more than about
-/// 15 MB, such as a large `insert_many` batch) cannot be archived yet.
-pub const OPLOG_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024 - 256 * 1024;
+/// Bytes of one entry a page carries whole, and of each part of a larger one: an entry above it
+/// (a write command of up to 48 MB, such as a large `insert_many` batch) comes alone, in parts
+/// ([`read_entry_part`]), since neither a reply nor a BSON binary may pass 16 MB.
+pub const OPLOG_PART_BYTES: usize = 8 * 1024 * 1024;
+/// The largest entry the archive takes: the largest write command a member accepts (48 MB)
+/// with its framing.
+pub const OPLOG_ENTRY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// One log entry as the archive keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +80,53 @@ pub struct OplogPage {
     /// The first index the member's log still holds, `None` when it holds none; an archive
     /// that asked for an older one has lost entries to log purging.
     pub first_held: Option<u64>,
+    /// When `entries` is empty because the next entry is larger than [`OPLOG_PART_BYTES`]: that
+    /// entry's index and size, to read with [`read_entry_part`].
+    pub large: Option<LargeEntry>,
+}
+
+/// An applied entry too large for a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargeEntry {
+    /// Its log index.
+    pub index: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// Part of one applied entry's stored bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryPart {
+    /// The entry's whole size.
+    pub total: u64,
+    /// The bytes from the requested offset, at most the requested count.
+    pub bytes: Vec<u8>,
+}
+
+/// Up to `bytes_max` bytes of applied entry `index` from `offset`; `None` when the entry is
+/// not applied yet or no longer held (purged).
+pub fn read_entry_part(
+    kv: &dyn Kv,
+    index: u64,
+    offset: u64,
+    bytes_max: usize,
+) -> io::Result<Option<EntryPart>> {
+    let applied = applied_log_id(kv)?.map_or(0, |id| id.index);
+    if index == 0 || index > applied {
+        return Ok(None);
+    }
+    let Some(value) = kv
+        .get(Space::RaftLog, &index_key(index))
+        .map_err(io_error)?
+    else {
+        return Ok(None);
+    };
+    let start = usize::try_from(offset).map_or(value.len(), |offset| offset.min(value.len()));
+    let end = start.saturating_add(bytes_max).min(value.len());
+    Ok(Some(EntryPart {
+        total: value.len() as u64,
+        bytes: value[start..end].to_vec(),
+    }))
 }
 
 fn io_error(error: impl std::fmt::Display) -> io::Error {
@@ -117,6 +168,7 @@ pub fn read_applied(
         entries: Vec::new(),
         applied,
         first_held,
+        large: None,
     };
     let Some(from) = after.checked_add(1) else {
         return Ok(page);
@@ -137,12 +189,14 @@ pub fn read_applied(
             // A hole (purged entries): the caller sees where the log resumes from `first_held`.
             break;
         }
-        if value.len() > OPLOG_ENTRY_BYTES_MAX {
-            return Err(io_error(format!(
-                "log entry {index} is {} bytes, more than the {OPLOG_ENTRY_BYTES_MAX} one archive \
-                 read can carry",
-                value.len()
-            )));
+        if value.len() > OPLOG_PART_BYTES {
+            if page.entries.is_empty() {
+                page.large = Some(LargeEntry {
+                    index,
+                    bytes: value.len() as u64,
+                });
+            }
+            break;
         }
         if !page.entries.is_empty() && bytes.saturating_add(value.len()) > bytes_max {
             break;
@@ -360,6 +414,63 @@ mod tests {
         // Entries that do not continue the restored log are refused.
         let gap = replay_and_rebuild(restored, "rs", "127.0.0.1:9", &archived[..1]);
         assert!(gap.is_err());
+    }
+
+    /// An entry larger than a part is never in a page: it comes alone, announced, and is read
+    /// in parts that reassemble to the stored bytes.
+    #[test]
+    fn a_large_entry_is_read_in_parts() {
+        let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
+        let big = doc! {"insert": "c", "documents": [{"_id": 2_i64, "pad": "z".repeat(OPLOG_PART_BYTES + 1000)}]};
+        let entry = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(2, 2),
+            payload: EntryPayload::Normal(Proposal {
+                db: "d".into(),
+                command: bson::to_vec(&big).unwrap(),
+                now_millis: 20,
+                session: None,
+            }),
+        };
+        let big_bytes = serde_json::to_vec(&entry).unwrap();
+        let mut log = WriteBatch::new();
+        log.put(Space::RaftLog, index_key(1).to_vec(), stored_write(1, 10));
+        log.put(Space::RaftLog, index_key(2).to_vec(), big_bytes.clone());
+        log.put(Space::RaftLog, index_key(3).to_vec(), stored_write(3, 30));
+        kv.write(log, true).unwrap();
+        let engine = replicated_engine(Arc::clone(&kv)).unwrap();
+        StateMachine::replay_only(Arc::new(engine), Arc::clone(&kv), 1)
+            .apply_log_tail()
+            .unwrap();
+
+        // The page stops before the large entry; the next page is only its announcement.
+        let page = read_applied(kv.as_ref(), 0, 100, usize::MAX).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.large, None);
+        let page = read_applied(kv.as_ref(), 1, 100, usize::MAX).unwrap();
+        assert!(page.entries.is_empty());
+        let large = page.large.unwrap();
+        assert_eq!(large.index, 2);
+        assert_eq!(large.bytes, big_bytes.len() as u64);
+        let mut assembled = Vec::new();
+        for _ in 0..4 {
+            let part = read_entry_part(kv.as_ref(), 2, assembled.len() as u64, OPLOG_PART_BYTES)
+                .unwrap()
+                .unwrap();
+            assert_eq!(part.total, large.bytes);
+            assert!(part.bytes.len() <= OPLOG_PART_BYTES);
+            assembled.extend_from_slice(&part.bytes);
+            if assembled.len() as u64 == part.total {
+                break;
+            }
+        }
+        assert_eq!(assembled, big_bytes);
+        let archived = ArchivedEntry::from_stored(2, assembled).unwrap();
+        assert_eq!(archived.time_millis, Some(20));
+        // Unapplied and missing entries have no parts.
+        assert_eq!(read_entry_part(kv.as_ref(), 4, 0, 10).unwrap(), None);
+        assert_eq!(read_entry_part(kv.as_ref(), 0, 0, 10).unwrap(), None);
+        let after = read_applied(kv.as_ref(), 2, 100, usize::MAX).unwrap();
+        assert_eq!(after.entries.first().map(|e| e.index), Some(3));
     }
 
     fn entry(index: u64, time: Option<i64>) -> ArchivedEntry {

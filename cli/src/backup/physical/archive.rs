@@ -12,7 +12,10 @@
 //!
 //! - A segment's entries are stored as one object, a sequence of `{i, t, e}` documents (index,
 //!   proposal time, the entry as the log stores it); the segment record names the object and its
-//!   SHA-256, so `verify` and restores check it like a backup file.
+//!   SHA-256, so `verify` and restores check it like a backup file. An entry larger than
+//!   [`OPLOG_PART_BYTES`] (no BSON binary may pass 16 MB) is stored as `{i, t, e, n}` (its first
+//!   part and the number of parts) followed by `{i, p, e}` for parts 1..n; such an entry is read
+//!   from the member in parts too, and always makes a segment of its own.
 //! - Order of writes: object (synced, renamed), then segment record (renamed), then progress.
 //!   A crash leaves at worst a segment not yet counted in the progress; the next round starts
 //!   from the progress and rewrites that segment identically (same entries, same object).
@@ -39,7 +42,7 @@ use bson::{Bson, Document, doc, spec::BinarySubtype};
 use chrono::Utc;
 use mongodb::Client;
 use serde::{Deserialize, Serialize};
-use shoal_repl::archive::ArchivedEntry;
+use shoal_repl::archive::{ArchivedEntry, LargeEntry, OPLOG_ENTRY_BYTES_MAX, OPLOG_PART_BYTES};
 
 use super::{
     create::{SetTarget, cluster_id, direct_client, hello, set_targets},
@@ -160,12 +163,29 @@ impl SetArchive {
         };
         let mut bytes = Vec::new();
         for entry in entries {
-            let document = doc! {
-                "i": i64::try_from(entry.index)?,
-                "t": entry.time_millis.map_or(Bson::Null, Bson::Int64),
-                "e": Bson::Binary(bson::Binary { subtype: BinarySubtype::Generic, bytes: entry.bytes.clone() }),
+            let binary = |part: &[u8]| {
+                Bson::Binary(bson::Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes: part.to_vec(),
+                })
             };
-            document.to_writer(&mut bytes)?;
+            let index = i64::try_from(entry.index)?;
+            let mut parts = entry.bytes.chunks(OPLOG_PART_BYTES);
+            let first = parts.next().unwrap_or_default();
+            let mut head = doc! {
+                "i": index,
+                "t": entry.time_millis.map_or(Bson::Null, Bson::Int64),
+                "e": binary(first),
+            };
+            let count = entry.bytes.len().div_ceil(OPLOG_PART_BYTES);
+            if count > 1 {
+                head.insert("n", i64::try_from(count)?);
+            }
+            head.to_writer(&mut bytes)?;
+            for (number, part) in parts.enumerate() {
+                let number = i64::try_from(number + 1)?;
+                doc! {"i": index, "p": number, "e": binary(part)}.to_writer(&mut bytes)?;
+            }
         }
         let sha256 = store.put_bytes(&bytes)?;
         let segment = Segment {
@@ -226,18 +246,41 @@ impl SetArchive {
         let bytes = store.read_object(&segment.object, &segment.sha256)?;
         let mut entries = Vec::new();
         let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            let document = Document::from_reader(&mut rest).with_context(|| {
+        let next = |rest: &mut &[u8]| {
+            Document::from_reader(rest).with_context(|| {
                 format!(
                     "segment {} of set {} does not decode",
                     segment.object, self.set
                 )
-            })?;
+            })
+        };
+        let part_bytes = |document: &Document| match document.get("e") {
+            Some(Bson::Binary(binary)) => Ok(binary.bytes.clone()),
+            _ => Err(anyhow::anyhow!(
+                "segment {} has an entry without bytes",
+                segment.object
+            )),
+        };
+        while !rest.is_empty() {
+            let document = next(&mut rest)?;
             let index = u64::try_from(document.get_i64("i")?)?;
-            let bytes = match document.get("e") {
-                Some(Bson::Binary(binary)) => binary.bytes.clone(),
-                _ => anyhow::bail!("segment {} has an entry without bytes", segment.object),
-            };
+            let mut bytes = part_bytes(&document)?;
+            let parts = document.get_i64("n").unwrap_or(1);
+            anyhow::ensure!(
+                (1..=max_parts()).contains(&parts),
+                "segment {} declares {parts} parts for entry {index}",
+                segment.object
+            );
+            for number in 1..parts {
+                let part = next(&mut rest)?;
+                anyhow::ensure!(
+                    part.get_i64("i").ok() == i64::try_from(index).ok()
+                        && part.get_i64("p").ok() == Some(number),
+                    "segment {} lacks part {number} of entry {index}",
+                    segment.object
+                );
+                bytes.extend_from_slice(&part_bytes(&part)?);
+            }
             entries.push(ArchivedEntry::from_stored(index, bytes)?);
         }
         let indexes_ok = entries.first().map(|e| e.index) == Some(segment.first)
@@ -352,6 +395,16 @@ async fn archive_set(
                 .map_err(|_| anyhow::anyhow!("{primary} did not answer _shoalOplogRead in time"))?
                 .with_context(|| format!("_shoalOplogRead on {primary}"))?;
         let page = parse_page(&reply).with_context(|| format!("{primary} answered {reply}"))?;
+        if let Some(large) = page.large {
+            let entry = read_large_entry(client, &primary, large).await?;
+            let segment = archive.write_segment(store, std::slice::from_ref(&entry))?;
+            progress.last = segment.last;
+            if segment.last >= page.applied {
+                progress.as_of_millis = asked_at;
+            }
+            archive.write_progress(&progress)?;
+            continue;
+        }
         if page.entries.is_empty() {
             if page.applied > progress.last {
                 // Purged before it was archived: record the gap and resume where the log does.
@@ -393,17 +446,82 @@ async fn archive_set(
     Ok(())
 }
 
+/// Parts an entry may be stored or read in.
+fn max_parts() -> i64 {
+    i64::try_from(OPLOG_ENTRY_BYTES_MAX.div_ceil(OPLOG_PART_BYTES)).unwrap_or(i64::MAX)
+}
+
+/// Reads the entry `large` names from `primary` part by part (`_shoalOplogRead {entry,
+/// offset}`) and checks it decodes as that entry.
+async fn read_large_entry(
+    client: &Client,
+    primary: &str,
+    large: LargeEntry,
+) -> anyhow::Result<ArchivedEntry> {
+    let total = usize::try_from(large.bytes)?;
+    anyhow::ensure!(
+        total <= OPLOG_ENTRY_BYTES_MAX,
+        "{primary}: log entry {} is {total} bytes, more than the {OPLOG_ENTRY_BYTES_MAX} the archive takes",
+        large.index
+    );
+    let mut bytes = Vec::with_capacity(total);
+    for _ in 0..max_parts() {
+        if bytes.len() >= total {
+            break;
+        }
+        let command = doc! {
+            "_shoalOplogRead": 1,
+            "entry": i64::try_from(large.index)?,
+            "offset": i64::try_from(bytes.len())?,
+        };
+        let reply =
+            tokio::time::timeout(READ_TIMEOUT, client.database("admin").run_command(command))
+                .await
+                .map_err(|_| anyhow::anyhow!("{primary} did not answer _shoalOplogRead in time"))?
+                .with_context(|| format!("reading log entry {} from {primary}", large.index))?;
+        anyhow::ensure!(
+            reply.get_i64("total").ok() == i64::try_from(total).ok(),
+            "{primary}: log entry {} changed size while it was read: {reply}",
+            large.index
+        );
+        let part = reply.get_binary_generic("part")?;
+        anyhow::ensure!(
+            !part.is_empty(),
+            "{primary}: empty part of log entry {}",
+            large.index
+        );
+        bytes.extend_from_slice(part);
+    }
+    anyhow::ensure!(
+        bytes.len() == total,
+        "{primary}: log entry {} read as {} of its {total} bytes",
+        large.index,
+        bytes.len()
+    );
+    ArchivedEntry::from_stored(large.index, bytes)
+        .with_context(|| format!("{primary}: log entry {} does not decode", large.index))
+}
+
 /// A `_shoalOplogRead` reply.
 struct Page {
     entries: Vec<ArchivedEntry>,
     applied: u64,
     first_held: Option<u64>,
+    /// The next entry, too large for a page.
+    large: Option<LargeEntry>,
 }
 
 fn parse_page(reply: &Document) -> anyhow::Result<Page> {
     let applied = u64::try_from(reply.get_i64("applied")?)?;
     let first_held = match reply.get("firstHeld") {
         Some(Bson::Int64(index)) => Some(u64::try_from(*index)?),
+        _ => None,
+    };
+    let large = match reply.get("large") {
+        Some(Bson::Document(large)) => Some(LargeEntry {
+            index: u64::try_from(large.get_i64("i")?)?,
+            bytes: u64::try_from(large.get_i64("bytes")?)?,
+        }),
         _ => None,
     };
     let mut entries = Vec::new();
@@ -421,6 +539,7 @@ fn parse_page(reply: &Document) -> anyhow::Result<Page> {
         entries,
         applied,
         first_held,
+        large,
     })
 }
 
@@ -482,5 +601,23 @@ mod tests {
         std::fs::write(store.object_path(&segment.object), b"damaged").unwrap();
         let error = archive.read_segment(&store, &segment).unwrap_err();
         assert!(format!("{error:#}").contains("damaged"), "{error:#}");
+    }
+
+    /// An entry larger than a BSON binary may be is stored in parts and read back whole.
+    #[test]
+    fn a_large_entry_is_stored_in_parts() {
+        let work = tempfile::tempdir().unwrap();
+        let store = Store::create(work.path()).unwrap();
+        let archive = SetArchive::new(&store, "c1", "rs");
+        let large = serde_json::json!({
+            "log_id": {"leader_id": 1, "index": 9},
+            "payload": "Blank",
+            "pad": "x".repeat(2 * OPLOG_PART_BYTES + 5),
+        });
+        let large = ArchivedEntry::from_stored(9, serde_json::to_vec(&large).unwrap()).unwrap();
+        assert!(large.bytes.len() > 2 * OPLOG_PART_BYTES);
+        let entries = vec![entry(8), large, entry(10)];
+        let segment = archive.write_segment(&store, &entries).unwrap();
+        assert_eq!(archive.read_segment(&store, &segment).unwrap(), entries);
     }
 }
