@@ -275,37 +275,8 @@ async fn scenario() -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("writer log poisoned"))?
         .clone();
-    let (mut before, mut after, mut unsure) = (0usize, 0usize, 0usize);
-    for batch in &sent {
-        let batch_ids = batch.first_id..batch.first_id + WRITER_BATCH_DOCS;
-        if batch.acked_millis.is_some_and(|acked| acked < time) {
-            before += 1;
-            for id in batch_ids {
-                assert!(
-                    ids.contains(&id),
-                    "_id {id} was acknowledged before T but is missing"
-                );
-            }
-        } else if batch.sent_millis >= time {
-            after += 1;
-            for id in batch_ids {
-                assert!(
-                    !ids.contains(&id),
-                    "_id {id} was sent at or after T but is present"
-                );
-            }
-        } else {
-            unsure += 1;
-        }
-    }
     let issued = next_id.load(Ordering::Relaxed);
-    for id in &ids {
-        assert!((0..issued).contains(id), "_id {id} was never written");
-    }
-    assert!(
-        before > 0 && after > 0,
-        "the writers wrote on both sides of T"
-    );
+    let (before, after, unsure) = check_cut(&ids, &sent, time, issued);
     let blob_ids: BTreeSet<i64> = restored_client
         .database("app")
         .collection::<Document>("blobs")
@@ -348,6 +319,15 @@ async fn scenario() -> anyhow::Result<()> {
             "listShards does not name the new shard at {port}: {shards}"
         );
     }
+    restored.finish();
+    backup_at_its_point(
+        &store_path,
+        backup_id.trim(),
+        &store.path().join("backup-itself"),
+        &sent,
+        issued,
+    )
+    .await?;
     damaged_archive(&store_path, &args, &store.path().join("refused")).await?;
     eprintln!(
         "point-in-time restore: {} documents ({before} batches before T, {after} after, {unsure} \
@@ -356,8 +336,90 @@ async fn scenario() -> anyhow::Result<()> {
         restore_took.as_secs_f64(),
         ready_took.as_secs_f64()
     );
-    restored.finish();
     cluster.finish();
+    Ok(())
+}
+
+/// Checks the restored `ids` against the writers' log for a cut at `time`: every batch
+/// acknowledged before it is whole, every batch sent at or after it is absent, and nothing else
+/// is there. Returns the batches before, after and in flight at the cut.
+fn check_cut(ids: &BTreeSet<i64>, sent: &[Sent], time: i64, issued: i64) -> (usize, usize, usize) {
+    let (mut before, mut after, mut unsure) = (0usize, 0usize, 0usize);
+    for batch in sent {
+        let batch_ids = batch.first_id..batch.first_id + WRITER_BATCH_DOCS;
+        if batch.acked_millis.is_some_and(|acked| acked < time) {
+            before += 1;
+            for id in batch_ids {
+                assert!(
+                    ids.contains(&id),
+                    "_id {id} was acknowledged before {time} but is missing"
+                );
+            }
+        } else if batch.sent_millis >= time {
+            after += 1;
+            for id in batch_ids {
+                assert!(
+                    !ids.contains(&id),
+                    "_id {id} was sent at or after {time} but is present"
+                );
+            }
+        } else {
+            unsure += 1;
+        }
+    }
+    for id in ids {
+        assert!((0..issued).contains(id), "_id {id} was never written");
+    }
+    assert!(
+        before > 0 && after > 0,
+        "the writers wrote on both sides of {time}"
+    );
+    (before, after, unsure)
+}
+
+/// A plain restore of the backup into a new cluster (no `--to-time`) brings every set to the
+/// backup's recorded cluster-wide point: the same cut, at `consistentAtMillis`.
+async fn backup_at_its_point(
+    store: &Path,
+    backup_id: &str,
+    out: &Path,
+    sent: &[Sent],
+    issued: i64,
+) -> anyhow::Result<()> {
+    let manifest_path = store.join("backups").join(backup_id).join("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
+    let point = manifest
+        .get("consistentAtMillis")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| anyhow::anyhow!("{} has no consistentAtMillis", manifest_path.display()))?;
+    let config_port = free_port()?;
+    let shard_ports = vec![free_port()?, free_port()?];
+    let hosts = [
+        (CONFIG_REPLSET.to_owned(), config_port),
+        (shard_name(0), shard_ports[0]),
+        (shard_name(1), shard_ports[1]),
+    ];
+    let mut args: Vec<String> = restore_to_time_args(store, out, point, &hosts)?
+        .into_iter()
+        .collect();
+    // The same restore without the time: the backup's own point is used.
+    let at = args
+        .iter()
+        .position(|arg| arg == "--to-time")
+        .ok_or_else(|| anyhow::anyhow!("no --to-time in {args:?}"))?;
+    args.drain(at..at + 2);
+    args.extend(["--backup".to_owned(), backup_id.to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    shoal_ok(&args).await?;
+    let restored = TestCluster::start_restored(out, config_port, shard_ports).await?;
+    let ids = restored_ids(&restored.router_client().await?).await?;
+    let (before, after, unsure) = check_cut(&ids, sent, point, issued);
+    eprintln!(
+        "the backup itself, restored into a new cluster: {} documents at its point ({before} \
+         batches before, {after} after, {unsure} in flight)",
+        ids.len()
+    );
+    restored.finish();
     Ok(())
 }
 

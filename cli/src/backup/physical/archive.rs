@@ -372,7 +372,7 @@ async fn find_primary(target: &SetTarget) -> anyhow::Result<String> {
 
 /// One round for one set: pages of entries after the progress until caught up with the
 /// primary's applied index (or [`PAGES_PER_ROUND_MAX`] pages).
-async fn archive_set(
+pub(super) async fn archive_set(
     store: &Store,
     archive: &SetArchive,
     target: &SetTarget,

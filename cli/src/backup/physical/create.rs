@@ -9,6 +9,13 @@
 //! tests). With members on other machines, `--checkpoint-dir` must name a directory shared by
 //! them and this machine; otherwise the files would need a copy protocol, which Shoal does not
 //! have yet.
+//!
+//! The checkpoints are of one set each, taken one after another, so no instant is in all of
+//! them. Once they are all taken the command notes the time (`consistentAtMillis`) and copies
+//! every set's oplog from its checkpoint to past that time into the store's oplog archive (one
+//! round of `shoal backup archive`). A restore into a new cluster (`--host`) replays each set to
+//! that same time: every shard and the config server at one cluster-wide point, without
+//! stopping writes or the balancer.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,6 +29,7 @@ use futures::TryStreamExt as _;
 use mongodb::Client;
 
 use super::{
+    archive::{SetArchive, archive_set},
     checksum::{CollectionChecksum, checkpoint_checksums},
     manifest::{
         FileEntry, MANIFEST_FORMAT, Manifest, SETS_MAX, SetBackup, SetRole, is_plain_name,
@@ -34,6 +42,13 @@ use crate::backup::connect;
 
 /// How long one member may take to make its checkpoint (a flush and hard links: seconds).
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Archive rounds (each up to `archive::PAGES_PER_ROUND_MAX` pages) one set may take to reach
+/// the backup's consistent point.
+const CONSISTENT_ARCHIVE_ROUNDS_MAX: usize = 1000;
+/// Failed archive rounds one set may have (a failover) before the backup fails.
+const CONSISTENT_ARCHIVE_FAILURES_MAX: usize = 20;
+/// The wait after a failed archive round.
+const CONSISTENT_ARCHIVE_RETRY_WAIT: Duration = Duration::from_millis(500);
 /// Members of one set probed with `hello` to find a secondary.
 const MEMBERS_PROBED_MAX: usize = 50;
 /// How long the driver looks for a member before giving up on it.
@@ -121,6 +136,7 @@ pub async fn run(options: &CreateOptions, reporter: Reporter) -> anyhow::Result<
         cluster_id,
         bytes_copied: 0,
         bytes_referenced: 0,
+        consistent_at_millis: None,
         sets: Vec::new(),
     };
     let result = back_up(&store, header, targets, options, reporter).await;
@@ -148,8 +164,20 @@ async fn back_up(
     options: &CreateOptions,
     reporter: Reporter,
 ) -> anyhow::Result<Manifest> {
-    let taken = take_checkpoints(targets, &manifest.id, options.checkpoint_dir.as_deref()).await?;
+    let taken = take_checkpoints(
+        targets.clone(),
+        &manifest.id,
+        options.checkpoint_dir.as_deref(),
+    )
+    .await?;
     let dirs: Vec<PathBuf> = taken.iter().map(|one| one.checkpoint.dir.clone()).collect();
+    // After every checkpoint: the point all sets are brought to at restore.
+    let consistent_at = Utc::now().timestamp_millis();
+    if let Err(error) = archive_past(store, &manifest.cluster_id, &targets, consistent_at).await {
+        dirs.iter().for_each(|dir| remove_checkpoint(dir));
+        return Err(error);
+    }
+    manifest.consistent_at_millis = Some(consistent_at);
     for (index, one) in taken.into_iter().enumerate() {
         let store = store.clone();
         let stored = tokio::task::spawn_blocking(move || {
@@ -177,6 +205,41 @@ async fn back_up(
     manifest.completed = rfc3339(Utc::now());
     store.write_manifest(&manifest)?;
     Ok(manifest)
+}
+
+/// Archives every set's oplog until the archive is complete past `time` (bounded by
+/// [`CONSISTENT_ARCHIVE_ROUNDS_MAX`] rounds per set).
+async fn archive_past(
+    store: &Store,
+    cluster: &str,
+    targets: &[SetTarget],
+    time: i64,
+) -> anyhow::Result<()> {
+    let mut members = std::collections::HashMap::new();
+    for target in targets {
+        let archive = SetArchive::new(store, cluster, &target.name);
+        let (mut rounds, mut failures) = (0, 0);
+        while archive.progress()?.as_of_millis < time {
+            anyhow::ensure!(
+                rounds < CONSISTENT_ARCHIVE_ROUNDS_MAX,
+                "the oplog of set {} could not be archived past the backup's point in \
+                 {CONSISTENT_ARCHIVE_ROUNDS_MAX} rounds",
+                target.name
+            );
+            rounds += 1;
+            if let Err(error) = archive_set(store, &archive, target, &mut members).await {
+                // An election in progress: the next round finds the new primary.
+                failures += 1;
+                if failures >= CONSISTENT_ARCHIVE_FAILURES_MAX {
+                    return Err(error)
+                        .with_context(|| format!("archiving the oplog of set {}", target.name));
+                }
+                members.clear();
+                tokio::time::sleep(CONSISTENT_ARCHIVE_RETRY_WAIT).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Asks every set for its checkpoint at once; on any failure removes those made and fails.

@@ -128,6 +128,11 @@ pub struct Manifest {
     pub bytes_copied: u64,
     /// Bytes of all its files, stored before or now.
     pub bytes_referenced: u64,
+    /// The time (ms since the epoch, after every checkpoint) up to which the oplog archive was
+    /// complete for every set when the backup finished: a restore into a new cluster replays
+    /// every set to it, one cluster-wide point. Absent in backups made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_at_millis: Option<i64>,
     /// One entry per replica set, the config server's first.
     pub sets: Vec<SetBackup>,
 }
@@ -370,6 +375,7 @@ mod tests {
             cluster_id: "65a000000000000000000000".to_owned(),
             bytes_copied: 4,
             bytes_referenced: 4,
+            consistent_at_millis: None,
             sets: vec![set],
         }
     }

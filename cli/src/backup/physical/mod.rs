@@ -94,8 +94,8 @@ pub fn verify(store_dir: &Path, id: Option<&str>, reporter: Reporter) -> anyhow:
 pub fn list(store_dir: &Path) -> anyhow::Result<(Vec<String>, bool)> {
     let store = Store::open(store_dir)?;
     let mut lines = vec![format!(
-        "{:<21} {:<24} {:>6} {:>12} {:>12}  SETS",
-        "ID", "CREATED (UTC)", "FILES", "SIZE", "COPIED"
+        "{:<21} {:<24} {:<24} {:>6} {:>12} {:>12}  SETS",
+        "ID", "CREATED (UTC)", "CONSISTENT AT (UTC)", "FILES", "SIZE", "COPIED"
     )];
     let mut all_readable = true;
     let mut manifests = Vec::new();
@@ -185,10 +185,19 @@ fn list_line(manifest: &Manifest) -> String {
         .iter()
         .map(|set| format!("{}:{}@{}", set.name, set.role.as_str(), set.applied_index))
         .collect();
+    // The cluster-wide point a new-cluster restore of this backup reaches, when recorded.
+    let point = manifest
+        .consistent_at_millis
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "-".to_owned(),
+            |time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
     format!(
-        "{:<21} {:<24} {:>6} {:>12} {:>12}  {}",
+        "{:<21} {:<24} {:<24} {:>6} {:>12} {:>12}  {}",
         manifest.id,
         manifest.created,
+        point,
         manifest.files().count(),
         megabytes(manifest.bytes_referenced),
         megabytes(manifest.bytes_copied),

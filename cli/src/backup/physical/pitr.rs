@@ -66,7 +66,12 @@ pub fn run(options: &PitrOptions, reporter: Reporter) -> anyhow::Result<RestoreS
     let store = Store::open(&options.store)?;
     let manifest = choose_backup(&store, options)?;
     check_restorable(&store, &manifest, &options.out, reporter)?;
-    restore_checked(&store, &manifest, options, reporter)
+    // Without a time, the backup's own cluster-wide point (when it recorded one).
+    let mut options = options.clone();
+    if options.to_time_millis.is_none() {
+        options.to_time_millis = manifest.consistent_at_millis;
+    }
+    restore_checked(&store, &manifest, &options, reporter)
 }
 
 /// The restore of [`run`] once `manifest` is known to verify and no set directory exists in

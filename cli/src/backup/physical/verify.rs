@@ -323,6 +323,7 @@ mod tests {
             cluster_id: String::new(),
             bytes_copied: 0,
             bytes_referenced: 0,
+            consistent_at_millis: None,
             sets: vec![SetBackup {
                 name: "rs".to_owned(),
                 role: SetRole::Shard,
