@@ -203,6 +203,10 @@ enum BackupCommand {
         /// one-member set there and points config.shards at the new shards.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Restore only this replica set (repeatable; needs --host for it): one set as it was,
+        /// a new one-member set to read from directly.
+        #[arg(long = "set")]
+        sets: Vec<String>,
     },
     /// Copy every replica set's oplog into the store continuously, for point-in-time restores.
     #[command(after_help = BACKUP_ARCHIVE_HELP)]
@@ -252,7 +256,10 @@ set at that address and config.shards names the new shards: start shoal-config a
 the directories at those addresses, and a router with --configdb CONFIGSET/HOST:PORT. With
 --to-time T the archived oplog (`shoal backup archive`) is replayed onto the latest backup before
 T, up to the last write proposed before T, on every set: the new cluster holds exactly the writes
-acknowledged before T (and possibly some still unacknowledged at T).";
+acknowledged before T (and possibly some still unacknowledged at T). Without --to-time, a backup
+that recorded its cluster-wide point (consistentAtMillis, see `shoal backup list`) is replayed to
+it. --set NAME restores only that set (with its --host), as it was: a one-member set to connect
+to directly, e.g. to copy a dropped collection back.";
 
 /// What `shoal backup archive --help` adds below the options.
 const BACKUP_ARCHIVE_HELP: &str = "\
@@ -509,8 +516,13 @@ fn run_backup(action: BackupCommand) -> anyhow::Result<ExitCode> {
             out,
             to_time,
             hosts,
+            sets,
         } => {
             let started = std::time::Instant::now();
+            anyhow::ensure!(
+                sets.is_empty() || !hosts.is_empty(),
+                "--set needs --host SET=HOST:PORT for the set"
+            );
             let summary = if to_time.is_none() && hosts.is_empty() {
                 let backup = backup.context("--backup is required without --to-time and --host")?;
                 physical::restore::run(&store, &backup, &out, reporter)?
@@ -521,6 +533,7 @@ fn run_backup(action: BackupCommand) -> anyhow::Result<ExitCode> {
                     to_time_millis: to_time.as_deref().map(parse_time_millis).transpose()?,
                     backup,
                     hosts: parse_set_hosts_map(&hosts)?,
+                    sets,
                 };
                 physical::pitr::run(&options, reporter)?
             };

@@ -391,6 +391,53 @@ fn member_process(
     Ok(Process::new(name, bin_path(binary)?, args, log))
 }
 
+/// One replica set restored on its own (`shoal backup restore --set`): its one member running
+/// on its data directory, stopped when dropped.
+#[derive(Debug)]
+pub struct RestoredSet {
+    member: Process,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl RestoredSet {
+    /// Starts a `shoal-shard` member of set `replset` on `data_dir` at `port` and waits until it
+    /// answers `ping`.
+    pub async fn start_shard(
+        data_dir: &std::path::Path,
+        replset: &str,
+        port: u16,
+    ) -> anyhow::Result<RestoredSet> {
+        let dir = tempfile::Builder::new().prefix("shoal-set-").tempdir()?;
+        let ca_dir = dir.path().join("tls").join("ca");
+        let mut member = member_process(
+            &dir,
+            &ca_dir,
+            data_dir,
+            (replset, "shoal-shard"),
+            replset,
+            port,
+        )?;
+        member.start(&[])?;
+        wait_ping(port, READY_TIMEOUT).await?;
+        Ok(RestoredSet {
+            member,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// A client connected directly to the member.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        direct_client(self.port).await
+    }
+
+    /// Stops the member.
+    pub fn stop(mut self) {
+        self.member.kill();
+    }
+}
+
 fn router_process(
     dir: &TempDir,
     ca_dir: &std::path::Path,

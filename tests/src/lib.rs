@@ -17,7 +17,7 @@ pub mod up;
 
 use std::{path::PathBuf, time::Duration};
 
-pub use cluster::{Node, TestCluster};
+pub use cluster::{Node, RestoredSet, TestCluster};
 pub use process::Process;
 
 /// How long a node may take from spawn to answering `ping`.

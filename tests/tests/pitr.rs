@@ -19,7 +19,7 @@ use bson::{Bson, Document, doc};
 use futures::TryStreamExt as _;
 use mongodb::Client;
 use shoal_tests::{
-    POLL_INTERVAL, TestCluster, bin_path,
+    POLL_INTERVAL, RestoredSet, TestCluster, bin_path,
     cli::{path_str, restore_to_time_args, shoal, shoal_ok, wait_archive_past},
     cluster::{CONFIG_REPLSET, shard_name},
     mongo::direct_client,
@@ -320,6 +320,7 @@ async fn scenario() -> anyhow::Result<()> {
         );
     }
     restored.finish();
+    sets_alone_at_the_time(&store_path, &store.path().join("sets"), time, &ids).await?;
     backup_at_its_point(
         &store_path,
         backup_id.trim(),
@@ -375,6 +376,52 @@ fn check_cut(ids: &BTreeSet<i64>, sent: &[Sent], time: i64, issued: i64) -> (usi
         "the writers wrote on both sides of {time}"
     );
     (before, after, unsure)
+}
+
+/// Each shard restored on its own (`--set`) to the same time holds its part of the cluster's
+/// restore: together, exactly the documents of `app.items` the whole restore holds.
+async fn sets_alone_at_the_time(
+    store: &Path,
+    out: &Path,
+    time: i64,
+    expected: &BTreeSet<i64>,
+) -> anyhow::Result<()> {
+    let mut union = BTreeSet::new();
+    for i in 0..2 {
+        let name = shard_name(i);
+        let port = free_port()?;
+        let mut args = restore_to_time_args(store, out, time, &[(name.clone(), port)])?;
+        args.extend(["--set".to_owned(), name.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        shoal_ok(&args).await?;
+        let set = RestoredSet::start_shard(&out.join(&name), &name, port).await?;
+        let found = set
+            .client()
+            .await?
+            .database("app")
+            .collection::<Document>("items")
+            .distinct("_id", doc! {})
+            .await?;
+        let found: BTreeSet<i64> = found.iter().filter_map(Bson::as_i64).collect();
+        anyhow::ensure!(!found.is_empty(), "set {name} restored alone holds nothing");
+        anyhow::ensure!(
+            union.is_disjoint(&found),
+            "two shards restored alone hold the same _id"
+        );
+        union.extend(found);
+        set.stop();
+    }
+    anyhow::ensure!(
+        &union == expected,
+        "the shards restored alone hold {} documents, the whole restore {}",
+        union.len(),
+        expected.len()
+    );
+    eprintln!(
+        "each shard restored alone: {} documents together",
+        union.len()
+    );
+    Ok(())
 }
 
 /// A plain restore of the backup into a new cluster (no `--to-time`) brings every set to the

@@ -52,6 +52,9 @@ pub struct PitrOptions {
     pub backup: Option<String>,
     /// The new cluster's member of each set: set name → `HOST:PORT`.
     pub hosts: BTreeMap<String, String>,
+    /// Restore only these sets (empty: every set of the backup): one replica set as it was at
+    /// the time, e.g. to read a dropped collection back from one shard.
+    pub sets: Vec<String>,
 }
 
 /// One set's restore, planned and checked.
@@ -64,7 +67,17 @@ struct SetPlan {
 /// Restores to a point in time into a new cluster; see the module documentation.
 pub fn run(options: &PitrOptions, reporter: Reporter) -> anyhow::Result<RestoreSummary> {
     let store = Store::open(&options.store)?;
-    let manifest = choose_backup(&store, options)?;
+    let mut manifest = choose_backup(&store, options)?;
+    if !options.sets.is_empty() {
+        for name in &options.sets {
+            anyhow::ensure!(
+                manifest.sets.iter().any(|set| &set.name == name),
+                "backup {} has no replica set {name}",
+                manifest.id
+            );
+        }
+        manifest.sets.retain(|set| options.sets.contains(&set.name));
+    }
     check_restorable(&store, &manifest, &options.out, reporter)?;
     // Without a time, the backup's own cluster-wide point (when it recorded one).
     let mut options = options.clone();

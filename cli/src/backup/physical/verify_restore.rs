@@ -229,6 +229,7 @@ fn restore(
             .iter()
             .map(|set| (set.name.clone(), set.host()))
             .collect(),
+        sets: Vec::new(),
     };
     restore_checked(store, manifest, &options, reporter)?;
     let config = sets
