@@ -465,6 +465,8 @@ impl PeerClient {
             .map_err(|e| unreachable(e.to_string()))?;
         let mut cancel = std::pin::pin!(cancel);
         let mut buffer = vec![0; SNAPSHOT_CHUNK_BYTES];
+        // Positive in BSON's signed long.
+        let stream = rand::random::<u64>() >> 1;
         let mut offset = 0u64;
         loop {
             let filled = read_up_to(&mut file, &mut buffer)
@@ -479,6 +481,7 @@ impl PeerClient {
             }
             let last = end >= total;
             let chunk = doc! {
+                "stream": stream as i64,
                 "offset": offset as i64,
                 "total": total as i64,
                 "data": Bson::Binary(Binary {

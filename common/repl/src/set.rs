@@ -351,6 +351,9 @@ impl ReplicaSet {
                 .majority_lost
                 .load(std::sync::atomic::Ordering::Relaxed)
             && !self.incarnation.is_superseded()
+            // Raft takes a snapshot's position before the install has written it: a member
+            // elected meanwhile must not serve (or start primary work on) half-replaced data.
+            && !self.state_machine().is_installing()
     }
 
     /// Whether Raft considers this member the leader (it may have lost its majority since).
@@ -580,8 +583,24 @@ impl ReplicaSet {
             .snapshot_store_handle()
             .map_err(|e| refused(e.to_string()))?;
         let receiving = Arc::clone(&store);
+        let expected = meta.clone();
         let received = tokio::task::spawn_blocking(move || {
-            receiving.receive_chunk(from, chunk.offset, chunk.total, &chunk.data)
+            let file = receiving.receive_chunk(
+                from,
+                chunk.stream,
+                chunk.offset,
+                chunk.total,
+                &chunk.data,
+            )?;
+            // A damaged file must not reach Raft: a failed install stops its state machine.
+            // Refused here, the sender sends the snapshot again.
+            if let Some(file) = &file
+                && let Err(error) = crate::snapshot::check_received(file, &expected)
+            {
+                receiving.discard_received(file);
+                return Err(error);
+            }
+            Ok::<_, std::io::Error>(file)
         })
         .await
         .map_err(|e| refused(e.to_string()))?
@@ -1418,6 +1437,9 @@ async fn priority_supervisor(set: std::sync::Weak<ReplicaSet>) {
 
 /// One chunk of a streamed snapshot (`_shoalRaft: "snapshotChunk"`, field `chunk`).
 struct SnapshotChunk {
+    /// Which sending of a snapshot this chunk belongs to (chunks of an abandoned sending that
+    /// arrive late must not mix into a new one).
+    stream: u64,
     offset: u64,
     total: u64,
     data: Vec<u8>,
@@ -1442,6 +1464,7 @@ impl SnapshotChunk {
             _ => return Err(CommandError::bad_value("snapshot chunk without data")),
         };
         Ok(SnapshotChunk {
+            stream: number("stream")?,
             offset: number("offset")?,
             total: number("total")?,
             data,

@@ -13,8 +13,10 @@
 //!
 //! File names: `snapshot-<index>-<sequence>.snap` (built or installed; the newest is the
 //! member's current snapshot), `building-<sequence>.tmp` (being written), `incoming-<node>.part`
-//! (being received from member `node`), `received-<node>-<sequence>.snap` (received, waiting for
-//! Raft to install it). Anything but `snapshot-*` left over from a crash is removed at open.
+//! (`incoming-<node>-<stream>.part`: being received from member `node`, one file per sending so
+//! a late chunk of an abandoned sending cannot mix into a new one), `received-<node>-<sequence>.snap`
+//! (received and checked, waiting for Raft to install it). Anything but `snapshot-*` left over
+//! from a crash is removed at open. The file an interrupted install needs is never removed.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -76,8 +78,9 @@ pub struct SnapshotStore {
     /// Makes every file name this process writes unique.
     sequence: AtomicU64,
     /// Held while files are renamed into place or removed, so a clean-up never removes a file
-    /// that is becoming the current snapshot.
-    files: Mutex<()>,
+    /// that is becoming the current snapshot. Holds the file an install is writing from (named
+    /// by the install marker): no clean-up removes it.
+    files: Mutex<Option<PathBuf>>,
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -102,7 +105,7 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             dir: dir.to_path_buf(),
             sequence: AtomicU64::new(start),
-            files: Mutex::new(()),
+            files: Mutex::new(None),
         })
     }
 
@@ -154,12 +157,19 @@ impl SnapshotStore {
         Ok(SnapshotFile { path: target })
     }
 
-    /// Removes every built or installed snapshot but `keep`. A sender streaming a removed file
-    /// keeps reading it through its open handle.
+    /// Marks `file` as the one an install writes from (`None`: the install is done): until
+    /// then no clean-up removes it, since a restart would need it to finish the install.
+    pub fn protect(&self, file: Option<&SnapshotFile>) {
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) =
+            file.map(|file| file.path.clone());
+    }
+
+    /// Removes every built or installed snapshot but `keep` (and a protected one). A sender
+    /// streaming a removed file keeps reading it through its open handle.
     pub fn remove_others(&self, keep: &SnapshotFile) -> io::Result<()> {
-        let _files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
         for path in self.snapshot_files()? {
-            if path != keep.path {
+            if path != keep.path && Some(&path) != files.as_ref() {
                 fs::remove_file(&path)?;
             }
         }
@@ -169,9 +179,11 @@ impl SnapshotStore {
     /// Removes every built or installed snapshot (they describe a state that is being
     /// replaced wholesale, e.g. by a forced reconfiguration).
     pub fn remove_all(&self) -> io::Result<()> {
-        let _files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
         for path in self.snapshot_files()? {
-            fs::remove_file(&path)?;
+            if Some(&path) != files.as_ref() {
+                fs::remove_file(&path)?;
+            }
         }
         Ok(())
     }
@@ -214,12 +226,14 @@ impl SnapshotStore {
         })
     }
 
-    /// Appends one received chunk of member `from`'s snapshot at `offset` of `total` bytes.
-    /// Offset 0 starts a new file; any other offset must be where the file ends (a sender that
-    /// lost its place starts over). Returns the finished file after the last chunk.
+    /// Appends one received chunk of sending `stream` of member `from`'s snapshot at `offset`
+    /// of `total` bytes. Offset 0 starts a new file (and drops that member's abandoned ones);
+    /// any other offset must be where the file ends (a sender that lost its place starts over).
+    /// Returns the finished file after the last chunk: check it with [`check_received`].
     pub fn receive_chunk(
         &self,
         from: NodeId,
+        stream: u64,
         offset: u64,
         total: u64,
         data: &[u8],
@@ -234,8 +248,9 @@ impl SnapshotStore {
             .checked_add(data.len() as u64)
             .filter(|end| *end <= total)
             .ok_or_else(|| invalid("snapshot chunk past the snapshot's end"))?;
-        let path = self.dir.join(format!("incoming-{from}.part"));
+        let path = self.dir.join(format!("incoming-{from}-{stream}.part"));
         let mut file = if offset == 0 {
+            self.remove_incoming_from(from)?;
             File::create(&path)?
         } else {
             let mut file = OpenOptions::new().write(true).open(&path)?;
@@ -261,6 +276,18 @@ impl SnapshotStore {
         Ok(Some(SnapshotFile { path: received }))
     }
 
+    /// Removes the files member `from` was sending and abandoned.
+    fn remove_incoming_from(&self, from: NodeId) -> io::Result<()> {
+        let prefix = format!("incoming-{from}-");
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a received file Raft did not install (or that was adopted by a link).
     pub fn discard_received(&self, file: &SnapshotFile) {
         if file.path.parent() == Some(self.dir.as_path())
@@ -281,7 +308,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[derive(Debug)]
 pub struct SnapshotWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    /// `None` once finished.
+    out: Option<BufWriter<File>>,
     crc: u32,
     pairs: u64,
     bytes: u64,
@@ -292,7 +320,7 @@ impl SnapshotWriter {
         let file = File::create(&path)?;
         let mut writer = SnapshotWriter {
             path,
-            out: BufWriter::with_capacity(IO_BUFFER_BYTES, file),
+            out: Some(BufWriter::with_capacity(IO_BUFFER_BYTES, file)),
             crc: 0,
             pairs: 0,
             bytes: 0,
@@ -307,7 +335,13 @@ impl SnapshotWriter {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         self.bytes += bytes.len() as u64;
-        self.out.write_all(bytes)
+        self.output()?.write_all(bytes)
+    }
+
+    fn output(&mut self) -> io::Result<&mut BufWriter<File>> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the snapshot file is already finished"))
     }
 
     /// Appends one pair.
@@ -332,10 +366,27 @@ impl SnapshotWriter {
         self.put(&[TRAILER_TAG])?;
         self.put(&self.pairs.to_be_bytes())?;
         let crc = self.crc;
-        self.out.write_all(&crc.to_be_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        self.output()?.write_all(&crc.to_be_bytes())?;
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| io::Error::other("the snapshot file is already finished"))?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(SnapshotFile { path: self.path })
+        Ok(SnapshotFile {
+            path: self.path.clone(),
+        })
+    }
+}
+
+impl Drop for SnapshotWriter {
+    /// A snapshot abandoned half written (an error, a full disk) leaves no file behind.
+    fn drop(&mut self) {
+        if self.out.take().is_some()
+            && let Err(error) = fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), %error, "removing an unfinished snapshot file");
+        }
     }
 }
 
@@ -460,6 +511,20 @@ impl SnapshotReader {
     }
 }
 
+/// Checks a received snapshot whole: intact, and the snapshot its sender described.
+pub fn check_received(
+    file: &SnapshotFile,
+    expected: &SnapshotMetaOf<TypeConfig>,
+) -> io::Result<()> {
+    let (meta, _) = verify(file.path())?;
+    if meta != *expected {
+        return Err(invalid(
+            "the received snapshot file is not the snapshot its sender described",
+        ));
+    }
+    Ok(())
+}
+
 /// The metadata of the snapshot file at `path` (the rest is not read).
 pub fn read_meta(path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
     SnapshotReader::open(path).map(|(_, meta)| meta)
@@ -562,12 +627,12 @@ mod tests {
         let store = SnapshotStore::open(dir.path()).unwrap();
         let older = write(&store, 9, &[]);
         let newer = write(&store, 120, &[(Space::Docs, b"k", b"v")]);
-        assert!(store.receive_chunk(4, 0, 10, b"half").unwrap().is_none());
+        assert!(store.receive_chunk(4, 1, 0, 10, b"half").unwrap().is_none());
         let reopened = SnapshotStore::open(dir.path()).unwrap();
         let (latest_meta, latest) = reopened.latest().unwrap().unwrap();
         assert_eq!(latest, newer);
         assert_eq!(latest_meta, meta(120));
-        assert!(!dir.path().join("incoming-4.part").exists());
+        assert!(!dir.path().join("incoming-4-1.part").exists());
         reopened.remove_others(&latest).unwrap();
         assert!(!older.path().exists());
         assert!(newer.path().exists());
@@ -581,20 +646,100 @@ mod tests {
         let bytes = fs::read(source.path()).unwrap();
         let total = bytes.len() as u64;
         let (first, second) = bytes.split_at(50);
-        assert!(store.receive_chunk(2, 0, total, first).unwrap().is_none());
+        assert!(
+            store
+                .receive_chunk(2, 7, 0, total, first)
+                .unwrap()
+                .is_none()
+        );
         // A chunk at the wrong offset is refused; the sender starts over.
-        assert!(store.receive_chunk(2, 60, total, second).is_err());
-        assert!(store.receive_chunk(2, 0, total, first).unwrap().is_none());
-        let received = store.receive_chunk(2, 50, total, second).unwrap().unwrap();
+        assert!(store.receive_chunk(2, 7, 60, total, second).is_err());
+        assert!(
+            store
+                .receive_chunk(2, 7, 0, total, first)
+                .unwrap()
+                .is_none()
+        );
+        let received = store
+            .receive_chunk(2, 7, 50, total, second)
+            .unwrap()
+            .unwrap();
         assert_eq!(verify(received.path()).unwrap().0, meta(3));
         assert!(
             store
-                .receive_chunk(2, 0, total, &vec![0; SNAPSHOT_CHUNK_BYTES + 1])
+                .receive_chunk(2, 7, 0, total, &vec![0; SNAPSHOT_CHUNK_BYTES + 1])
                 .is_err()
         );
-        assert!(store.receive_chunk(2, 40, 45, &[0; 10]).is_err());
+        assert!(store.receive_chunk(2, 7, 40, 45, &[0; 10]).is_err());
         store.discard_received(&received);
         assert!(!received.path().exists());
+    }
+
+    /// A late chunk of an abandoned sending cannot land in a newer one, and a received file
+    /// that is not the announced snapshot is refused before Raft sees it.
+    #[test]
+    fn sendings_do_not_mix_and_received_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let source = write(&store, 3, &[(Space::Docs, b"key", &[7; 100])]);
+        let bytes = fs::read(source.path()).unwrap();
+        let total = bytes.len() as u64;
+        let (first, second) = bytes.split_at(50);
+        assert!(
+            store
+                .receive_chunk(2, 7, 0, total, first)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .receive_chunk(2, 8, 0, total, first)
+                .unwrap()
+                .is_none()
+        );
+        // Sending 7 was abandoned when 8 started: its late chunk finds no file.
+        assert!(store.receive_chunk(2, 7, 50, total, second).is_err());
+        let received = store
+            .receive_chunk(2, 8, 50, total, second)
+            .unwrap()
+            .unwrap();
+        assert!(check_received(&received, &meta(3)).is_ok());
+        assert!(check_received(&received, &meta(4)).is_err());
+        let mut damaged = bytes.clone();
+        damaged[60] ^= 1;
+        let (first, second) = damaged.split_at(50);
+        assert!(
+            store
+                .receive_chunk(2, 9, 0, total, first)
+                .unwrap()
+                .is_none()
+        );
+        let received = store
+            .receive_chunk(2, 9, 50, total, second)
+            .unwrap()
+            .unwrap();
+        assert!(check_received(&received, &meta(3)).is_err());
+    }
+
+    /// The file an install writes from survives every clean-up until the install is done; an
+    /// abandoned writer leaves nothing.
+    #[test]
+    fn the_installing_file_is_kept_and_abandoned_writes_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let installing = write(&store, 5, &[]);
+        let newer = write(&store, 9, &[]);
+        store.protect(Some(&installing));
+        store.remove_others(&newer).unwrap();
+        store.remove_all().unwrap();
+        assert!(installing.path().exists());
+        assert!(!newer.path().exists());
+        store.protect(None);
+        store.remove_all().unwrap();
+        assert!(!installing.path().exists());
+        let writer = store.writer(&meta(11)).unwrap();
+        drop(writer);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

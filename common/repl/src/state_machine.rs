@@ -278,6 +278,18 @@ impl StateMachine {
             .apply_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if self
+            .kv
+            .get(Space::RaftMeta, INSTALLING_KEY)
+            .map_err(io_error)?
+            .is_some()
+        {
+            // The data is half replaced; a restart finishes the install from its file.
+            return Err(io_error(
+                "a snapshot install was interrupted on this member: restart it (the install \
+                 finishes at start), then force the reconfiguration",
+            ));
+        }
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
         match &self.snapshots {
             Some(snapshots) => snapshots.remove_all(),
@@ -640,6 +652,9 @@ impl StateMachine {
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .ok_or_else(|| io_error("a snapshot file without a name"))?;
+        let store = self.snapshot_store()?;
+        // Until the marker is gone, a restart needs this file: no clean-up may remove it.
+        store.protect(Some(file));
         self.installing.store(true, Ordering::Release);
         struct Done<'a>(&'a AtomicBool);
         impl Drop for Done<'_> {
@@ -679,6 +694,7 @@ impl StateMachine {
         );
         batch.delete(Space::RaftMeta, INSTALLING_KEY.to_vec());
         self.kv.write(batch, true).map_err(io_error)?;
+        store.protect(None);
         self.note_membership(&meta.last_membership);
         Ok(())
     }
