@@ -72,3 +72,21 @@ pub fn make_certs(
     shoal_rpc::certs::create_node_cert(ca_dir, out_dir, node_name, &hosts)?;
     Ok(())
 }
+
+/// `bytes` pseudo-random bytes from `seed` (xorshift): payloads that storage compression cannot
+/// shrink, so backup and restore figures count real bytes.
+pub fn incompressible(seed: u64, bytes: usize) -> bson::Binary {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let bytes = (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes,
+    }
+}

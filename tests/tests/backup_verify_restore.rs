@@ -51,22 +51,11 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// An item; its payload is pseudo-random so that the stored files are not compressed away.
 fn item(i: i32) -> Document {
-    let mut state = u64::try_from(i)
-        .unwrap_or(0)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        | 1;
-    let payload: Vec<u8> = (0..PAYLOAD_BYTES)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect();
+    let payload = shoal_tests::incompressible(u64::try_from(i).unwrap_or(0), PAYLOAD_BYTES);
     doc! {
         "_id": i,
         "k": i % KEY_VALUES,
-        "payload": Binary { subtype: BinarySubtype::Generic, bytes: payload },
+        "payload": payload,
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
+use bson::{Bson, Document, doc};
 use mongodb::Client;
 use serde_json::Value;
 use shoal_tests::{
@@ -42,22 +42,11 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// A document of `app.items`: the payload is pseudo-random so that it does not compress.
 fn item(i: i32) -> Document {
-    let mut state = u64::try_from(i)
-        .unwrap_or(0)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        | 1;
-    let payload: Vec<u8> = (0..PAYLOAD_BYTES)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect();
+    let payload = shoal_tests::incompressible(u64::try_from(i).unwrap_or(0), PAYLOAD_BYTES);
     doc! {
         "_id": i,
         "k": i % KEY_VALUES,
-        "payload": Binary { subtype: BinarySubtype::Generic, bytes: payload },
+        "payload": payload,
     }
 }
 

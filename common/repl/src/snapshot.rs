@@ -555,20 +555,6 @@ pub fn for_each_pair(
     Ok(meta)
 }
 
-/// Reads up to `buf.len()` bytes of `file` at `offset` (a chunk to send).
-pub fn read_chunk(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    file.seek(SeekFrom::Start(offset))?;
-    let mut filled = 0;
-    while filled < buf.len() {
-        let read = file.read(&mut buf[filled..])?;
-        if read == 0 {
-            break;
-        }
-        filled += read;
-    }
-    Ok(filled)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
+use bson::{Binary, Bson, Document, doc};
 use mongodb::Client;
 use shoal_tests::{
     TestCluster, bin_path,
@@ -51,19 +51,7 @@ fn now_millis() -> i64 {
 }
 
 fn payload(seed: u64) -> Binary {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let bytes = (0..PAYLOAD_BYTES)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect();
-    Binary {
-        subtype: BinarySubtype::Generic,
-        bytes,
-    }
+    shoal_tests::incompressible(seed, PAYLOAD_BYTES)
 }
 
 /// Inserts documents `range` (step `LOADERS`, starting at `first`) in batches.
