@@ -97,3 +97,42 @@ pub fn restore_to_time_args(
     }
     Ok(args)
 }
+
+/// Where backup `id`'s manifest is in the store at `store`.
+pub fn manifest_path(store: &Path, id: &str) -> std::path::PathBuf {
+    store.join("backups").join(id).join("manifest.json")
+}
+
+/// Backup `id`'s manifest, as JSON.
+pub fn read_manifest(store: &Path, id: &str) -> anyhow::Result<serde_json::Value> {
+    let path = manifest_path(store, id);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Inserts batches of `batch_docs` into `app.events` until `stop` (at most `batches_max`
+/// batches), counting acknowledged documents in `acked`: writes going on during a backup.
+pub async fn event_writer(
+    client: mongodb::Client,
+    batch_docs: u64,
+    batches_max: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let events = client
+        .database("app")
+        .collection::<bson::Document>("events");
+    for batch in 0..batches_max {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let docs: Vec<bson::Document> = (0..batch_docs)
+            .map(|n| bson::doc! {"batch": batch as i64, "n": n as i64})
+            .collect();
+        events.insert_many(docs).await?;
+        acked.fetch_add(batch_docs, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -26,7 +26,7 @@ use mongodb::Client;
 use serde_json::Value;
 use shoal_tests::{
     TestCluster,
-    cli::{path_str, shoal, shoal_ok},
+    cli::{event_writer, manifest_path, path_str, read_manifest, shoal, shoal_ok},
     sharding::{admin, shard_and_split, shard_split_move},
 };
 
@@ -87,35 +87,6 @@ async fn load(client: &Client, coll: &str, docs: Vec<Document>) -> anyhow::Resul
 }
 
 /// Inserts batches into the unsharded `app.events` until `stop`.
-async fn writer(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
-    let events = client.database("app").collection::<Document>("events");
-    for batch in 0..WRITER_BATCHES_MAX {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let docs: Vec<Document> = (0..WRITER_BATCH_DOCS)
-            .map(|n| doc! {"batch": batch as i64, "n": n as i64})
-            .collect();
-        events.insert_many(docs).await?;
-        acked.fetch_add(WRITER_BATCH_DOCS, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-fn manifest_path(store: &Path, id: &str) -> std::path::PathBuf {
-    store.join("backups").join(id).join("manifest.json")
-}
-
-fn read_manifest(store: &Path, id: &str) -> anyhow::Result<Value> {
-    Ok(serde_json::from_str(&std::fs::read_to_string(
-        manifest_path(store, id),
-    )?)?)
-}
-
 /// The recorded document count of `ns` on set `set`.
 fn recorded_documents(manifest: &Value, set: &str, ns: &str) -> anyhow::Result<u64> {
     let sets = manifest["sets"].as_array().into_iter().flatten();
@@ -190,8 +161,10 @@ async fn scenario() -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
-    let writer_task = tokio::spawn(writer(
+    let writer_task = tokio::spawn(event_writer(
         client.clone(),
+        WRITER_BATCH_DOCS,
+        WRITER_BATCHES_MAX,
         Arc::clone(&stop),
         Arc::clone(&acked),
     ));

@@ -18,7 +18,7 @@ use mongodb::Client;
 use serde_json::Value;
 use shoal_tests::{
     Node, POLL_INTERVAL, READY_TIMEOUT, TestCluster,
-    cli::{path_str, shoal, shoal_ok},
+    cli::{event_writer, path_str, read_manifest, shoal, shoal_ok},
     cluster::shard_name,
     sharding::{admin, shard_and_split, shard_index},
 };
@@ -60,30 +60,6 @@ async fn load_items(client: &Client, range: std::ops::Range<i32>) -> anyhow::Res
 }
 
 /// Inserts batches into `app.events` until `stop`; `acked` counts acknowledged documents.
-async fn writer(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
-    let events = client.database("app").collection::<Document>("events");
-    for batch in 0..WRITER_BATCHES_MAX {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let docs: Vec<Document> = (0..WRITER_BATCH_DOCS)
-            .map(|n| doc! {"batch": batch as i64, "n": n as i64, "text": "event"})
-            .collect();
-        events.insert_many(docs).await?;
-        acked.fetch_add(WRITER_BATCH_DOCS, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-fn read_manifest(store: &Path, id: &str) -> anyhow::Result<Value> {
-    let path = store.join("backups").join(id).join("manifest.json");
-    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
-}
-
 fn u64_field(value: &Value, key: &str) -> anyhow::Result<u64> {
     value[key]
         .as_u64()
@@ -186,8 +162,10 @@ async fn scenario() -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
-    let writer_task = tokio::spawn(writer(
+    let writer_task = tokio::spawn(event_writer(
         client.clone(),
+        WRITER_BATCH_DOCS,
+        WRITER_BATCHES_MAX,
         Arc::clone(&stop),
         Arc::clone(&acked),
     ));

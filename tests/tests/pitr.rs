@@ -20,7 +20,7 @@ use futures::TryStreamExt as _;
 use mongodb::Client;
 use shoal_tests::{
     POLL_INTERVAL, RestoredSet, TestCluster, bin_path,
-    cli::{path_str, restore_to_time_args, shoal, shoal_ok, wait_archive_past},
+    cli::{path_str, read_manifest, restore_to_time_args, shoal, shoal_ok, wait_archive_past},
     cluster::{CONFIG_REPLSET, shard_name},
     mongo::direct_client,
     ports::free_port,
@@ -433,12 +433,11 @@ async fn backup_at_its_point(
     sent: &[Sent],
     issued: i64,
 ) -> anyhow::Result<()> {
-    let manifest_path = store.join("backups").join(backup_id).join("manifest.json");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
+    let manifest = read_manifest(store, backup_id)?;
     let point = manifest
         .get("consistentAtMillis")
         .and_then(serde_json::Value::as_i64)
-        .ok_or_else(|| anyhow::anyhow!("{} has no consistentAtMillis", manifest_path.display()))?;
+        .ok_or_else(|| anyhow::anyhow!("backup {backup_id} has no consistentAtMillis"))?;
     let config_port = free_port()?;
     let shard_ports = vec![free_port()?, free_port()?];
     let hosts = [

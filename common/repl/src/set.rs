@@ -321,6 +321,15 @@ impl ReplicaSet {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = sm;
     }
 
+    /// Whether a snapshot install is replacing this member's data (read without cloning the
+    /// state machine: every request asks).
+    fn is_installing(&self) -> bool {
+        self.state_machine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_installing()
+    }
+
     /// The current Raft instance's state machine.
     pub(crate) fn state_machine(&self) -> StateMachine {
         self.state_machine
@@ -353,7 +362,7 @@ impl ReplicaSet {
             && !self.incarnation.is_superseded()
             // Raft takes a snapshot's position before the install has written it: a member
             // elected meanwhile must not serve (or start primary work on) half-replaced data.
-            && !self.state_machine().is_installing()
+            && !self.is_installing()
     }
 
     /// Whether Raft considers this member the leader (it may have lost its majority since).
@@ -400,7 +409,7 @@ impl ReplicaSet {
     pub fn can_serve_reads(&self) -> bool {
         let metrics = self.metrics();
         // A snapshot install replaces the data in several batches: nothing may read it halfway.
-        !self.state_machine().is_installing()
+        !self.is_installing()
             && !self.is_removed()
             && metrics
                 .membership_config
